@@ -1,0 +1,49 @@
+# secagg-dp: `make run` and `make test` work as the first command on a fresh clone.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install system-packages run test bench lint clean
+
+install: $(STAMP) system-packages
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (tensorflow-privacy 0.9.0 needs Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's Fashion-MNIST and Chromium (browser tests). Skipped when already present or
+# when apt-get is not usable; the code then says what is missing.
+system-packages:
+	@need=""; \
+	[ -d $(FASHION_DIR) ] || need="$$need dataset-fashion-mnist"; \
+	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install$$need"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  else echo "note: could not install$$need (needs root and apt-get)"; fi; \
+	fi
+
+run: install
+	$(PY) -m clients run
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks all
+
+lint: install
+	$(VENV)/bin/ruff check secagg dp server clients benchmarks tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
