@@ -1,0 +1,87 @@
+"""``TrainingConfig``: the local-training part of an experiment's configuration.
+
+One frozen dataclass, validated at construction, shared by the server (which sends it
+to devices as public config), the devices, the simulation and the benchmarks. TOML
+section ``[training]``; keys are the field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from clients.tasks.registry import TASKS
+
+PARTITIONS = ("iid", "dirichlet")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training hyper-parameters and the data partition.
+
+    Fields:
+        task: a registered task name (``clients.tasks.TASKS``).
+        local_epochs: passes over the device's shard per round (>= 1).
+        batch_size: minibatch size of local SGD (>= 1).
+        lr: local SGD learning rate (> 0, finite).
+        partition: ``"iid"`` or ``"dirichlet"`` (label skew, see ``clients.data``).
+        alpha: Dirichlet concentration (> 0); smaller is more skewed. Unused for iid.
+        seed: seeds the partition, model init and local shuffling (>= 0).
+    """
+
+    task: str = "fashion"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or self.task not in TASKS:
+            raise ValueError(
+                f"training.task: unknown task {self.task!r}; known: {', '.join(sorted(TASKS))}"
+            )
+        if not _is_int(self.local_epochs) or self.local_epochs < 1:
+            raise ValueError(
+                f"training.local_epochs must be an int >= 1, got {self.local_epochs!r}"
+            )
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"training.batch_size must be an int >= 1, got {self.batch_size!r}")
+        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"training.lr must be a finite number > 0, got {self.lr!r}")
+        if self.partition not in PARTITIONS:
+            raise ValueError(
+                f"training.partition must be one of {PARTITIONS}, got {self.partition!r}"
+            )
+        if not _is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"training.alpha must be a finite number > 0, got {self.alpha!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"training.seed must be an int >= 0, got {self.seed!r}")
+        object.__setattr__(self, "lr", float(self.lr))
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML-safe dict of the fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingConfig:
+        """Build from a dict; unknown keys raise ValueError (typos must not pass silently)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"training config must be a table/dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
