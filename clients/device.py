@@ -821,7 +821,11 @@ def shard_indices(
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Flags of ``python -m clients device``."""
-    p = parser or argparse.ArgumentParser(prog="python -m clients device")
+    if parser is None:
+        from clients.simulation import OneLineParser
+
+        parser = OneLineParser(prog="python -m clients device")
+    p = parser
     p.description = (
         "Run one device: register, then take part in every round it is sampled in until the "
         "server says training is finished."

@@ -1,0 +1,56 @@
+"""``python -m clients``: ``run`` (local simulation) or ``device`` (one real device).
+
+With no subcommand it prints help. Bad flags exit with status 2 and a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with its two subcommands."""
+    from clients import device, simulation
+
+    parser = simulation.OneLineParser(
+        prog="python -m clients",
+        description="secagg-dp devices: a local simulation (server + N devices over HTTP on "
+        "loopback) or one real device process.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{run,device}")
+    run = sub.add_parser("run", help="train with a loopback server and N devices",
+                         description="")
+    simulation.build_parser(run)
+    run.prog = "python -m clients run"
+    dev = sub.add_parser("device", help="run one device against a server")
+    device.build_parser(dev)
+    dev.prog = "python -m clients device"
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the subcommand; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not args:
+        parser.print_help()
+        return 0
+    if args[0] == "run":
+        from clients import simulation
+
+        return simulation.main(args[1:])
+    if args[0] == "device":
+        from clients import device
+
+        return device.main(args[1:])
+    parser.parse_args(args)  # prints usage and exits 2 on an unknown command
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

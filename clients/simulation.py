@@ -1,0 +1,826 @@
+"""Local simulation: a real server on loopback and N real devices, all talking HTTP.
+
+``python -m clients run`` writes an :class:`server.config.ExperimentConfig` as TOML, starts
+``python -m server`` as a subprocess (uvicorn on a free loopback port, SQLite in a
+temporary directory unless ``--db`` is given, its output in ``server.log`` next to it),
+waits for it with a readiness probe, and runs N :class:`clients.device.Device` objects in
+threads of this process. The devices share one TensorFlow runtime (training is serialized
+under a lock, which is also the fastest way on two cores), but every byte between a device
+and the server crosses HTTP, signed, exactly as separate device processes would send it.
+
+What is printed comes from the server (``GET /v1/rounds``, ``GET /v1/status``): the
+server is the source of truth for survivors, accuracy and ε.
+
+Privacy figures: ε is reported twice. ``ε`` assumes nothing about who took part (valid
+against this server, which knows whom it sampled); ``ε amplified`` uses Poisson
+subsampling at q = per_round / clients and is valid only if the adversary does not learn
+who took part in a round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+from clients.device import (
+    Device,
+    DeviceError,
+    DropoutSchedule,
+    OnEncoded,
+    OnTrace,
+    ServerClient,
+    Trainer,
+    TrainingSettings,
+    generate_identity,
+)
+
+PROTOCOL_ORDER = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+
+
+class UsageError(ValueError):
+    """A bad option or configuration value (printed as one line, exit status 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Every knob of ``python -m clients run`` (CLI flag ``--a-b`` = field ``a_b``)."""
+
+    task: str = "fashion"
+    clients: int = 20
+    per_round: int = 10
+    rounds: int = 8
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    server_lr: float = 1.0
+    partition: str = "iid"
+    alpha: float = 0.5
+    mechanism: str = "ddgauss"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    clip: float = 1.0
+    bits: int = 20
+    graph: str = "harary"
+    dropout: float = 0.0
+    seed: int = 0
+    json_out: str | None = None
+    db: str | None = None
+    stage_timeout: float | None = None
+    data_dir: str | None = None
+    active: bool = False
+    keep_serving: bool = False
+    port: int = 0
+
+    DEFAULT_NOISE_MULTIPLIER = 0.1
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise UsageError("give either noise_multiplier or target_epsilon, not both")
+        for name in ("clients", "per_round", "rounds", "local_epochs", "batch_size", "bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.clients < 2:
+            raise UsageError(f"clients must be >= 2, got {self.clients}")
+        if not 2 <= self.per_round <= self.clients:
+            raise UsageError(
+                f"per_round must be in [2, clients={self.clients}], got {self.per_round}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise UsageError(f"target_epsilon must be > 0, got {self.target_epsilon}")
+        if self.stage_timeout is not None and not self.stage_timeout > 0:
+            raise UsageError(f"stage_timeout must be > 0, got {self.stage_timeout}")
+        if not 0 <= self.port < 65536:
+            raise UsageError(f"port must be in [0, 65535], got {self.port}")
+
+    @property
+    def sample_rate(self) -> float:
+        """q = per_round / clients (the sampling rate the amplified ε assumes)."""
+        return self.per_round / self.clients
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "task": (str,), "clients": (int,), "per_round": (int,), "rounds": (int,),
+    "local_epochs": (int,), "batch_size": (int,), "lr": (float, int),
+    "server_lr": (float, int), "partition": (str,), "alpha": (float, int),
+    "mechanism": (str,), "noise_multiplier": (float, int), "target_epsilon": (float, int),
+    "delta": (float, int), "clip": (float, int), "bits": (int,), "graph": (str,),
+    "dropout": (float, int), "seed": (int,), "json_out": (str,), "db": (str,),
+    "stage_timeout": (float, int), "data_dir": (str,), "active": (bool,),
+    "keep_serving": (bool,), "port": (int,),
+}
+
+
+def load_options_file(path: Path) -> dict[str, Any]:
+    """Read a flat TOML file whose keys are the ``run`` flags (``per-round`` or ``per_round``)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {str(path)!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in _FIELD_TYPES:
+            known = ", ".join(sorted(k.replace("_", "-") for k in _FIELD_TYPES))
+            raise UsageError(f"unknown key {raw_key!r} in {str(path)!r}; known: {known}")
+        types = _FIELD_TYPES[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise UsageError(
+                f"{raw_key} in {str(path)!r} must be {types[0].__name__}, got {value!r}"
+            )
+        out[key] = float(value) if float in types and not isinstance(value, bool) else value
+    return out
+
+
+def merge_options(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> SimOptions:
+    """Defaults < config file < explicit CLI flags (a CLI noise choice replaces the file's)."""
+    merged = dict(file_values)
+    if "noise_multiplier" in cli_values or "target_epsilon" in cli_values:
+        merged.pop("noise_multiplier", None)
+        merged.pop("target_epsilon", None)
+    merged.update(cli_values)
+    return SimOptions(**merged)
+
+
+# --------------------------------------------------------------------------- CLI parser
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Flags of ``python -m clients run``; only flags given explicitly land in the namespace."""
+    d = SimOptions()
+    p = parser or OneLineParser(prog="python -m clients run")
+    p.argument_default = argparse.SUPPRESS
+    p.description = (
+        "Start a secagg-dp server on loopback and N devices, and train for R rounds with "
+        "secure aggregation and distributed DP. Every flag can also be set in --config."
+    )
+
+    def add(flag: str, help_text: str, **kw: Any) -> None:
+        name = flag[2:].replace("-", "_")
+        default = getattr(d, name)
+        p.add_argument(flag, help=f"{help_text} (default: {default})", **kw)
+
+    p.add_argument("--config", type=Path, help="TOML file with the same keys as these flags; "
+                   "flags given on the command line override it (default: none)")
+    add("--task", "task to train: fashion | digits | linreg", type=str)
+    add("--clients", "number of devices (and of data shards)", type=int)
+    add("--per-round", "devices sampled per round", type=int)
+    add("--rounds", "training rounds", type=int)
+    add("--local-epochs", "local epochs per round", type=int)
+    add("--batch-size", "local minibatch size", type=int)
+    add("--lr", "local SGD learning rate", type=float)
+    add("--server-lr", "server learning rate applied to the decoded mean update", type=float)
+    add("--partition", "data partition across devices", choices=("iid", "dirichlet"))
+    add("--alpha", "Dirichlet concentration for --partition dirichlet", type=float)
+    add("--mechanism", "DP noise mechanism", choices=("ddgauss", "skellam", "gaussian", "none"))
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--noise-multiplier", type=float,
+                       help="z: std of the summed noise is z*clip "
+                            f"(default: {SimOptions.DEFAULT_NOISE_MULTIPLIER})")
+    noise.add_argument("--target-epsilon", type=float,
+                       help="calibrate z (dp.calibrate_noise) so the planned rounds reach this "
+                            "ε at --delta (default: none)")
+    add("--delta", "DP δ", type=float)
+    add("--clip", "L2 clip norm of each device's update", type=float)
+    add("--bits", "bits per entry of the secure sum (modulus 2^bits)", type=int)
+    add("--graph", "secagg neighbour graph", choices=("complete", "harary"))
+    add("--dropout", "probability that a sampled device vanishes at a random stage", type=float)
+    add("--seed", "seed of the partition, model init and dropout schedule", type=int)
+    add("--json-out", "write the per-round log (from the server) as JSON here", type=str)
+    add("--db", "SQLite file of the server (None: one in a temporary directory)", type=str)
+    add("--stage-timeout", "seconds per protocol stage (None: measured from local "
+        "training time)", type=float)
+    add("--data-dir", "where the task's data lives (None: the task's default)", type=str)
+    add("--active", "active-adversary mode: consistency check and signatures",
+        action="store_true")
+    add("--keep-serving", "keep the server up after training, for the dashboard",
+        action="store_true")
+    add("--port", "server port on 127.0.0.1 (0: a free one)", type=int)
+    return p
+
+
+# --------------------------------------------------------------------------- server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bind to port 0 and read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerStartError(RuntimeError):
+    """The server subprocess exited or did not become ready in time."""
+
+
+class LocalServer:
+    """``python -m server`` as a subprocess on loopback, with a readiness probe.
+
+    Its stdout and stderr go to ``log_path``. ``stop()`` sends SIGTERM (uvicorn shuts
+    down gracefully), then SIGKILL after a grace period.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        db_path: Path,
+        log_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        python: str = sys.executable,
+    ) -> None:
+        self.config_path = config_path
+        self.db_path = db_path
+        self.log_path = log_path
+        self.host = host
+        self.port = port or free_port(host)
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        """The server command line."""
+        return [
+            self.python, "-m", "server",
+            "--config", str(self.config_path),
+            "--db", str(self.db_path),
+            "--host", self.host,
+            "--port", str(self.port),
+        ]
+
+    def start(self, ready_timeout: float = 120.0) -> None:
+        """Spawn the server and wait until ``GET /v1/status`` answers (bounded in time)."""
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + ready_timeout
+        delay = 0.1
+        with httpx.Client(base_url=self.url, timeout=5.0) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServerStartError(
+                        f"server exited with status {self.proc.returncode}; "
+                        f"see {self.log_path}: {self.log_tail()}"
+                    )
+                try:
+                    if http.get("/v1/status").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServerStartError(
+                        f"server not ready after {ready_timeout:.0f} s; see {self.log_path}"
+                    )
+                time.sleep(delay)  # readiness probe backoff (bounded by the deadline)
+                delay = min(delay * 1.5, 1.0)
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines of the server log, on one line."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``grace`` seconds)."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+def model_dim(task: Any, seed: int = 0) -> int:
+    """Number of float parameters of the task's model (the DP/secagg dimension before padding)."""
+    model = task.build_model(seed)
+    return int(sum(int(w.size) for w in model.get_weights()))
+
+
+def resolve_noise(opts: SimOptions, dim: int) -> float:
+    """z from --noise-multiplier, from --target-epsilon (calibrated), or the default."""
+    if opts.mechanism == "none":
+        return 0.0
+    if opts.noise_multiplier is not None:
+        return float(opts.noise_multiplier)
+    if opts.target_epsilon is None:
+        return SimOptions.DEFAULT_NOISE_MULTIPLIER
+    from dp import calibrate_noise
+
+    return float(
+        calibrate_noise(
+            opts.target_epsilon,
+            mechanism=opts.mechanism,
+            sample_rate=opts.sample_rate,
+            rounds=opts.rounds,
+            delta=opts.delta,
+            accountant="rdp",
+            clients_per_round=opts.per_round,
+            bits=opts.bits,
+            dim=dim,
+            clip=opts.clip,
+        )
+    )
+
+
+def build_experiment(opts: SimOptions, noise_multiplier: float, stage_timeout: float) -> Any:
+    """The :class:`server.config.ExperimentConfig` the server runs (raises ValueError)."""
+    from clients.tasks.config import TrainingConfig
+    from dp import DPConfig
+    from secagg.config import ProtocolConfig
+    from server.config import ExperimentConfig, ServerConfig
+
+    return ExperimentConfig(
+        server=ServerConfig(
+            rounds=opts.rounds,
+            clients=opts.clients,
+            per_round=opts.per_round,
+            server_lr=opts.server_lr,
+            stage_timeout=float(stage_timeout),
+            registration_timeout=120.0,
+            seed=opts.seed,
+            data_dir=opts.data_dir,
+        ),
+        protocol=ProtocolConfig(
+            graph=opts.graph, dropout=max(0.1, min(opts.dropout, 0.5)), active=opts.active
+        ),
+        dp=DPConfig(
+            mechanism=opts.mechanism,
+            clip=opts.clip,
+            noise_multiplier=noise_multiplier,
+            bits=opts.bits,
+            delta=opts.delta,
+        ),
+        training=TrainingConfig(
+            task=opts.task,
+            local_epochs=opts.local_epochs,
+            batch_size=opts.batch_size,
+            lr=opts.lr,
+            partition=opts.partition,
+            alpha=opts.alpha,
+            seed=opts.seed,
+        ),
+    )
+
+
+def count(value: Any) -> int | None:
+    """A round-log field that may be a number or a list of ids, as a count."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple | set | dict):
+        return len(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    """Format a number for the table ('-' when absent)."""
+    if value is None:
+        return "-"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isinf(v):
+        return "∞"
+    return format(v, spec)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+@dataclass
+class SimulationResult:
+    """What a run produced (all figures as the server reported them)."""
+
+    rounds: list[dict[str, Any]]
+    status: dict[str, Any]
+    db_path: Path
+    log_path: Path
+    workdir: Path
+    url: str
+    config: Any
+    noise_multiplier: float
+    stage_timeout: float
+    elapsed_s: float
+    device_errors: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    """A server subprocess plus N in-process devices; see the module docstring.
+
+    ``on_encoded`` / ``on_trace`` are the device test hooks (see :class:`Device`);
+    ``console`` is a rich Console (None: quiet, no progress output).
+    """
+
+    def __init__(
+        self,
+        opts: SimOptions,
+        *,
+        workdir: Path | None = None,
+        console: Any = None,
+        on_encoded: OnEncoded | None = None,
+        on_trace: OnTrace | None = None,
+        after_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.opts = opts
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="secagg-dp-"))
+        self.console = console
+        self.on_encoded = on_encoded
+        self.on_trace = on_trace
+        self.after_round = after_round
+        self.stop_event = threading.Event()
+        self.server: LocalServer | None = None
+        self.device_errors: list[str] = []
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+
+    def prepare(self) -> tuple[Any, Any, Trainer, float, float]:
+        """Load task and data, measure local training, choose z and the stage timeout."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from clients.tasks import get_task
+
+        opts = self.opts
+        try:
+            task = get_task(opts.task)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        data = task.load_data(opts.data_dir)
+        dim = model_dim(task, opts.seed)
+        z = resolve_noise(opts, dim)
+        trainer = Trainer(task)
+        if opts.stage_timeout is not None:
+            timeout = float(opts.stage_timeout)
+        else:
+            # Time one device's local training (this also warms TensorFlow up): a stage that
+            # absorbs training must fit per_round trainings under the shared lock.
+            settings = self._settings()
+            x, y = self._shard(data, 0, settings)
+            weights = _flat_weights(task, opts.seed)
+            t0 = time.perf_counter()
+            trainer.train(weights, x, y, settings, seed=0)
+            t1 = time.perf_counter()
+            trainer.train(weights, x, y, settings, seed=1)
+            per = min(time.perf_counter() - t1, t1 - t0)
+            timeout = round(min(max(3.0 * opts.per_round * per + 5.0, 8.0), 300.0), 1)
+        return task, data, trainer, z, timeout
+
+    def _settings(self) -> TrainingSettings:
+        o = self.opts
+        return TrainingSettings(o.local_epochs, o.batch_size, o.lr, o.partition, o.alpha, o.seed)
+
+    def _shard(self, data: Any, index: int, settings: TrainingSettings) -> tuple[Any, Any]:
+        from clients.device import shard_indices
+
+        idx = shard_indices(data.y_train, index, self.opts.clients, settings)
+        return data.x_train[idx], data.y_train[idx]
+
+    def run(self) -> SimulationResult:
+        """Run the whole experiment; the server is stopped on return unless kept serving."""
+        import numpy as np
+
+        t_start = time.monotonic()
+        opts = self.opts
+        task, data, trainer, z, timeout = self.prepare()
+        try:
+            experiment = build_experiment(opts, z, timeout)
+        except ValueError as exc:  # any config error from dp/secagg/server/tasks
+            raise UsageError(str(exc)) from None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_path = self.workdir / "experiment.toml"
+        config_path.write_text(experiment.to_toml(), encoding="utf-8")
+        db_path = Path(opts.db) if opts.db else self.workdir / "secagg_dp.sqlite3"
+        log_path = self.workdir / "server.log"
+        self.server = LocalServer(config_path, db_path, log_path, port=opts.port)
+        self._say(f"[dim]server: {self.server.url}  db: {db_path}  log: {log_path}  "
+                  f"stage timeout: {timeout:g} s  z: {z:g}[/dim]")
+        self.server.start()
+        settings = self._settings()
+        http = httpx.Client(
+            base_url=self.server.url,
+            timeout=30.0,
+            limits=httpx.Limits(max_connections=opts.clients + 8,
+                                max_keepalive_connections=opts.clients + 8),
+        )
+        schedule = DropoutSchedule(opts.dropout, opts.seed) if opts.dropout > 0 else None
+        devices: list[Device] = []
+        for i in range(opts.clients):
+            x, y = self._shard(data, i, settings)
+            client = ServerClient(self.server.url, generate_identity(), http=http)
+            devices.append(Device(
+                client, task, np.asarray(x), np.asarray(y), settings,
+                trainer=trainer, index=i, dropout=schedule, on_encoded=self.on_encoded,
+                on_trace=self.on_trace, poll_wait=30.0, stop=self.stop_event,
+            ))
+        threads = [
+            threading.Thread(target=self._device_main, args=(dev,), name=f"device-{i}",
+                             daemon=True)
+            for i, dev in enumerate(devices)
+        ]
+        for th in threads:
+            th.start()
+        try:
+            self._monitor(http)
+        finally:
+            self.stop_event.set()
+            for th in threads:
+                th.join(timeout=5.0)
+        rounds = list(http.get("/v1/rounds").json())
+        status = dict(http.get("/v1/status").json())
+        http.close()
+        if opts.json_out:
+            Path(opts.json_out).write_text(json.dumps(rounds, indent=2) + "\n", encoding="utf-8")
+        return SimulationResult(
+            rounds=rounds, status=status, db_path=db_path, log_path=log_path,
+            workdir=self.workdir, url=self.server.url, config=experiment,
+            noise_multiplier=z, stage_timeout=timeout,
+            elapsed_s=time.monotonic() - t_start, device_errors=list(self.device_errors),
+        )
+
+    def _device_main(self, device: Device) -> None:
+        try:
+            device.run()
+        except (DeviceError, httpx.HTTPError, ValueError) as exc:
+            if not self.stop_event.is_set():
+                self.device_errors.append(f"device {device.index}: {exc}")
+                if self.console is not None:
+                    self.console.print(f"[red]device {device.index} stopped: {exc}[/red]")
+
+    def _monitor(self, http: httpx.Client) -> None:
+        """Follow the server's state by long-poll until training is finished."""
+        progress = None
+        if self.console is not None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stage]}"),
+                TimeElapsedColumn(), console=self.console, transient=False,
+            )
+            progress.start()
+        bars: dict[int, Any] = {}
+        reported: set[int] = set()
+        version = -1
+        last_round: int | None = None
+        try:
+            while True:
+                if self.server is not None and self.server.proc is not None \
+                        and self.server.proc.poll() is not None:
+                    raise ServerStartError(
+                        f"server exited with status {self.server.proc.returncode}: "
+                        f"{self.server.log_tail()}"
+                    )
+                try:
+                    resp = http.get("/v1/rounds/current", params={"wait": 30, "after": version},
+                                    timeout=45.0)
+                    resp.raise_for_status()
+                except httpx.TransportError:
+                    time.sleep(0.2)  # the server is probably restarting or gone; re-checked above
+                    continue
+                state = resp.json()
+                version = int(state.get("version", version))
+                stage = str(state.get("stage"))
+                rnd = state.get("round")
+                if rnd is not None and last_round is not None and rnd != last_round:
+                    self._finish_round(http, last_round, bars, reported, progress)
+                if rnd is not None and progress is not None and stage in PROTOCOL_ORDER + (
+                    "done", "aborted"
+                ):
+                    if rnd not in bars:
+                        total = len(PROTOCOL_ORDER) if self.opts.active else \
+                            len(PROTOCOL_ORDER) - 1
+                        bars[rnd] = progress.add_task(f"round {rnd}", total=total, stage="")
+                    order = [s for s in PROTOCOL_ORDER
+                             if s != "consistency_check" or self.opts.active]
+                    done = order.index(stage) if stage in order else len(order)
+                    progress.update(bars[rnd], completed=done, stage=stage.replace("_", " "))
+                if rnd is not None:
+                    last_round = int(rnd)
+                if stage in ("done", "aborted") and rnd is not None:
+                    self._finish_round(http, int(rnd), bars, reported, progress)
+                if stage == "finished" or state.get("training_done"):
+                    if last_round is not None:
+                        self._finish_round(http, last_round, bars, reported, progress)
+                    return
+        finally:
+            if progress is not None:
+                progress.stop()
+
+    def _finish_round(
+        self,
+        http: httpx.Client,
+        rnd: int,
+        bars: dict[int, Any],
+        reported: set[int],
+        progress: Any,
+    ) -> None:
+        if rnd in reported:
+            return
+        rows = [r for r in http.get("/v1/rounds").json() if r.get("round") == rnd]
+        if not rows or rows[-1].get("status") == "running":
+            return
+        row = rows[-1]
+        reported.add(rnd)
+        if progress is not None and rnd in bars:
+            ok = row.get("status") == "done"
+            text = (f"round {rnd} [green]done[/green] acc {fmt(row.get('accuracy'))} "
+                    f"ε {fmt(row.get('epsilon'), '.2f')}") if ok else \
+                f"round {rnd} [red]{row.get('status')}[/red]"
+            task = progress.tasks[[t.id for t in progress.tasks].index(bars[rnd])]
+            progress.update(bars[rnd], completed=task.total, description=text,
+                            stage=f"{count(row.get('survivors'))}/{count(row.get('sampled'))}")
+        if self.after_round is not None:
+            self.after_round(row)
+
+    def stop(self) -> None:
+        """Stop devices and the server."""
+        self.stop_event.set()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _flat_weights(task: Any, seed: int) -> Any:
+    from clients.tasks.weights import get_flat_weights
+
+    return get_flat_weights(task.build_model(seed))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def round_table(rounds: Sequence[Mapping[str, Any]]) -> Any:
+    """A rich Table of the round log."""
+    from rich.table import Table
+
+    table = Table(title="rounds (from the server's log)")
+    for col in ("round", "status", "survivors/sampled", "accuracy", "loss", "ε", "ε amplified"):
+        table.add_column(col, justify="right")
+    for r in rounds:
+        table.add_row(
+            str(r.get("round")),
+            str(r.get("status", "")),
+            f"{count(r.get('survivors'))}/{count(r.get('sampled'))}",
+            fmt(r.get("accuracy")),
+            fmt(r.get("loss")),
+            fmt(r.get("epsilon"), ".3g"),
+            fmt(r.get("epsilon_amplified"), ".3g"),
+        )
+    return table
+
+
+def summary_lines(result: SimulationResult, opts: SimOptions) -> list[str]:
+    """The closing summary: accuracy, both ε with their assumptions, δ, DB, dashboard."""
+    done = [r for r in result.rounds if r.get("status") == "done"]
+    last = done[-1] if done else {}
+    st = result.status
+    eps = st.get("epsilon", last.get("epsilon"))
+    eps_amp = st.get("epsilon_amplified", last.get("epsilon_amplified"))
+    delta = st.get("delta", last.get("delta", opts.delta))
+    metric = "R²" if opts.task == "linreg" else "accuracy"
+    lines = [
+        f"rounds completed: {len(done)}/{len(result.rounds)} "
+        f"({result.elapsed_s:.0f} s, stage timeout {result.stage_timeout:g} s)",
+        f"final {metric}: {fmt(last.get('accuracy'))}   loss: {fmt(last.get('loss'))}",
+        f"ε = {fmt(eps, '.4g')} at δ = {fmt(delta, '.1e')}  (no amplification: holds even "
+        "against a server that knows who was sampled)",
+        f"ε amplified = {fmt(eps_amp, '.4g')} at δ = {fmt(delta, '.1e')}  (Poisson "
+        f"subsampling at q = {opts.sample_rate:.3g}: holds only if the adversary does not "
+        "learn who took part)",
+        f"mechanism {opts.mechanism}, z = {result.noise_multiplier:.4g}, clip {opts.clip:g}, "
+        f"{opts.bits} bits, graph {opts.graph}",
+        f"database: {result.db_path}   server log: {result.log_path}",
+        f"dashboard: python -m server --db {result.db_path} --port 8000   then open "
+        "http://127.0.0.1:8000/",
+    ]
+    if result.device_errors:
+        lines.append(f"device errors: {len(result.device_errors)} (first: "
+                     f"{result.device_errors[0]})")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point of ``python -m clients run``; returns the exit status."""
+    from rich.console import Console
+
+    parser = parser or build_parser()
+    ns = parser.parse_args(argv)  # argparse exits 2 on a bad flag
+    console = Console(stderr=False)
+    cli = {k: v for k, v in vars(ns).items() if k != "config" and k in _FIELD_TYPES}
+    try:
+        file_values = load_options_file(ns.config) if getattr(ns, "config", None) else {}
+        opts = merge_options(file_values, cli)
+    except (UsageError, TypeError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    sim = Simulation(opts, console=console)
+    interrupted = False
+    try:
+        result = sim.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: stopping devices and server[/yellow]")
+        sim.stop()
+        return 130
+    except UsageError as exc:
+        sim.stop()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ServerStartError, DeviceError, httpx.HTTPError, OSError) as exc:
+        sim.stop()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not interrupted and not opts.keep_serving:
+            sim.stop()
+    console.print(round_table(result.rounds))
+    for line in summary_lines(result, opts):
+        console.print(line, highlight=False)
+    if opts.json_out:
+        console.print(f"round log written to {opts.json_out}", highlight=False)
+    if opts.keep_serving:
+        console.print(f"serving the dashboard at {result.url}/  (Ctrl-C to stop)",
+                      highlight=False)
+        try:
+            while sim.server is not None and sim.server.proc is not None \
+                    and sim.server.proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    sim.server.proc.wait(timeout=1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sim.stop()
+    return 0
+
+
+__all__ = [
+    "LocalServer", "SimOptions", "Simulation", "SimulationResult", "UsageError",
+    "build_parser", "free_port", "main", "merge_options", "load_options_file",
+]
