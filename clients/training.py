@@ -31,7 +31,7 @@ def _ensure_plain_sgd(model: tf.keras.Model, lr: float) -> None:
         and float(opt.momentum) == 0.0
         and not getattr(opt, "nesterov", False)
     )
-    if not is_plain_sgd:
+    if opt is None or not is_plain_sgd:
         if getattr(model, "loss", None) is None:
             raise ValueError("model must be compiled with a loss (use task.build_model())")
         model.compile(

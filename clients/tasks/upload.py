@@ -53,7 +53,7 @@ def image_to_array(data: bytes, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         w, h = img.size
         if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
             raise ValueError(
