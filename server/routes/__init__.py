@@ -1,0 +1,1 @@
+"""Routers per resource: devices, rounds (protocol), model, status/log, predict, dashboard."""

@@ -1,0 +1,287 @@
+"""Persistent state of the server: one SQLite file, one class.
+
+What is stored (and what is not) is part of the privacy argument. The server is
+honest-but-curious and must not learn individual updates; the store therefore holds only:
+
+- ``devices``: device id and its raw Ed25519 public key (long-term identity);
+- ``models``: global model versions (float32 little-endian bytes) and the server's FedAvgM
+  momentum buffer (an aggregate of means, never a single device's update);
+- ``rounds``: the round log (sampled ids, survivors, dropouts per stage, accuracy, loss, ε,
+  timings, status) plus the round's public encoding plan and survivor count, from which the
+  privacy accountant is rebuilt after a restart;
+- ``meta``: small key/value facts (task name, model dimension, sampling rate).
+
+It never holds a device's vector, masked or not: masked inputs are folded into a running
+sum in memory by ``secagg.AggregatorProtocol`` and the request body is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Store", "StoredModel", "StoreError"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    public_key BLOB NOT NULL UNIQUE,
+    registered_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY,
+    round INTEGER,
+    weights BLOB NOT NULL,
+    momentum BLOB,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL,
+    plan TEXT,
+    n_survivors INTEGER,
+    sample_rate REAL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database does not match what this server expects (e.g. another task's model)."""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    version: int
+    round: int | None
+    weights: np.ndarray  # float32, flat
+    momentum: np.ndarray | None
+
+
+class Store:
+    """SQLite store; safe to call from the event loop and worker threads (one lock)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            raise StoreError(f"database folder does not exist: {str(self.path.parent)!r}")
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"cannot open database {str(self.path)!r}: {err}") from err
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- meta ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    # -- devices ------------------------------------------------------------------------
+    def register_device(self, public_key: bytes) -> tuple[int, bool]:
+        """Return ``(device_id, created)``; the same key again gives the same id."""
+        with self._tx() as c:
+            row = c.execute("SELECT id FROM devices WHERE public_key = ?", (public_key,)).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            cur = c.execute(
+                "INSERT INTO devices(public_key, registered_at) VALUES (?, ?)",
+                (public_key, time.time()),
+            )
+            # ids start at 0 (secagg client ids are >= 0); SQLite rowids start at 1
+            return int(cur.lastrowid or 0) - 1, True
+
+    def device_key(self, device_id: int) -> bytes | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT public_key FROM devices WHERE id = ?", (device_id + 1,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def device_keys(self) -> dict[int, bytes]:
+        with self._lock:
+            rows = self._conn.execute("SELECT id, public_key FROM devices ORDER BY id").fetchall()
+        return {int(i) - 1: bytes(k) for i, k in rows}
+
+    def device_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+
+    # -- models -------------------------------------------------------------------------
+    def save_model(
+        self,
+        version: int,
+        weights: np.ndarray,
+        momentum: np.ndarray | None = None,
+        round_id: int | None = None,
+    ) -> None:
+        w = np.ascontiguousarray(weights, dtype="<f4").tobytes()
+        m = None if momentum is None else np.ascontiguousarray(momentum, dtype="<f4").tobytes()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO models(version, round, weights, momentum, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (version, round_id, w, m, time.time()),
+            )
+
+    def latest_model(self) -> StoredModel | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT version, round, weights, momentum FROM models ORDER BY version DESC LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        version, rnd, w, m = row
+        weights = np.frombuffer(bytes(w), dtype="<f4").copy()
+        momentum = None if m is None else np.frombuffer(bytes(m), dtype="<f4").copy()
+        return StoredModel(int(version), None if rnd is None else int(rnd), weights, momentum)
+
+    def model_versions(self) -> list[int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT version FROM models ORDER BY version").fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- rounds -------------------------------------------------------------------------
+    def put_round(
+        self,
+        record: dict[str, Any],
+        plan: dict[str, Any] | None = None,
+        n_survivors: int | None = None,
+        sample_rate: float | None = None,
+    ) -> None:
+        """Insert or replace the log entry of ``record["round"]``."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO rounds(round, status, record, plan, n_survivors, sample_rate) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(round) DO UPDATE SET "
+                "status = excluded.status, record = excluded.record, plan = excluded.plan, "
+                "n_survivors = excluded.n_survivors, sample_rate = excluded.sample_rate",
+                (
+                    int(record["round"]),
+                    str(record["status"]),
+                    json.dumps(record),
+                    None if plan is None else json.dumps(plan),
+                    n_survivors,
+                    sample_rate,
+                ),
+            )
+
+    def finish_round_with_model(
+        self,
+        record: dict[str, Any],
+        plan: dict[str, Any],
+        n_survivors: int,
+        sample_rate: float,
+        version: int,
+        weights: np.ndarray,
+        momentum: np.ndarray | None,
+    ) -> None:
+        """Atomically store a finished round and the model it produced."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                w = np.ascontiguousarray(weights, dtype="<f4").tobytes()
+                m = (
+                    None
+                    if momentum is None
+                    else np.ascontiguousarray(momentum, dtype="<f4").tobytes()
+                )
+                self._conn.execute(
+                    "INSERT INTO models(version, round, weights, momentum, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (version, int(record["round"]), w, m, time.time()),
+                )
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO rounds(round, status, record, plan, n_survivors, "
+                    "sample_rate) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        int(record["round"]),
+                        str(record["status"]),
+                        json.dumps(record),
+                        json.dumps(plan),
+                        n_survivors,
+                        sample_rate,
+                    ),
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def rounds(self, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT record FROM rounds ORDER BY round").fetchall()
+        out = [json.loads(r[0]) for r in rows]
+        return out[-limit:] if limit else out
+
+    def privacy_events(self) -> list[tuple[dict[str, Any], int, float]]:
+        """(plan dict, n_survivors, sample rate) of every finished round, in order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT plan, n_survivors, sample_rate FROM rounds "
+                "WHERE status = 'done' AND plan IS NOT NULL ORDER BY round"
+            ).fetchall()
+        return [(json.loads(p), int(n), float(q)) for p, n, q in rows]
+
+    def next_round_id(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT MAX(round) FROM rounds").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def abort_running(self, reason: str) -> list[int]:
+        """Mark every round still 'running' (a crash left it) as aborted; return their ids."""
+        with self._tx() as c:
+            rows = c.execute("SELECT round, record FROM rounds WHERE status = 'running'").fetchall()
+            ids = []
+            for rnd, rec in rows:
+                record = json.loads(rec)
+                record["status"] = "aborted"
+                record["abort_reason"] = reason
+                record["finished_at"] = record.get("finished_at") or time.time()
+                c.execute(
+                    "UPDATE rounds SET status = 'aborted', record = ? WHERE round = ?",
+                    (json.dumps(record), rnd),
+                )
+                ids.append(int(rnd))
+        return ids
