@@ -501,6 +501,40 @@ class Simulation:
         if self.console is not None:
             self.console.print(text)
 
+    def validate(self) -> None:
+        """Build the experiment config once with placeholders, before anything heavy runs.
+
+        Raises :class:`UsageError` (one line) on any ValueError from the dp / secagg /
+        server / tasks configuration classes.
+        """
+        z = self.opts.noise_multiplier
+        if z is None:
+            z = SimOptions.DEFAULT_NOISE_MULTIPLIER if self.opts.mechanism != "none" else 0.0
+        try:
+            build_experiment(self.opts, z, self.opts.stage_timeout or 30.0)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def preflight(self, experiment: Any, dim: int) -> None:
+        """Check that a full round is plannable (threshold, encoding plan) before starting.
+
+        The server would otherwise find out only at its first round (for example: too few
+        bits for the number of contributors).
+        """
+        from dp import EncodingPlan
+        from secagg import RoundParams
+
+        participants = tuple(range(self.opts.per_round))
+        try:
+            probe = RoundParams.create(
+                0, participants, 1, experiment.dp.bits, graph=experiment.protocol.graph,
+                dropout=experiment.protocol.dropout, corrupt=experiment.protocol.corrupt,
+                active=False,
+            )
+            EncodingPlan.create(experiment.dp, dim, len(participants), probe.threshold)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
     def prepare(self) -> tuple[Any, Any, Trainer, float, float]:
         """Load task and data, measure local training, choose z and the stage timeout."""
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -547,11 +581,13 @@ class Simulation:
 
         t_start = time.monotonic()
         opts = self.opts
+        self.validate()
         task, data, trainer, z, timeout = self.prepare()
         try:
             experiment = build_experiment(opts, z, timeout)
         except ValueError as exc:  # any config error from dp/secagg/server/tasks
             raise UsageError(str(exc)) from None
+        self.preflight(experiment, model_dim(task, opts.seed))
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "experiment.toml"
         config_path.write_text(experiment.to_toml(), encoding="utf-8")
