@@ -250,7 +250,8 @@ class ServerStartError(RuntimeError):
 class LocalServer:
     """``python -m server`` as a subprocess on loopback, with a readiness probe.
 
-    Its stdout and stderr go to ``log_path``. ``stop()`` sends SIGTERM (uvicorn shuts
+    The server writes its log to ``log_path`` (``--log-file``); its stdout and stderr go
+    to ``<log_path stem>-console.log`` next to it. ``stop()`` sends SIGTERM (uvicorn shuts
     down gracefully), then SIGKILL after a grace period.
     """
 
@@ -271,6 +272,8 @@ class LocalServer:
         self.port = port or free_port(host)
         self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
+        # uvicorn's and Python's own output (tracebacks, access log) go here
+        self.console_path = log_path.with_name(log_path.stem + "-console.log")
 
     @property
     def url(self) -> str:
@@ -285,6 +288,7 @@ class LocalServer:
             "--db", str(self.db_path),
             "--host", self.host,
             "--port", str(self.port),
+            "--log-file", str(self.log_path),
         ]
 
     def start(self, ready_timeout: float = 120.0) -> None:
@@ -292,7 +296,7 @@ class LocalServer:
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["PYTHONUNBUFFERED"] = "1"
-        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        log = open(self.console_path, "ab")  # noqa: SIM115 (handed to the child)
         try:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -307,7 +311,7 @@ class LocalServer:
                 if self.proc.poll() is not None:
                     raise ServerStartError(
                         f"server exited with status {self.proc.returncode}; "
-                        f"see {self.log_path}: {self.log_tail()}"
+                        f"see {self.console_path}: {self.log_tail()}"
                     )
                 try:
                     if http.get("/v1/status").status_code == 200:
@@ -325,7 +329,7 @@ class LocalServer:
     def log_tail(self, lines: int = 3) -> str:
         """The last lines of the server log, on one line."""
         try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            text = self.console_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return " | ".join(text[-lines:])
@@ -790,8 +794,8 @@ def summary_lines(result: SimulationResult, opts: SimOptions) -> list[str]:
         f"mechanism {opts.mechanism}, z = {result.noise_multiplier:.4g}, clip {opts.clip:g}, "
         f"{opts.bits} bits, graph {opts.graph}",
         f"database: {result.db_path}   server log: {result.log_path}",
-        f"dashboard: python -m server --db {result.db_path} --port 8000   then open "
-        "http://127.0.0.1:8000/",
+        f"dashboard: python -m server --config {result.workdir / 'experiment.toml'} "
+        f"--db {result.db_path} --port 8000   then open http://127.0.0.1:8000/",
     ]
     if result.device_errors:
         lines.append(f"device errors: {len(result.device_errors)} (first: "
