@@ -1,0 +1,174 @@
+"""Neighbour graphs and the SecAgg+ parameter finder.
+
+- Complete graph: Bonawitz et al., CCS 2017 — every pair of participants shares masks;
+  O(n) keys and shares per client.
+- Harary graph H(n, k): Bell, Bonawitz, Gascón, Lepoint, Raykova, CCS 2020 (SecAgg+).
+  The participants are placed on a ring in a uniformly random order and each is linked
+  to the k/2 nearest on each side (k even). The order is a Fisher–Yates shuffle driven by
+  AES-256-CTR keyed with the server's public 32-byte ``graph_seed`` (domain-separated by
+  round id), so every device derives the same graph from the public round parameters.
+  The permutation is public by design: security rests on the adversary's corruptions
+  being independent of it (the server draws graph_seed after the sample is fixed).
+
+Parameter finder (:func:`find_harary_params`), semi-honest model, written after the
+analysis in Bell et al. 2020 (Sec. 4) and the bounds used by Google's production finder
+(federated-compute ``graph_parameter_finder.cc``):
+
+1. Security (statistical parameter sigma, split in two events of 2^-(sigma+1)):
+   a. the graph of honest, surviving clients stays connected: a Harary graph is cut only
+      by two disjoint runs of k/2 consecutive removed clients; union bound over the
+      ``n(n-k-1)/2`` gap pairs of ``P[k given clients are all bad] =
+      (B)_k / (n)_k`` (falling factorials, B = corrupt + dropped clients);
+   b. no client has ``t`` or more corrupt neighbours: hypergeometric tail
+      ``P[HG(n, floor(corrupt*n), k) >= t] <= 2^-(sigma+1) / n`` (union over clients).
+2. Correctness (eta): every client keeps at least ``t`` surviving neighbours:
+   ``P[HG(n, n - floor(dropout*n), k) < t] <= 2^-eta / n``.
+
+The finder returns the smallest even k (and for it the smallest t >= 2) meeting all
+three. Evaluated in log space with ``math.lgamma`` (exact tails by summation, no
+normal approximation). It reproduces Google's published table exactly, e.g. n = 1000:
+(30, 17) at 5 % corrupt / 5 % dropout, (48, 27) at 10/10, (88, 36) at 10/30 (see
+tests/secagg/test_graph.py for all nine entries).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from secagg.crypto import label, prg_nonce
+
+__all__ = ["find_harary_params", "harary_neighbours", "ring_order"]
+
+_EPS = 1e-12  # guards floor(rate * n) against binary rounding of e.g. 0.1 * 1000
+
+
+def _log_hypergeom_pmf(total: int, marked: int, draws: int) -> list[float]:
+    """log P[X = x] for X ~ Hypergeometric(total, marked, draws), x = 0..draws."""
+    lg = math.lgamma
+    base = lg(draws + 1) + lg(total - draws + 1) - lg(total + 1)
+    out = []
+    for x in range(draws + 1):
+        if x > marked or draws - x > total - marked:
+            out.append(-math.inf)
+            continue
+        out.append(
+            base
+            + lg(marked + 1)
+            - lg(x + 1)
+            - lg(marked - x + 1)
+            + lg(total - marked + 1)
+            - lg(draws - x + 1)
+            - lg(total - marked - draws + x + 1)
+        )
+    return out
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    top = max(values, default=-math.inf)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def find_harary_params(
+    n: int, dropout: float, corrupt: float, sigma: float = 40, eta: float = 20
+) -> tuple[int, int]:
+    """Smallest Harary degree ``k`` and a threshold ``t`` for ``n`` clients such that
+    privacy fails with probability < 2^-sigma and the round fails (too few surviving
+    neighbours) with probability < 2^-eta, against a fraction ``corrupt`` of clients
+    colluding with a semi-honest server and a fraction ``dropout`` of dropouts.
+
+    Raises ``ValueError`` if the inputs are out of range or no ``k < n - 1`` works (small
+    n with large rates: use the complete graph then).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 3:
+        raise ValueError(f"n must be an int >= 3, got {n!r}")
+    for name, rate in (("dropout", dropout), ("corrupt", corrupt)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+    if dropout + corrupt > 0.9:
+        raise ValueError(f"dropout + corrupt must be <= 0.9, got {dropout} + {corrupt}")
+    if sigma <= 0 or eta <= 0:
+        raise ValueError(f"sigma and eta must be > 0, got {sigma}, {eta}")
+    n_corrupt = math.floor(corrupt * n + _EPS)
+    n_dropped = math.floor(dropout * n + _EPS)
+    n_bad = n_corrupt + n_dropped
+    n_alive = n - n_dropped
+    log_sec = -(sigma + 1) * math.log(2)  # per event
+    log_sec_client = log_sec - math.log(n)
+    log_fail_client = -eta * math.log(2) - math.log(n)
+    lg = math.lgamma
+    for k in range(2, n - 1, 2):
+        if k <= n_bad:  # else no run of k bad clients exists: connected surely
+            log_disconnect = (
+                math.log(n)
+                + math.log(n - k - 1)
+                - math.log(2)
+                + lg(n_bad + 1)
+                - lg(n_bad - k + 1)
+                + lg(n - k + 1)
+                - lg(n + 1)
+            )
+            if log_disconnect >= log_sec:
+                continue
+        corrupt_pmf = _log_hypergeom_pmf(n, n_corrupt, k)
+        t_min = k + 1
+        for t in range(1, k + 1):
+            if _log_sum_exp(corrupt_pmf[t:]) <= log_sec_client:
+                t_min = t
+                break
+        t_min = max(t_min, 2)
+        alive_pmf = _log_hypergeom_pmf(n, n_alive, k)
+        if t_min <= k and _log_sum_exp(alive_pmf[:t_min]) <= log_fail_client:
+            return k, t_min
+    raise ValueError(
+        f"no Harary degree k < n - 1 meets the bounds for n={n}, dropout={dropout}, "
+        f"corrupt={corrupt}; use the complete graph"
+    )
+
+
+def ring_order(participants: Sequence[int], graph_seed: bytes, round_id: int) -> list[int]:
+    """Uniformly random order of ``participants`` (a Fisher–Yates shuffle with unbiased
+    rejection sampling), driven by AES-256-CTR keyed by the public ``graph_seed``."""
+    if len(graph_seed) != 32:
+        raise ValueError(f"graph_seed must be 32 bytes, got {len(graph_seed)}")
+    order = list(participants)
+    n = len(order)
+    enc = Cipher(
+        algorithms.AES(graph_seed), modes.CTR(prg_nonce(label("harary-permutation", round_id)))
+    ).encryptor()
+    buf = b""
+    pos = 0
+    for i in range(n - 1, 0, -1):
+        bound = i + 1
+        limit = (1 << 64) - ((1 << 64) % bound)
+        while True:
+            if pos + 8 > len(buf):
+                buf = enc.update(bytes(8 * 256))
+                pos = 0
+            r = int.from_bytes(buf[pos : pos + 8], "little")
+            pos += 8
+            if r < limit:
+                break
+        j = r % bound
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def harary_neighbours(
+    participants: Sequence[int], degree: int, graph_seed: bytes, round_id: int
+) -> dict[int, tuple[int, ...]]:
+    """Neighbour sets of H(n, degree) on the ring given by :func:`ring_order`."""
+    n = len(participants)
+    if degree % 2 or not 2 <= degree <= n - 1:
+        raise ValueError(f"Harary degree must be even and in [2, {n - 1}], got {degree}")
+    order = ring_order(participants, graph_seed, round_id)
+    half = degree // 2
+    out: dict[int, tuple[int, ...]] = {}
+    for pos, cid in enumerate(order):
+        nbrs = {order[(pos + o) % n] for o in range(-half, half + 1) if o}
+        out[cid] = tuple(sorted(nbrs))
+    return out

@@ -1,0 +1,285 @@
+"""Public parameters of one secure-aggregation round.
+
+Threat model (Bonawitz et al., CCS 2017; Bell et al., CCS 2020): the server and up to a
+fraction ``corrupt`` of the sampled clients are honest-but-curious and may collude;
+fewer than ``t`` corrupt share holders per client keep every individual input hidden
+(only the sum of at least ``t`` inputs is revealed). With ``active=True`` the
+ConsistencyCheck round and Ed25519 signatures (long-term identity keys registered
+beforehand, a PKI) stop a server from showing different survivor sets to different
+clients. The parameters themselves are public; ``graph_seed`` is public randomness
+drawn by the server after the participants are fixed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from secagg.config import GRAPHS, ProtocolConfig
+from secagg.graph import find_harary_params, harary_neighbours
+from secagg.messages import b64decode, b64encode
+from secagg.packing import MAX_BITS, MIN_BITS, word_dtype
+
+__all__ = ["RoundParams", "complete_threshold"]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def complete_threshold(n: int, dropout: float, corrupt: float, active: bool = False) -> int:
+    """Threshold for the complete graph: ``max(2, floor(2n/3) + 1)``, lowered to
+    ``floor(n(1 - dropout))`` when that still exceeds the corrupt clients (and n/2 in
+    active mode), so that the expected survivors can finish; at most ``n``."""
+    if n <= 1:
+        return 1
+    t = max(2, 2 * n // 3 + 1)
+    cap = math.floor(n * (1.0 - dropout) + 1e-9)
+    floor_ = max(2, math.floor(corrupt * n + 1e-9) + 1, n // 2 + 1 if active else 0)
+    if cap >= floor_:
+        t = min(t, cap)
+    return min(t, n)
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """Round parameters (public; sent to every device with the round).
+
+    ``threshold`` t: any t share holders rebuild a secret, t - 1 learn nothing. The
+    round outputs the exact sum mod 2^bits of the survivors' inputs when at least t
+    survive (and every survivor / dropped client keeps t responsive neighbours);
+    otherwise it aborts and reveals nothing.
+    """
+
+    round_id: int
+    participants: tuple[int, ...]
+    dim: int
+    bits: int
+    threshold: int
+    graph: str
+    degree: int | None
+    graph_seed: bytes
+    active: bool = False
+    identity_keys: Mapping[int, bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.round_id) or self.round_id < 0:
+            raise ValueError(f"round_id must be an int >= 0, got {self.round_id!r}")
+        if isinstance(self.participants, list):
+            object.__setattr__(self, "participants", tuple(self.participants))
+        if not isinstance(self.participants, tuple) or not self.participants:
+            raise ValueError(f"participants must be a non-empty tuple, got {self.participants!r}")
+        for cid in self.participants:
+            if not _is_int(cid) or cid < 0:
+                raise ValueError(f"participant ids must be ints >= 0, got {cid!r}")
+        if list(self.participants) != sorted(set(self.participants)):
+            raise ValueError("participants must be sorted and unique")
+        if not _is_int(self.dim) or self.dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {self.dim!r}")
+        if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {self.bits!r}")
+        if self.graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
+        n = len(self.participants)
+        if self.graph == "complete":
+            if self.degree is not None:
+                raise ValueError(f"degree must be None for the complete graph, got {self.degree!r}")
+            max_t = n
+        else:
+            if not _is_int(self.degree) or self.degree % 2 or not 2 <= self.degree <= n - 1:
+                raise ValueError(f"harary degree must be even and in [2, {n - 1}], got {self.degree!r}")
+            max_t = self.degree + 1
+        if not _is_int(self.threshold) or not 1 <= self.threshold <= max_t:
+            raise ValueError(
+                f"threshold must be an int in [1, {max_t}] (neighbours + 1), got {self.threshold!r}"
+            )
+        if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != 32:
+            raise ValueError("graph_seed must be 32 bytes")
+        if not isinstance(self.active, bool):
+            raise ValueError(f"active must be a bool, got {self.active!r}")
+        if self.identity_keys is not None:
+            keys = {}
+            for cid, key in dict(self.identity_keys).items():
+                if not _is_int(cid):
+                    raise ValueError(f"identity_keys ids must be ints, got {cid!r}")
+                if not isinstance(key, bytes) or len(key) != 32:
+                    raise ValueError(f"identity key of {cid} must be 32 raw bytes")
+                keys[cid] = key
+            object.__setattr__(self, "identity_keys", keys)
+        if self.active:
+            if self.identity_keys is None:
+                raise ValueError("active mode needs identity_keys for every participant")
+            missing = [c for c in self.participants if c not in self.identity_keys]
+            if missing:
+                raise ValueError(f"identity_keys missing for participants {missing[:10]}")
+        object.__setattr__(self, "_cache", {})
+        object.__setattr__(self, "_members", frozenset(self.participants))
+
+    # ------------------------------------------------------------------ graph
+
+    @property
+    def modulus(self) -> int:
+        """2 ** bits: the secure sum is computed modulo this."""
+        return 1 << self.bits
+
+    @property
+    def word_dtype(self) -> type:
+        """numpy storage word: uint32 if bits <= 32 else uint64."""
+        return word_dtype(self.bits)
+
+    @property
+    def n(self) -> int:
+        """Number of participants."""
+        return len(self.participants)
+
+    def is_participant(self, cid: int) -> bool:
+        """Whether ``cid`` was sampled for this round."""
+        return cid in self._members  # type: ignore[attr-defined]
+
+    def _harary(self) -> dict[int, tuple[int, ...]]:
+        cache: dict[str, Any] = self._cache  # type: ignore[attr-defined]
+        if "harary" not in cache:
+            cache["harary"] = harary_neighbours(
+                self.participants, int(self.degree or 0), self.graph_seed, self.round_id
+            )
+        return cache["harary"]
+
+    def neighbours(self, cid: int) -> tuple[int, ...]:
+        """Sorted neighbours of ``cid`` (excluding ``cid``); ``ValueError`` if unknown."""
+        if not self.is_participant(cid):
+            raise ValueError(f"client {cid} is not a participant of round {self.round_id}")
+        if self.graph == "harary":
+            return self._harary()[cid]
+        cache: dict[Any, Any] = self._cache  # type: ignore[attr-defined]
+        key = ("complete", cid)
+        if key not in cache:
+            cache[key] = tuple(p for p in self.participants if p != cid)
+        return cache[key]
+
+    def neighbour_set(self, cid: int) -> frozenset[int]:
+        """:meth:`neighbours` as a cached frozenset."""
+        cache: dict[Any, Any] = self._cache  # type: ignore[attr-defined]
+        key = ("set", cid)
+        if key not in cache:
+            cache[key] = frozenset(self.neighbours(cid))
+        return cache[key]
+
+    # ------------------------------------------------------------------ (de)serialize
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (bytes as base64, identity keys keyed by decimal strings)."""
+        return {
+            "round_id": self.round_id,
+            "participants": list(self.participants),
+            "dim": self.dim,
+            "bits": self.bits,
+            "threshold": self.threshold,
+            "graph": self.graph,
+            "degree": self.degree,
+            "graph_seed": b64encode(self.graph_seed),
+            "active": self.active,
+            "identity_keys": None
+            if self.identity_keys is None
+            else {str(k): b64encode(v) for k, v in sorted(self.identity_keys.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RoundParams:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on anything malformed."""
+        if not isinstance(d, Mapping):
+            raise ValueError("RoundParams.from_dict needs a mapping")
+        required = ("round_id", "participants", "dim", "bits", "threshold", "graph", "degree", "graph_seed")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"RoundParams: missing fields {missing}")
+        extra = set(d) - set(required) - {"active", "identity_keys"}
+        if extra:
+            raise ValueError(f"RoundParams: unknown fields {sorted(extra)}")
+        participants = d["participants"]
+        if not isinstance(participants, (list, tuple)):
+            raise ValueError("participants must be a list")
+        keys_raw = d.get("identity_keys")
+        keys: dict[int, bytes] | None = None
+        if keys_raw is not None:
+            if not isinstance(keys_raw, Mapping):
+                raise ValueError("identity_keys must be an object")
+            keys = {}
+            for k, v in keys_raw.items():
+                try:
+                    cid = int(k)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"identity_keys key {k!r} is not an id") from err
+                keys[cid] = b64decode(v, f"identity_keys[{k}]")
+        return cls(
+            round_id=d["round_id"],
+            participants=tuple(participants),
+            dim=d["dim"],
+            bits=d["bits"],
+            threshold=d["threshold"],
+            graph=d["graph"],
+            degree=d["degree"],
+            graph_seed=b64decode(d["graph_seed"], "graph_seed"),
+            active=d.get("active", False),
+            identity_keys=keys,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        round_id: int,
+        participants: tuple[int, ...] | list[int],
+        dim: int,
+        bits: int,
+        *,
+        graph: str = "complete",
+        dropout: float = 0.1,
+        corrupt: float = 0.1,
+        active: bool = False,
+        identity_keys: Mapping[int, bytes] | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        config: ProtocolConfig | None = None,
+    ) -> RoundParams:
+        """Choose degree and threshold and draw ``graph_seed``.
+
+        ``config`` (a :class:`ProtocolConfig`) overrides ``graph/dropout/corrupt/active``.
+        Complete graph: :func:`complete_threshold`. Harary: :func:`find_harary_params`;
+        when no Harary degree below n - 1 meets the bounds (small n), the complete graph
+        is used instead (it is the limit of H(n, k) and has the strongest guarantees).
+        Participants are sorted; duplicates raise ``ValueError``.
+        """
+        if config is not None:
+            graph, dropout, corrupt, active = config.graph, config.dropout, config.corrupt, config.active
+        else:
+            ProtocolConfig(graph=graph, dropout=dropout, corrupt=corrupt, active=active)
+        parts = tuple(sorted(participants))
+        if len(set(parts)) != len(parts):
+            raise ValueError("participants contain duplicates")
+        n = len(parts)
+        degree: int | None = None
+        if graph == "harary":
+            try:
+                k, t = find_harary_params(n, dropout, corrupt) if n >= 3 else (0, 0)
+            except ValueError:
+                k = 0
+            if 2 <= k <= n - 2:
+                degree, threshold = k, t
+            else:
+                graph = "complete"
+        if graph == "complete":
+            threshold = complete_threshold(n, dropout, corrupt, active)
+        seed = random_bytes(32)
+        return cls(
+            round_id=round_id,
+            participants=parts,
+            dim=dim,
+            bits=bits,
+            threshold=threshold,
+            graph=graph,
+            degree=degree,
+            graph_seed=seed,
+            active=active,
+            identity_keys=identity_keys,
+        )
