@@ -212,8 +212,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                        help="z: std of the summed noise is z*clip "
                             f"(default: {SimOptions.DEFAULT_NOISE_MULTIPLIER})")
     noise.add_argument("--target-epsilon", type=float,
-                       help="calibrate z (dp.calibrate_noise) so the planned rounds reach this "
-                            "ε at --delta (default: none)")
+                       help="calibrate z (dp.calibrate_noise) so that after --rounds rounds the "
+                            "amplified ε (sampling q = per-round/clients) is this, at --delta "
+                            "(default: none)")
     add("--delta", "DP δ", type=float)
     add("--clip", "L2 clip norm of each device's update", type=float)
     add("--bits", "bits per entry of the secure sum (modulus 2^bits)", type=int)
@@ -363,8 +364,12 @@ def model_dim(task: Any, seed: int = 0) -> int:
     return int(sum(int(w.size) for w in model.get_weights()))
 
 
-def resolve_noise(opts: SimOptions, dim: int) -> float:
-    """z from --noise-multiplier, from --target-epsilon (calibrated), or the default."""
+def resolve_noise(opts: SimOptions, dim: int, threshold: int | None = None) -> float:
+    """z from --noise-multiplier, from --target-epsilon (calibrated), or the default.
+
+    The calibration targets the *amplified* ε (Poisson sampling at q = per_round/clients)
+    after the planned rounds, with noise shares sized for ``threshold`` contributors.
+    """
     if opts.mechanism == "none":
         return 0.0
     if opts.noise_multiplier is not None:
@@ -385,6 +390,7 @@ def resolve_noise(opts: SimOptions, dim: int) -> float:
             bits=opts.bits,
             dim=dim,
             clip=opts.clip,
+            min_contributors=threshold,
         )
     )
 
@@ -519,6 +525,20 @@ class Simulation:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
+    def threshold(self) -> int:
+        """The secagg threshold t the server will use for a full round of per_round devices."""
+        from secagg import RoundParams
+
+        o = self.opts
+        try:
+            probe = RoundParams.create(
+                0, tuple(range(o.per_round)), 1, o.bits, graph=o.graph,
+                dropout=max(0.1, min(o.dropout, 0.5)), active=False,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return int(probe.threshold)
+
     def preflight(self, experiment: Any, dim: int) -> None:
         """Check that a full round is plannable (threshold, encoding plan) before starting.
 
@@ -551,7 +571,7 @@ class Simulation:
             raise UsageError(str(exc)) from None
         data = task.load_data(opts.data_dir)
         dim = model_dim(task, opts.seed)
-        z = resolve_noise(opts, dim)
+        z = resolve_noise(opts, dim, self.threshold())
         trainer = Trainer(task)
         if opts.stage_timeout is not None:
             timeout = float(opts.stage_timeout)
@@ -797,6 +817,9 @@ def summary_lines(result: SimulationResult, opts: SimOptions) -> list[str]:
         f"dashboard: python -m server --config {result.workdir / 'experiment.toml'} "
         f"--db {result.db_path} --port 8000   then open http://127.0.0.1:8000/",
     ]
+    reason = st.get("finished_reason")
+    if reason:
+        lines.append(f"server: training finished: {reason}")
     if result.device_errors:
         lines.append(f"device errors: {len(result.device_errors)} (first: "
                      f"{result.device_errors[0]})")
@@ -845,6 +868,13 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         console.print(line, highlight=False)
     if opts.json_out:
         console.print(f"round log written to {opts.json_out}", highlight=False)
+    completed = sum(1 for r in result.rounds if r.get("status") == "done")
+    status = 0
+    if completed < opts.rounds:
+        print(f"{parser.prog}: error: only {completed} of {opts.rounds} rounds completed "
+              f"({result.status.get('finished_reason') or 'see the server log'})",
+              file=sys.stderr)
+        status = 1
     if opts.keep_serving:
         console.print(f"serving the dashboard at {result.url}/  (Ctrl-C to stop)",
                       highlight=False)
@@ -857,7 +887,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
             pass
         finally:
             sim.stop()
-    return 0
+    return status
 
 
 __all__ = [
