@@ -1,0 +1,157 @@
+"""Configuration of the distributed-DP encoder and accountant (one frozen record).
+
+`DPConfig` is the single source of the DP parameters of a run: the CLI, the server,
+the devices and the benchmarks all build one and share it through `to_dict/from_dict`.
+`bits` is THE modulus exponent b of the round: the encoder wraps into Z_{2^b} and the
+secure sum adds modulo the same 2^b.
+
+`RDP_ORDERS` is the one place where the Renyi orders used by every accountant in this
+package are listed (dp-accounting's defaults, so the Gaussian figures equal its own).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
+
+from dp.mechanisms import MECHANISM_REGISTRY
+
+__all__ = [
+    "DPConfig",
+    "DPConfigError",
+    "MECHANISMS",
+    "ROTATIONS",
+    "RDP_ORDERS",
+    "INTEGER_RDP_ORDERS",
+]
+
+MECHANISMS = tuple(MECHANISM_REGISTRY)
+ROTATIONS = ("hadamard", "dft")
+
+#: Renyi orders for every RDP computation in `dp` (dp-accounting's default list).
+RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in DEFAULT_RDP_ORDERS)
+#: The integer orders >= 2 among them: the Poisson-subsampled bound used for the
+#: discrete mechanisms (Zhu & Wang 2019, Thm. 5) holds for integer orders only.
+INTEGER_RDP_ORDERS: tuple[int, ...] = tuple(
+    int(a) for a in RDP_ORDERS if a >= 2 and float(a).is_integer()
+)
+
+
+class DPConfigError(ValueError):
+    """A DP parameter is out of range or the parameters cannot work together."""
+
+
+def _check_finite(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DPConfigError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise DPConfigError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Parameters of client-level distributed DP for one training run.
+
+    - `mechanism`: "ddgauss" (distributed discrete Gaussian, Kairouz, Liu, Steinke,
+      ICML 2021), "skellam" (Agarwal, Kairouz, Liu, NeurIPS 2021), "gaussian"
+      (continuous Gaussian shares rounded to integers; a comparison baseline) or
+      "none" (no noise: no DP guarantee, epsilon is infinite).
+    - `clip` C: every device's update is scaled to L2 norm <= C before anything else.
+    - `noise_multiplier` z: the standard deviation of the noise in the *sum* of any
+      `min_contributors` (secure-aggregation threshold t) devices is z * C in update
+      units, per coordinate.
+    - `bits` b: the modulus 2^b of the encoding and of the secure sum.
+    - `beta`: conditional randomized rounding parameter (0 disables it; Kairouz et al.
+      use exp(-0.5)).
+    - `modclip_prob`: target probability, per coordinate, that the aggregate wraps
+      around the modulus (sets the scale gamma).
+    - `rotation`: "hadamard" (randomized Walsh-Hadamard, padded to a power of two) or
+      "dft" (randomized real DFT, padded to an even length).
+    - `delta`: the delta at which epsilon is reported.
+    - `adaptive_clip`, `target_quantile`, `clip_lr`, `clipped_count_stddev`: adaptive
+      clipping of Andrew et al. (NeurIPS 2021); the std of the noise on the clipped
+      count defaults to (expected clients per round) / 20 as in the paper.
+    """
+
+    mechanism: str = "ddgauss"
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    bits: int = 20
+    beta: float = math.exp(-0.5)
+    modclip_prob: float = 1e-4
+    rotation: str = "hadamard"
+    delta: float = 1e-5
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clipped_count_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise DPConfigError(
+                f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}"
+            )
+        if self.rotation not in ROTATIONS:
+            raise DPConfigError(
+                f"rotation must be one of {', '.join(ROTATIONS)}, got {self.rotation!r}"
+            )
+        clip = _check_finite("clip", self.clip)
+        if clip <= 0:
+            raise DPConfigError(f"clip must be > 0, got {self.clip!r}")
+        z = _check_finite("noise_multiplier", self.noise_multiplier)
+        if z < 0:
+            raise DPConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+        if self.mechanism != "none" and z == 0:
+            raise DPConfigError(
+                f"noise_multiplier must be > 0 for mechanism {self.mechanism!r} "
+                "(use mechanism='none' for no noise)"
+            )
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise DPConfigError(f"bits must be an integer, got {self.bits!r}")
+        if not 8 <= self.bits <= 62:
+            raise DPConfigError(f"bits must be in [8, 62], got {self.bits!r}")
+        beta = _check_finite("beta", self.beta)
+        if not 0 <= beta < 1:
+            raise DPConfigError(f"beta must be in [0, 1), got {self.beta!r}")
+        p = _check_finite("modclip_prob", self.modclip_prob)
+        if not 0 < p < 1:
+            raise DPConfigError(f"modclip_prob must be in (0, 1), got {self.modclip_prob!r}")
+        delta = _check_finite("delta", self.delta)
+        if not 0 < delta < 1:
+            raise DPConfigError(f"delta must be in (0, 1), got {self.delta!r}")
+        if not isinstance(self.adaptive_clip, bool):
+            raise DPConfigError(f"adaptive_clip must be a bool, got {self.adaptive_clip!r}")
+        tq = _check_finite("target_quantile", self.target_quantile)
+        if not 0 < tq < 1:
+            raise DPConfigError(
+                f"target_quantile must be in (0, 1), got {self.target_quantile!r}"
+            )
+        lr = _check_finite("clip_lr", self.clip_lr)
+        if lr < 0:
+            raise DPConfigError(f"clip_lr must be >= 0, got {self.clip_lr!r}")
+        if self.clipped_count_stddev is not None:
+            s = _check_finite("clipped_count_stddev", self.clipped_count_stddev)
+            if s < 0 or (s == 0 and self.mechanism != "none" and self.adaptive_clip):
+                raise DPConfigError(
+                    f"clipped_count_stddev must be > 0, got {self.clipped_count_stddev!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DPConfig:
+        """Inverse of `to_dict`; unknown keys raise DPConfigError."""
+        if not isinstance(d, dict):
+            raise DPConfigError(f"DPConfig.from_dict needs a dict, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DPConfigError(f"unknown DPConfig keys: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,351 @@
+"""Noise mechanisms: a device's local noise share and the per-round RDP it buys.
+
+Each mechanism is one small class behind `NoiseMechanism`, registered in `MECHANISMS`
+(one place): adding a mechanism touches nothing else. A mechanism says
+
+- `local_scale(target)`: the local noise parameter it will really use for a requested
+  local standard deviation (integer units);
+- `add_noise(record, scale, l2_bound, l1_bound, rng)`: add one device's share to the
+  rounded integer record (np.int64), drawing with tensorflow-privacy's samplers, seeded
+  from `rng` (which the device must seed from OS entropy: whoever can predict the seed
+  can subtract the noise);
+- `rdp(orders, ...)`: the Renyi DP of ONE round, unsampled, for the sum of `n_shares`
+  shares (the survivors), given the L2/L1 sensitivities in integer units.
+
+The sampling rule "sum of any t shares carries the target noise" lives in
+`EncodingPlan`; the survivors' count is passed to `rdp` by the accountant.
+
+Sensitivities are for add/remove-one-device adjacency (a device's whole contribution
+is present or absent), the relation of client-level DP in federated learning.
+
+TensorFlow is imported lazily, so that accounting and the CLI stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = [
+    "NoiseMechanism",
+    "DiscreteGaussian",
+    "Skellam",
+    "RoundedGaussian",
+    "NoNoise",
+    "MECHANISM_REGISTRY",
+    "get_mechanism",
+    "ddgauss_tau",
+    "ddgauss_rdp",
+    "skellam_rdp",
+    "gaussian_rdp",
+]
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def _seed_from(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**31 - 1))
+
+
+@contextmanager
+def _seeded_tf(rng: np.random.Generator) -> Iterator[None]:
+    """Run TF's stateful samplers eagerly under a global seed drawn from `rng`.
+
+    tensorflow-privacy's discrete Gaussian sampler is a `tf.function`: once traced, its
+    random ops keep the seeds of the first trace, so `tf.random.set_seed` no longer
+    changes its stream (two devices in one process, or two processes that set the same
+    training seed, would add *identical* noise, which breaks the distributed
+    guarantee). Running functions eagerly makes every draw follow the global seed set
+    here from `rng`. Side effect: the process's global TF seed is left set to a value
+    drawn from `rng`.
+    """
+    import tensorflow as tf
+
+    previous = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        tf.random.set_seed(_seed_from(rng))
+        yield
+    finally:
+        tf.config.run_functions_eagerly(previous)
+
+
+def ddgauss_tau(local_scale: float, n_shares: int) -> float:
+    """tau of Kairouz, Liu, Steinke (ICML 2021, Thm. 11 / Prop. 14):
+    tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 sigma_local^2 k / (k+1)), sigma_local being the
+    scale of each discrete Gaussian share in integer units."""
+    if n_shares <= 1:
+        return 0.0
+    k = np.arange(1, n_shares, dtype=np.float64)
+    return float(10.0 * np.sum(np.exp(-2.0 * math.pi**2 * local_scale**2 * k / (k + 1.0))))
+
+
+def ddgauss_rdp(
+    orders: Sequence[float],
+    l2_sens: float,
+    l1_sens: float,
+    local_scale: float,
+    n_shares: int,
+    dim: int,
+) -> np.ndarray:
+    """RDP of the sum of `n_shares` discrete Gaussians N_Z(0, local_scale^2) added to an
+    integer vector of L2 sensitivity `l2_sens` and L1 sensitivity `l1_sens` in Z^dim
+    (Kairouz, Liu, Steinke, ICML 2021, Prop. 14 / Eq. 17), with sigma^2 = n * scale^2,
+    a = Delta2 / sigma, b = Delta1 / sigma:
+    eps(alpha) = min(alpha/2 a^2 + tau d, alpha/2 (a^2 + 2 b tau + tau^2 d),
+    alpha/2 (a + sqrt(d) tau)^2)."""
+    alpha = np.asarray(orders, dtype=np.float64)
+    if local_scale <= 0 or n_shares < 1:
+        return np.full_like(alpha, np.inf)
+    sigma = math.sqrt(n_shares) * local_scale
+    tau = ddgauss_tau(local_scale, n_shares)
+    a = l2_sens / sigma
+    b = l1_sens / sigma
+    e1 = alpha / 2.0 * a**2 + tau * dim
+    e2 = alpha / 2.0 * (a**2 + 2.0 * b * tau + tau**2 * dim)
+    e3 = alpha / 2.0 * (a + math.sqrt(dim) * tau) ** 2
+    return np.minimum(np.minimum(e1, e2), e3)
+
+
+def skellam_rdp(
+    orders: Sequence[float], l2_sens: float, l1_sens: float, variance: float
+) -> np.ndarray:
+    """RDP of the Skellam mechanism with summed variance mu (Agarwal, Kairouz, Liu,
+    NeurIPS 2021, Thm. 3.5 in the form of REFERENCES.md):
+    eps(alpha) = alpha Delta2^2 / (2 mu) + min(((2 alpha - 1) Delta2^2 + 6 Delta1) / (4 mu^2),
+    3 Delta1 / (2 mu))."""
+    alpha = np.asarray(orders, dtype=np.float64)
+    mu = float(variance)
+    if mu <= 0:
+        return np.full_like(alpha, np.inf)
+    main = alpha * l2_sens**2 / (2.0 * mu)
+    extra = np.minimum(
+        ((2.0 * alpha - 1.0) * l2_sens**2 + 6.0 * l1_sens) / (4.0 * mu**2),
+        3.0 * l1_sens / (2.0 * mu),
+    )
+    return main + extra
+
+
+def gaussian_rdp(orders: Sequence[float], noise_multiplier: float) -> np.ndarray:
+    """RDP of the Gaussian mechanism, alpha / (2 z^2) (Mironov 2017)."""
+    alpha = np.asarray(orders, dtype=np.float64)
+    if noise_multiplier <= 0:
+        return np.full_like(alpha, np.inf)
+    return alpha / (2.0 * noise_multiplier**2)
+
+
+class NoiseMechanism(ABC):
+    """One noise mechanism: its local share and its per-round accounting."""
+
+    name: str = ""
+    #: True when the accountant composes dp-accounting Gaussian events (RDP and PLD).
+    gaussian_events: bool = False
+
+    def local_scale(self, target_local_stddev: float) -> float:
+        """The local noise parameter actually used for a requested local std."""
+        return float(target_local_stddev)
+
+    @abstractmethod
+    def add_noise(
+        self,
+        record: np.ndarray,
+        scale: float,
+        l2_bound: float,
+        l1_bound: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Return record (int64) + one local noise share (int64)."""
+
+    @abstractmethod
+    def rdp(
+        self,
+        orders: Sequence[float],
+        l2_sens: float,
+        l1_sens: float,
+        local_scale: float,
+        n_shares: int,
+        dim: int,
+    ) -> np.ndarray:
+        """Unsampled RDP of one round for the sum of `n_shares` shares."""
+
+    def noise_variance(self, local_scale: float, n_shares: int) -> float:
+        """Variance (integer units, per coordinate) of the sum of `n_shares` shares."""
+        return n_shares * local_scale**2
+
+
+def _fits_int32(record: np.ndarray, scale: float) -> bool:
+    peak = float(np.max(np.abs(record))) if record.size else 0.0
+    return peak + 40.0 * scale + 1.0 < _INT32_LIMIT
+
+
+class DiscreteGaussian(NoiseMechanism):
+    """Distributed discrete Gaussian (Kairouz, Liu, Steinke, ICML 2021).
+
+    Each device adds N_Z(0, s^2) with an integer scale s (tensorflow-privacy's sampler
+    takes integer scales only, and DistributedDiscreteGaussianSumQuery rounds the scale
+    up: we round up in the plan, so the accounted scale is the scale used). The sum of
+    n shares is not a discrete Gaussian; the accounting bound pays for that with tau.
+    """
+
+    name = "ddgauss"
+
+    def local_scale(self, target_local_stddev: float) -> float:
+        return float(max(1, math.ceil(target_local_stddev - 1e-9)))
+
+    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+        import tensorflow as tf
+        from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
+        from tensorflow_privacy.privacy.dp_query.distributed_discrete_gaussian_query import (
+            DistributedDiscreteGaussianSumQuery,
+        )
+
+        iscale = int(scale)
+        with _seeded_tf(rng):
+            if _fits_int32(record, scale):
+                # Headroom for float32 norm rounding inside the query's norm check.
+                bound = float(l2_bound) * (1.0 + 1e-5) + 1.0
+                query = DistributedDiscreteGaussianSumQuery(
+                    l2_norm_bound=bound, local_stddev=iscale
+                )
+                params = query.derive_sample_params(query.initial_global_state())
+                out = query.preprocess_record(params, tf.constant(record.astype(np.int32)))
+                return out.numpy().astype(np.int64)
+            noise = discrete_gaussian_utils.sample_discrete_gaussian(
+                scale=tf.constant(iscale, tf.int64),
+                shape=tf.constant(record.shape),
+                dtype=tf.int64,
+            )
+            return record + noise.numpy()
+
+    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+        return ddgauss_rdp(orders, l2_sens, l1_sens, local_scale, n_shares, dim)
+
+
+class Skellam(NoiseMechanism):
+    """Distributed Skellam (Agarwal, Kairouz, Liu, NeurIPS 2021).
+
+    Each device adds Poisson(s^2/2) - Poisson(s^2/2) (variance s^2); the sum of n shares
+    is again Skellam with variance n s^2, which is what makes it exact for any survivor
+    count. The draw is tensorflow-privacy's (DistributedSkellamSumQuery's
+    `tf.random.stateless_poisson` pair), but seeded from `rng`: the query itself seeds
+    from `tf.timestamp()`, which is predictable and shared by devices encoding in the
+    same microsecond.
+    """
+
+    name = "skellam"
+
+    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+        import tensorflow as tf
+        from tensorflow_privacy.privacy.dp_query.distributed_skellam_query import (
+            DistributedSkellamSumQuery,
+        )
+
+        seed = [_seed_from(rng), _seed_from(rng)]
+
+        class _SeededSkellamQuery(DistributedSkellamSumQuery):  # type: ignore[misc]
+            def add_noise_to_sample(self, local_stddev, record):  # type: ignore[no-untyped-def]
+                lam = 0.5 * tf.cast(local_stddev, tf.float64) ** 2
+
+                def add(v):  # type: ignore[no-untyped-def]
+                    p = tf.random.stateless_poisson(
+                        shape=tf.concat([tf.shape(v), [2]], axis=0),
+                        seed=tf.constant(seed, tf.int64),
+                        lam=[lam, lam],
+                        dtype=tf.int64,
+                    )
+                    return v + tf.cast(p[..., 0] - p[..., 1], v.dtype)
+
+                return tf.nest.map_structure(add, record)
+
+        query = _SeededSkellamQuery(
+            l1_norm_bound=int(math.ceil(l1_bound)) + 1,
+            l2_norm_bound=float(l2_bound) * (1.0 + 1e-5) + 1.0,
+            local_stddev=float(scale),
+        )
+        if _fits_int32(record, scale) and l1_bound + 1 < _INT32_LIMIT:
+            params = query.derive_sample_params(query.initial_global_state())
+            out = query.preprocess_record(params, tf.constant(record.astype(np.int32)))
+            return out.numpy().astype(np.int64)
+        # Records beyond int32 (very large b): same sampler on int64, norms checked by
+        # the encoder.
+        return query.add_noise_to_sample(float(scale), tf.constant(record, tf.int64)).numpy()
+
+    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+        return skellam_rdp(orders, l2_sens, l1_sens, self.noise_variance(local_scale, n_shares))
+
+
+class RoundedGaussian(NoiseMechanism):
+    """Continuous Gaussian shares rounded to integers: a comparison baseline.
+
+    The device adds N(0, s^2) (tensorflow-privacy's GaussianSumQuery noise) to its
+    rounded integer vector and rounds the result to the nearest integer, i.e. it sends
+    x + round(g).
+
+    Accounting (`rdp`): the Gaussian mechanism with summed std sqrt(n) s and the
+    rounding-inflated L2 sensitivity Delta2 (integer units), i.e. noise multiplier
+    sqrt(n) s / Delta2, composed with dp-accounting (RDP or PLD). This is exact for the
+    mechanism "integer sum + one continuous Gaussian of the summed variance": Delta2
+    bounds every rounded vector, so the sensitivity is right. What it does NOT prove is
+    that rounding each share *before* the sum is free: a sum of rounded Gaussians is not
+    a post-processing of the sum of Gaussians, and it is a lattice distribution (the
+    rounding adds variance n/12, it removes none, but that is not a proof). With
+    s >> 1 the two are numerically indistinguishable, which is why this is kept as the
+    baseline the papers compare with; for a proven distributed guarantee use "ddgauss"
+    or "skellam".
+    """
+
+    name = "gaussian"
+    gaussian_events = True
+
+    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+        import tensorflow as tf
+        from tensorflow_privacy.privacy.dp_query.gaussian_query import GaussianSumQuery
+
+        query = GaussianSumQuery(l2_norm_clip=float(l2_bound) + 1.0, stddev=float(scale))
+        zero = tf.zeros(record.shape, tf.float64)
+        with _seeded_tf(rng):
+            noise, _, _ = query.get_noised_result(zero, query.initial_global_state())
+        return record + np.rint(noise.numpy()).astype(np.int64)
+
+    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+        return gaussian_rdp(orders, self.noise_multiplier(l2_sens, local_scale, n_shares))
+
+    def noise_multiplier(self, l2_sens: float, local_scale: float, n_shares: int) -> float:
+        """Summed std over sensitivity (both in integer units)."""
+        if l2_sens <= 0:
+            return math.inf
+        return math.sqrt(self.noise_variance(local_scale, n_shares)) / l2_sens
+
+
+class NoNoise(NoiseMechanism):
+    """No noise: secure aggregation only, no DP guarantee (epsilon = infinity)."""
+
+    name = "none"
+
+    def local_scale(self, target_local_stddev: float) -> float:
+        return 0.0
+
+    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+        return record
+
+    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+        return np.full(len(orders), np.inf)
+
+
+MECHANISM_REGISTRY: dict[str, NoiseMechanism] = {
+    m.name: m for m in (DiscreteGaussian(), Skellam(), RoundedGaussian(), NoNoise())
+}
+
+
+def get_mechanism(name: str) -> NoiseMechanism:
+    """The registered mechanism called `name`."""
+    try:
+        return MECHANISM_REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown mechanism {name!r}; known: {', '.join(MECHANISM_REGISTRY)}"
+        ) from None

@@ -1,0 +1,89 @@
+"""Random rotations that flatten a vector before integer rounding.
+
+Kairouz, Liu, Steinke (ICML 2021, Sec. 4) and Agarwal, Kairouz, Liu (NeurIPS 2021)
+rotate the clipped update by a random orthogonal matrix so that its energy is spread
+evenly over the coordinates (each one ~ C/sqrt(d)), which keeps the modular wrap rare
+and the rounding error small. Two choices, as in TensorFlow Federated:
+
+- "hadamard": x -> H D x / sqrt(d), D a diagonal of random signs, H the Walsh-Hadamard
+  matrix; the vector is zero-padded to the next power of two.
+- "dft": x -> F D x, with the real vector read as a complex vector of half the length
+  (first half real parts, second half imaginary parts) and F the unitary DFT; the
+  vector is zero-padded to an even length.
+
+Both are orthogonal, so L2 norms are preserved and the inverse is exact (up to float
+rounding).
+
+The signs come from the *public* per-round `rotation_seed`: the rotation needs to be
+random only with respect to the data, not secret from anyone (the server chooses it
+and every device uses the same one, which is what makes the sum decodable). They are
+expanded with numpy's PCG64, a deterministic generator that is fine for public
+randomness and must never be used for keys, masks or DP noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["padded_dim", "rotation_signs", "rotate", "unrotate"]
+
+
+def padded_dim(dim: int, rotation: str) -> int:
+    """Length of the rotated vector for an input of length `dim`."""
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim!r}")
+    if rotation == "hadamard":
+        return 1 << (dim - 1).bit_length()
+    if rotation == "dft":
+        return dim + (dim % 2) if dim > 1 else 2
+    raise ValueError(f"unknown rotation {rotation!r}")
+
+
+def rotation_signs(seed: bytes, length: int) -> np.ndarray:
+    """Deterministic public +-1 signs (float64) expanded from the round's seed."""
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) == 0:
+        raise ValueError(f"rotation seed must be non-empty bytes, got {seed!r}")
+    gen = np.random.Generator(np.random.PCG64(int.from_bytes(bytes(seed), "little")))
+    return np.where(gen.integers(0, 2, size=length, dtype=np.int8) == 1, 1.0, -1.0)
+
+
+def _fwht(x: np.ndarray) -> np.ndarray:
+    """Orthonormal fast Walsh-Hadamard transform along the last axis (length 2^k)."""
+    d = x.shape[-1]
+    y = np.array(x, dtype=np.float64, copy=True)
+    h = 1
+    while h < d:
+        y = y.reshape(-1, d // (2 * h), 2, h)
+        a = y[:, :, 0, :]
+        b = y[:, :, 1, :]
+        y = np.stack((a + b, a - b), axis=2)
+        h *= 2
+    return y.reshape(x.shape) / np.sqrt(d)
+
+
+def rotate(x: np.ndarray, signs: np.ndarray, rotation: str) -> np.ndarray:
+    """Pad `x` to len(signs) and apply the randomized rotation."""
+    d = signs.shape[-1]
+    v = np.zeros(d, dtype=np.float64)
+    v[: x.shape[-1]] = x
+    v *= signs
+    if rotation == "hadamard":
+        return _fwht(v)
+    if rotation == "dft":
+        h = d // 2
+        z = np.fft.fft(v[:h] + 1j * v[h:], norm="ortho")
+        return np.concatenate((z.real, z.imag))
+    raise ValueError(f"unknown rotation {rotation!r}")
+
+
+def unrotate(y: np.ndarray, signs: np.ndarray, rotation: str, dim: int) -> np.ndarray:
+    """Exact inverse of `rotate`, truncated to the first `dim` coordinates."""
+    if rotation == "hadamard":
+        v = _fwht(np.asarray(y, dtype=np.float64))
+    elif rotation == "dft":
+        h = signs.shape[-1] // 2
+        z = np.fft.ifft(y[:h] + 1j * y[h:], norm="ortho")
+        v = np.concatenate((z.real, z.imag))
+    else:
+        raise ValueError(f"unknown rotation {rotation!r}")
+    return (v * signs)[:dim]
