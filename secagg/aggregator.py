@@ -127,13 +127,17 @@ class AggregatorProtocol:
 
     # ------------------------------------------------------------------ helpers
 
-    def _check(self, msg: object, cls: type, stage: Stage, allowed: frozenset[int] | set[int] | None) -> int:
+    def _check(
+        self, msg: object, cls: type, stage: Stage, allowed: frozenset[int] | set[int] | None
+    ) -> int:
         if not isinstance(msg, cls):
             raise MalformedMessageError(f"expected {cls.__name__}, got {type(msg).__name__}")
         round_id = msg.round_id  # type: ignore[attr-defined]
         sender = msg.sender  # type: ignore[attr-defined]
         if round_id != self.params.round_id:
-            raise RoundMismatchError(f"message for round {round_id}, this is round {self.params.round_id}")
+            raise RoundMismatchError(
+                f"message for round {round_id}, this is round {self.params.round_id}"
+            )
         if not self.params.is_participant(sender):
             raise NotParticipantError(f"client {sender} is not a participant of round {round_id}")
         if self._stage != stage:
@@ -151,7 +155,9 @@ class AggregatorProtocol:
         self._stage = Stage.ABORTED
         return AbortError(why)
 
-    def _close(self, stage: Stage, got: set[int] | frozenset[int], expected: set[int] | frozenset[int]) -> None:
+    def _close(
+        self, stage: Stage, got: set[int] | frozenset[int], expected: set[int] | frozenset[int]
+    ) -> None:
         if self._stage != stage:
             raise StageError(f"cannot close {stage.value} at stage {self._stage.value}")
         self._missing[stage.value] = tuple(sorted(set(expected) - set(got)))
@@ -284,7 +290,10 @@ class AggregatorProtocol:
         if self._request is None:  # pragma: no cover
             raise StageError("no survivor set")
         self._request = UnmaskRequest(
-            self._request.round_id, self._request.survivors, self._request.dropped, dict(sorted(self._u4.items()))
+            self._request.round_id,
+            self._request.survivors,
+            self._request.dropped,
+            dict(sorted(self._u4.items())),
         )
         self._stage = Stage.UNMASK
         return self._request
@@ -337,7 +346,13 @@ class AggregatorProtocol:
                 for v in sorted(self._n2(u) & self._u3):
                     dh = x25519_agree(s_sk, self._keys[v].s_pk)
                     # v added +PRG(s_uv) if v < u else -PRG(s_uv): undo it
-                    seeds.append((pair_seed(dh, p.round_id, u, v), pair_label(p.round_id, u, v), -1 if v < u else 1))
+                    seeds.append(
+                        (
+                            pair_seed(dh, p.round_id, u, v),
+                            pair_label(p.round_id, u, v),
+                            -1 if v < u else 1,
+                        )
+                    )
         except (ShamirError, MalformedMessageError) as err:
             raise self._abort(f"round {p.round_id} aborted in unmasking: {err}") from err
         total = self._sum

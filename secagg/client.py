@@ -130,7 +130,10 @@ class ClientProtocol:
         if params.active:
             if signing_key is None:
                 raise ValueError("active mode needs the client's Ed25519 signing_key")
-            if params.identity_keys is None or ed25519_public_bytes(signing_key) != params.identity_keys[client_id]:
+            if (
+                params.identity_keys is None
+                or ed25519_public_bytes(signing_key) != params.identity_keys[client_id]
+            ):
                 raise ValueError(f"signing_key does not match identity key of client {client_id}")
         self.params = params
         self.client_id = client_id
@@ -179,7 +182,8 @@ class ClientProtocol:
         signature = None
         if self.params.active and self._signing_key is not None:
             signature = ed25519_sign(
-                self._signing_key, advertise_message(self.params.round_id, self.client_id, c_pk, s_pk)
+                self._signing_key,
+                advertise_message(self.params.round_id, self.client_id, c_pk, s_pk),
             )
         self._c_sk, self._s_sk = c_sk, s_sk
         self._c_pk, self._s_pk = c_pk, s_pk
@@ -201,7 +205,9 @@ class ClientProtocol:
             if not isinstance(msg, AdvertiseKeys):
                 raise MalformedMessageError(f"keys[{cid}] is not an AdvertiseKeys message")
             if msg.round_id != p.round_id:
-                raise RoundMismatchError(f"keys of {cid} are for round {msg.round_id}, not {p.round_id}")
+                raise RoundMismatchError(
+                    f"keys of {cid} are for round {msg.round_id}, not {p.round_id}"
+                )
             if msg.sender != cid:
                 raise MalformedMessageError(f"keys[{cid}] carries sender {msg.sender}")
             if cid == self.client_id:
@@ -216,7 +222,9 @@ class ClientProtocol:
                 if msg.signature is None or p.identity_keys is None:
                     raise SignatureError(f"keys of {cid} are not signed")
                 ed25519_verify(
-                    p.identity_keys[cid], msg.signature, advertise_message(p.round_id, cid, msg.c_pk, msg.s_pk)
+                    p.identity_keys[cid],
+                    msg.signature,
+                    advertise_message(p.round_id, cid, msg.c_pk, msg.s_pk),
                 )
             peers[cid] = (msg.c_pk, msg.s_pk)
         if len(peers) + 1 < p.threshold:
@@ -285,7 +293,9 @@ class ClientProtocol:
             held_b[u] = pt[16 : 16 + SHARE_BYTES]
             held_sk[u] = pt[16 + SHARE_BYTES :]
         if len(held_b) + 1 < p.threshold:
-            raise self._abort(f"only {len(held_b) + 1} parties shared keys; threshold {p.threshold}")
+            raise self._abort(
+                f"only {len(held_b) + 1} parties shared keys; threshold {p.threshold}"
+            )
         s_dh = {v: x25519_agree(self._s_sk, self._peer_keys[v][1]) for v in held_b}
         dtype = p.word_dtype
         acc = arr.astype(dtype, copy=True)
@@ -327,7 +337,9 @@ class ClientProtocol:
         if both:
             raise RefusedError(f"peers {sorted(both)[:10]} are listed as survivors and dropped")
         if self.client_id not in survivors:
-            raise RefusedError(f"client {self.client_id} sent its masked input but is not a survivor")
+            raise RefusedError(
+                f"client {self.client_id} sent its masked input but is not a survivor"
+            )
         if len(survivors) < p.threshold:
             raise RefusedError(f"only {len(survivors)} survivors for threshold {p.threshold}")
         return survivors, dropped
@@ -339,7 +351,8 @@ class ClientProtocol:
         if self._signing_key is None:
             raise StageError("consistency check needs a signing key (active mode only)")
         sig = ed25519_sign(
-            self._signing_key, consistency_message(self.params.round_id, self.client_id, request.survivors)
+            self._signing_key,
+            consistency_message(self.params.round_id, self.client_id, request.survivors),
         )
         self._signed_survivors = request.survivors
         self._stage = Stage.UNMASK
@@ -369,11 +382,15 @@ class ClientProtocol:
                 if signer not in survivors or p.identity_keys is None:
                     raise RefusedError(f"consistency signature from non-survivor {signer}")
                 ed25519_verify(
-                    p.identity_keys[signer], sig, consistency_message(p.round_id, signer, request.survivors)
+                    p.identity_keys[signer],
+                    sig,
+                    consistency_message(p.round_id, signer, request.survivors),
                 )
                 valid += 1
             if valid < p.threshold:
-                raise RefusedError(f"only {valid} consistency signatures for threshold {p.threshold}")
+                raise RefusedError(
+                    f"only {valid} consistency signatures for threshold {p.threshold}"
+                )
         want_b = held & survivors
         want_sk = (held & dropped) - {self.client_id}
         conflict = sorted((want_b & self._revealed_sk) | (want_sk & self._revealed_b))

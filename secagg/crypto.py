@@ -112,7 +112,9 @@ def x25519_agree(private_raw: bytes, public_raw: bytes) -> bytes:
         raise MalformedMessageError(f"X25519 agreement failed: {err}") from err
 
 
-def hkdf_sha256(ikm: bytes, info: bytes, length: int = KEY_BYTES, salt: bytes | None = None) -> bytes:
+def hkdf_sha256(
+    ikm: bytes, info: bytes, length: int = KEY_BYTES, salt: bytes | None = None
+) -> bytes:
     """HKDF-SHA256 (RFC 5869). ``info`` must name the purpose and bind round and parties."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 

@@ -101,7 +101,9 @@ def _key_from_json(k: object, what: str) -> int:
 def _map_from_json(value: object, what: str) -> dict[int, bytes]:
     if not isinstance(value, dict):
         raise MalformedMessageError(f"{what} must be an object, got {type(value).__name__}")
-    return {_key_from_json(k, f"{what} key"): b64decode(v, f"{what}[{k}]") for k, v in value.items()}
+    return {
+        _key_from_json(k, f"{what} key"): b64decode(v, f"{what}[{k}]") for k, v in value.items()
+    }
 
 
 def _map_to_json(value: Mapping[int, bytes]) -> dict[str, str]:
@@ -144,7 +146,9 @@ class _Message:
         if extra:
             raise MalformedMessageError(f"{cls.__name__}: unknown fields {sorted(extra)}")
         if "type" in d and d["type"] != cls.TYPE:
-            raise MalformedMessageError(f"{cls.__name__}: type must be {cls.TYPE!r}, got {d['type']!r}")
+            raise MalformedMessageError(
+                f"{cls.__name__}: type must be {cls.TYPE!r}, got {d['type']!r}"
+            )
         kwargs: dict[str, Any] = {}
         for name in names:
             if name not in d:
@@ -215,7 +219,11 @@ class ShareKeys(_Message):
     def __post_init__(self) -> None:
         _check_int(self.round_id, "round_id")
         _check_int(self.sender, "sender")
-        _freeze(self, "ciphertexts", _check_byte_map(self.ciphertexts, "ciphertexts", SHARE_CIPHERTEXT_BYTES))
+        _freeze(
+            self,
+            "ciphertexts",
+            _check_byte_map(self.ciphertexts, "ciphertexts", SHARE_CIPHERTEXT_BYTES),
+        )
 
 
 @dataclass(frozen=True)
@@ -280,7 +288,9 @@ class UnmaskRequest(_Message):
         _freeze(self, "survivors", _check_ids(self.survivors, "survivors"))
         _freeze(self, "dropped", _check_ids(self.dropped, "dropped"))
         if self.signatures is not None:
-            _freeze(self, "signatures", _check_byte_map(self.signatures, "signatures", SIGNATURE_BYTES))
+            _freeze(
+                self, "signatures", _check_byte_map(self.signatures, "signatures", SIGNATURE_BYTES)
+            )
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,9 @@ class RoundParams:
             max_t = n
         else:
             if not _is_int(self.degree) or self.degree % 2 or not 2 <= self.degree <= n - 1:
-                raise ValueError(f"harary degree must be even and in [2, {n - 1}], got {self.degree!r}")
+                raise ValueError(
+                    f"harary degree must be even and in [2, {n - 1}], got {self.degree!r}"
+                )
             max_t = self.degree + 1
         if not _is_int(self.threshold) or not 1 <= self.threshold <= max_t:
             raise ValueError(
@@ -191,7 +193,16 @@ class RoundParams:
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on anything malformed."""
         if not isinstance(d, Mapping):
             raise ValueError("RoundParams.from_dict needs a mapping")
-        required = ("round_id", "participants", "dim", "bits", "threshold", "graph", "degree", "graph_seed")
+        required = (
+            "round_id",
+            "participants",
+            "dim",
+            "bits",
+            "threshold",
+            "graph",
+            "degree",
+            "graph_seed",
+        )
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"RoundParams: missing fields {missing}")
@@ -251,7 +262,12 @@ class RoundParams:
         Participants are sorted; duplicates raise ``ValueError``.
         """
         if config is not None:
-            graph, dropout, corrupt, active = config.graph, config.dropout, config.corrupt, config.active
+            graph, dropout, corrupt, active = (
+                config.graph,
+                config.dropout,
+                config.corrupt,
+                config.active,
+            )
         else:
             ProtocolConfig(graph=graph, dropout=dropout, corrupt=corrupt, active=active)
         parts = tuple(sorted(participants))

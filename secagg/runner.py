@@ -73,7 +73,9 @@ def run_round(
         if not isinstance(stage, Stage):
             raise ValueError(f"dropout stage of {cid} must be a Stage, got {stage!r}")
     needs_input = [
-        c for c in params.participants if c not in dropouts or dropouts[c].order > Stage.MASKED_INPUT.order
+        c
+        for c in params.participants
+        if c not in dropouts or dropouts[c].order > Stage.MASKED_INPUT.order
     ]
     missing = [c for c in needs_input if c not in inputs]
     if missing:
@@ -118,7 +120,13 @@ def run_round(
     agg = AggregatorProtocol(params)
     stage_counts: dict[str, int] = {}
 
-    def send(stage: Stage, cid: int, make: Callable[[], object], add: Callable[[object], None], raw: bool = False) -> None:
+    def send(
+        stage: Stage,
+        cid: int,
+        make: Callable[[], object],
+        add: Callable[[object], None],
+        raw: bool = False,
+    ) -> None:
         try:
             msg = timed_client(cid, stage, make)
         except AbortError:
