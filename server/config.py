@@ -107,7 +107,8 @@ class ServerConfig:
         _check_int("per_round", self.per_round, 2, 1_000_000)
         if self.per_round > self.clients:
             raise ConfigError(
-                f"server.per_round must be <= server.clients ({self.clients}), got {self.per_round!r}"
+                f"server.per_round must be <= server.clients ({self.clients}), "
+                f"got {self.per_round!r}"
             )
         _check_float("server_lr", self.server_lr, 0.0, 1e6, open_lo=True)
         _check_float("momentum", self.momentum, 0.0, 0.999999)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dp import Decoder, EncodingPlan, PrivacyAccountant
+from dp import Decoder, EncodingPlan, PrivacyAccountant, update_clip
 from secagg import (
     AbortError,
     AdvertiseKeys,
@@ -155,6 +155,7 @@ class RoundDriver:
         self.accountant: PrivacyAccountant | None = None
         self.sample_rate: float | None = None
         self.rounds_done = 0
+        self._clip = float(config.dp.clip)
         self._consecutive_aborts = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -188,6 +189,9 @@ class RoundDriver:
             )
         self.store.set_meta("task", self.config.training.task)
         self.store.set_meta("dim", int(self._weights.size))
+        stored_clip = self.store.get_meta("clip")
+        if self.config.dp.adaptive_clip and stored_clip is not None:
+            self._clip = float(stored_clip)
         q = self.store.get_meta("sample_rate")
         events = self.store.privacy_events()
         if q is not None:
@@ -375,6 +379,8 @@ class RoundDriver:
     ) -> tuple[RoundParams, EncodingPlan]:
         proto = self.config.protocol
         dp_cfg = self.config.dp
+        if dp_cfg.adaptive_clip:
+            dp_cfg = dataclasses.replace(dp_cfg, clip=self._clip)
         dim = int(self._weights.size)
         identity = {cid: registered[cid] for cid in sampled} if proto.active else None
         # RoundParams fixes the threshold t from n, graph and the dropout/corrupt fractions;
@@ -451,7 +457,7 @@ class RoundDriver:
         await self._apply(rnd, total)
         return True
 
-    async def _stage(self, rnd: _Round, stage: Stage, expected: set[int]) -> None:
+    async def _run_stage(self, rnd: _Round, stage: Stage, expected: set[int]) -> None:
         """Open ``stage``, wait until every expected sender arrived or the deadline."""
         loop = asyncio.get_running_loop()
         timeout = self.config.server.stage_timeout
@@ -483,26 +489,26 @@ class RoundDriver:
 
     async def _run_stages(self, rnd: _Round) -> np.ndarray:
         agg = rnd.agg
-        await self._stage(rnd, Stage.ADVERTISE_KEYS, set(rnd.participants))
+        await self._run_stage(rnd, Stage.ADVERTISE_KEYS, set(rnd.participants))
         async with rnd.lock:
             rnd.keys_for = agg.close_advertise()
             expected = set(agg.expected_senders())
-        await self._stage(rnd, Stage.SHARE_KEYS, expected)
+        await self._run_stage(rnd, Stage.SHARE_KEYS, expected)
         async with rnd.lock:
             rnd.cts_for = agg.close_share_keys()
             expected = set(agg.expected_senders())
-        await self._stage(rnd, Stage.MASKED_INPUT, expected)
+        await self._run_stage(rnd, Stage.MASKED_INPUT, expected)
         async with rnd.lock:
             request = agg.close_masked_input()
             expected = set(agg.expected_senders())
         if rnd.params.active:
             rnd.consistency_request = request
-            await self._stage(rnd, Stage.CONSISTENCY_CHECK, expected)
+            await self._run_stage(rnd, Stage.CONSISTENCY_CHECK, expected)
             async with rnd.lock:
                 request = agg.close_consistency()
                 expected = set(agg.expected_senders())
         rnd.unmask_request = request
-        await self._stage(rnd, Stage.UNMASK, expected)
+        await self._run_stage(rnd, Stage.UNMASK, expected)
         async with rnd.lock:
             t0 = time.perf_counter()
             total = await asyncio.to_thread(agg.finish)
@@ -518,8 +524,15 @@ class RoundDriver:
         decoded = await asyncio.to_thread(Decoder(rnd.plan, rnd.rotation_seed).decode, total_mod, n)
         mean = np.asarray(decoded.total, dtype=np.float64) / n
         clip_rate = None
+        new_clip = None
         if decoded.clipped_count is not None:
-            clip_rate = float(min(1.0, max(0.0, decoded.clipped_count / n)))
+            count = float(decoded.clipped_count)
+            clip_rate = float(min(1.0, max(0.0, count / n)))
+            dp_cfg = self.config.dp
+            if dp_cfg.adaptive_clip and math.isfinite(count):
+                new_clip = update_clip(
+                    self._clip, count, n, dp_cfg.target_quantile, dp_cfg.clip_lr
+                )
         new_w, new_m = fedavg_step(self._weights, mean, self._momentum, cfg.server_lr, cfg.momentum)
         rnd.timings["decode_update"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -552,6 +565,9 @@ class RoundDriver:
             new_m,
         )
         self._weights, self._momentum = new_w, new_m
+        if new_clip is not None:
+            self._clip = new_clip
+            self.store.set_meta("clip", new_clip)
         self._model_bytes = new_w.astype("<f4").tobytes()
         self.model_version = version
         self.rounds_done += 1
@@ -668,6 +684,14 @@ class RoundDriver:
     ) -> None:
         """Accept a JSON protocol message of ``device_id`` for ``stage`` of ``round_id``."""
         rnd = self._round_for(round_id, device_id)
+        if "sender" in payload and payload["sender"] != device_id:
+            raise RoundError(
+                403, f"sender {payload['sender']!r} is not the authenticated device {device_id}"
+            )
+        if "round_id" in payload and payload["round_id"] != round_id:
+            raise RoundError(
+                400, f"round_id {payload['round_id']!r} does not match the URL round {round_id}"
+            )
         async with rnd.lock:
             self._check_stage(rnd, stage, device_id)
             payload = dict(payload)

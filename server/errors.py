@@ -8,13 +8,25 @@ the server answer 500. Details never echo request bodies (they may be masked vec
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from dp import DPConfigError
-from secagg import AbortError, ProtocolError, SecAggError
 from secagg.auth import AuthError, ReplayError
+from secagg.errors import (
+    AbortError,
+    DuplicateMessageError,
+    MalformedMessageError,
+    NotParticipantError,
+    ProtocolError,
+    RefusedError,
+    RoundMismatchError,
+    SecAggError,
+    SignatureError,
+    StageError,
+)
 
 __all__ = ["ApiError", "install_handlers"]
 
@@ -38,6 +50,13 @@ def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JS
 def _short(err: Exception) -> str:
     text = str(err) or type(err).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _status_handler(status: int) -> Any:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return _json(status, f"protocol message rejected: {_short(exc)}")
+
+    return handler
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -77,6 +96,16 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(AbortError, abort_error)
     app.add_exception_handler(ProtocolError, protocol_error)
+    for cls, status in (
+        (MalformedMessageError, 400),
+        (SignatureError, 400),
+        (NotParticipantError, 403),
+        (RoundMismatchError, 409),
+        (StageError, 409),
+        (DuplicateMessageError, 409),
+        (RefusedError, 409),
+    ):
+        app.add_exception_handler(cls, _status_handler(status))
     app.add_exception_handler(SecAggError, protocol_error)
     app.add_exception_handler(DPConfigError, dp_error)
     app.add_exception_handler(Exception, internal)

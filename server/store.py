@@ -124,7 +124,7 @@ class Store:
         with self._tx() as c:
             row = c.execute("SELECT id FROM devices WHERE public_key = ?", (public_key,)).fetchone()
             if row is not None:
-                return int(row[0]), False
+                return int(row[0]) - 1, False
             cur = c.execute(
                 "INSERT INTO devices(public_key, registered_at) VALUES (?, ?)",
                 (public_key, time.time()),

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from server.deps import AuthDep, DriverDep, SettingsDep, StoreDep
 from server.errors import ApiError
-from server.limits import read_body
+from server.limits import parse_json_object, read_body
 from server.schemas import RegisterRequest, RegisterResponse
 
 router = APIRouter(prefix="/v1", tags=["devices"])
@@ -41,8 +41,9 @@ async def register(
     """Register a public key; the same key again returns the same id (200)."""
     auth.limit_anonymous(request)
     body = await read_body(request, settings.experiment.server.max_json_bytes)
+    payload = parse_json_object(body)
     try:
-        req = RegisterRequest.model_validate_json(body)
+        req = RegisterRequest.model_validate(payload)
     except ValidationError as err:
         raise ApiError(422, f"invalid registration: {_first_error(err)}") from None
     try:

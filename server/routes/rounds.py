@@ -64,14 +64,7 @@ async def _json_message(
 ) -> tuple[int, dict[str, Any]]:
     body = await read_body(request, settings.experiment.server.max_json_bytes)
     device_id = auth.authenticate(request, body)
-    payload = parse_json_object(body)
-    if "round_id" in payload and payload["round_id"] != r:
-        raise ApiError(400, f"round_id {payload['round_id']!r} does not match the URL round {r}")
-    if "sender" in payload and payload["sender"] != device_id:
-        raise ApiError(
-            403, f"sender {payload['sender']!r} is not the authenticated device {device_id}"
-        )
-    return device_id, payload
+    return device_id, parse_json_object(body)
 
 
 @router.post("/{r}/keys", status_code=202, response_model=Accepted, openapi_extra=_JSON_BODY)

@@ -1,0 +1,618 @@
+/* secagg-dp dashboard: live view of a federated training run.
+ *
+ * Reads only public endpoints: GET v1/status, GET v1/rounds, GET v1/model/meta,
+ * GET v1/rounds/current?wait=..&after=.. (long-poll), POST v1/predict.
+ * Shows aggregates only (counts, global metrics, epsilon); never a device id or a
+ * device's data. No external network, no build step, no dependencies: charts are SVG.
+ * Everything the server sends is inserted with textContent, never as HTML.
+ */
+"use strict";
+
+(() => {
+  const LONG_POLL_S = 25;
+  const FALLBACK_POLL_MS = 2000;
+  const MAX_BACKOFF_MS = 15000;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const STAGES = {
+    waiting: "Waiting for devices to register",
+    advertise_keys: "Stage 1/5 · devices advertise their public keys",
+    share_keys: "Stage 2/5 · devices exchange encrypted key shares",
+    masked_input: "Stage 3/5 · devices upload masked, noised updates",
+    consistency_check: "Stage 4/5 · consistency check (signatures)",
+    unmask: "Stage 5/5 · unmasking the sum",
+    done: "Round finished · preparing the next round",
+    aborted: "Round aborted: too few devices left (nothing was revealed)",
+    finished: "Training finished",
+  };
+  const STEP_ORDER = ["advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask"];
+
+  const state = {
+    status: null,
+    rounds: [],
+    meta: null,
+    current: null,
+    version: -1,
+    metaVersion: null,
+    longPoll: true,
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------- HTTP
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(status ? `Server error ${status}: ${detail}` : detail);
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  function detailText(body, fallback) {
+    if (!body || body.detail === undefined) return fallback;
+    const d = body.detail;
+    if (typeof d === "string") return d;
+    if (Array.isArray(d)) {
+      return d.map((e) => (e && e.msg ? `${(e.loc || []).join(".")}: ${e.msg}` : String(e))).join("; ");
+    }
+    return JSON.stringify(d);
+  }
+
+  async function api(path, options = {}, timeoutMs = 15000) {
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), timeoutMs);
+    let resp;
+    try {
+      resp = await fetch(path, { cache: "no-store", ...options, signal: ctrl.signal });
+    } catch (err) {
+      throw new ApiError(0, err.name === "AbortError" ? "the server did not answer in time" : "cannot reach the server");
+    } finally {
+      clearTimeout(timer);
+    }
+    let body = null;
+    const text = await resp.text();
+    if (text) {
+      try { body = JSON.parse(text); } catch (_) { body = null; }
+    }
+    if (!resp.ok) throw new ApiError(resp.status, detailText(body, resp.statusText || "request failed"));
+    return body;
+  }
+
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  // ---------------------------------------------------------------- helpers
+  const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+  function count(v) {
+    if (Array.isArray(v)) return v.length;
+    if (isNum(v)) return v;
+    return 0;
+  }
+  function dropoutCount(d) {
+    if (!d) return 0;
+    if (Array.isArray(d) || isNum(d)) return count(d);
+    return Object.values(d).reduce((s, v) => s + count(v), 0);
+  }
+  function dropoutText(d) {
+    if (!d || Array.isArray(d) || isNum(d)) return String(count(d));
+    const parts = Object.entries(d).filter(([, v]) => count(v) > 0).map(([k, v]) => `${count(v)} at ${k.replace(/_/g, " ")}`);
+    return parts.length ? parts.join(", ") : "0";
+  }
+  function fmt(v, digits = 3) {
+    if (!isNum(v)) return "–";
+    if (v !== 0 && (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3)) return v.toExponential(2);
+    return Number(v.toPrecision(digits)).toString();
+  }
+  function pct(v) { return isNum(v) ? `${(100 * v).toFixed(1)}%` : "–"; }
+  function metricLabel() {
+    const m = (state.meta && state.meta.metric) || "accuracy";
+    return m === "r2" ? "R²" : m.charAt(0).toUpperCase() + m.slice(1);
+  }
+  function metricIsFraction() {
+    return !state.meta || !state.meta.metric || state.meta.metric === "accuracy";
+  }
+  function fmtMetric(v) { return metricIsFraction() ? pct(v) : fmt(v, 4); }
+  function setText(id, text) { const el = $(id); if (el) el.textContent = text; }
+  function show(el, on) { el.hidden = !on; }
+
+  // ---------------------------------------------------------------- rendering: status
+  function renderConn(ok, text) {
+    const el = $("conn");
+    el.dataset.state = ok ? "live" : "error";
+    setText("conn-text", text || (ok ? (state.longPoll ? "Live" : "Live (polling)") : "Disconnected"));
+  }
+
+  function renderServerError(msg) {
+    const el = $("server-error");
+    el.textContent = msg || "";
+    show(el, Boolean(msg));
+  }
+
+  function renderStatus() {
+    const s = state.status;
+    if (!s) return;
+    const stage = s.training_done ? "finished" : s.stage || "unknown";
+    const box = $("status");
+    box.dataset.stage = stage;
+    let text = STAGES[stage] || `Stage: ${stage}`;
+    if (s.round !== null && s.round !== undefined && !["waiting", "finished"].includes(stage)) {
+      text = `Round ${s.round} · ${text}`;
+    }
+    setText("stage-text", text);
+
+    const detail = [];
+    if (stage === "waiting") detail.push(`${count(s.registered)} device(s) registered so far.`);
+    if (stage === "finished") {
+      detail.push(`${s.rounds_done} of ${s.rounds_planned} planned rounds completed.`);
+      if (s.finished_reason) detail.push(`Reason: ${s.finished_reason}.`);
+    }
+    const cur = state.current;
+    if (cur && isNum(cur.deadline) && !["waiting", "finished", "done", "aborted"].includes(stage)) {
+      const left = Math.max(0, Math.round(cur.deadline - Date.now() / 1000));
+      detail.push(`Stage deadline in about ${left} s; devices silent past it count as dropouts.`);
+    }
+    setText("stage-detail", detail.join(" "));
+
+    const active = s.config && s.config.protocol ? Boolean(s.config.protocol.active) : true;
+    const idx = STEP_ORDER.indexOf(stage);
+    document.querySelectorAll("#steps li").forEach((li) => {
+      const i = STEP_ORDER.indexOf(li.dataset.step);
+      li.classList.toggle("done", idx >= 0 && i < idx);
+      li.classList.toggle("skipped", li.dataset.step === "consistency_check" && !active);
+      if (i === idx) li.setAttribute("aria-current", "step");
+      else li.removeAttribute("aria-current");
+    });
+    $("steps").classList.toggle("idle", idx < 0);
+  }
+
+  function renderCards() {
+    const s = state.status;
+    const meta = state.meta;
+    const done = state.rounds.filter((r) => r.status === "done");
+    const aborted = state.rounds.filter((r) => r.status === "aborted");
+    if (meta || s) {
+      setText("card-task", (meta && meta.task) || (s && s.task) || "–");
+      if (meta) setText("card-model", `model v${meta.version} · ${Number(meta.dim).toLocaleString("en")} parameters`);
+    }
+    if (s) {
+      setText("card-rounds", `${s.rounds_done} / ${s.rounds_planned}`);
+      setText("card-devices", String(count(s.registered)));
+      const q = isNum(s.sample_rate) ? ` · sampling rate q = ${fmt(s.sample_rate)}` : "";
+      setText("card-devices-detail", `registered${q}`);
+    }
+    setText("card-aborted", aborted.length ? `${aborted.length} aborted round(s)` : "");
+    setText("card-metric-h", metricLabel());
+    setText("th-metric", metricLabel());
+    const last = done[done.length - 1];
+    setText("card-acc", last ? fmtMetric(last.accuracy) : "–");
+    setText("card-loss", last ? `loss ${fmt(last.loss, 4)} after round ${last.round}` : "");
+
+    const eps = s ? s.epsilon : null;
+    const epsAmp = s ? s.epsilon_amplified : null;
+    const budget = s ? s.epsilon_budget : null;
+    setText("card-eps", isNum(eps) ? fmt(eps) + (isNum(budget) ? ` / ${fmt(budget)}` : "") : "–");
+    const meter = $("eps-meter");
+    if (isNum(eps) && isNum(budget) && budget > 0) {
+      meter.max = budget;
+      meter.value = Math.min(eps, budget);
+      meter.high = 0.8 * budget;
+      show(meter, true);
+    } else {
+      show(meter, false);
+    }
+    const parts = [];
+    if (isNum(epsAmp)) parts.push(`amplified ${fmt(epsAmp)}`);
+    if (s && isNum(s.delta)) parts.push(`δ = ${fmt(s.delta)}`);
+    if (!isNum(budget)) parts.push("no budget set");
+    setText("card-eps-detail", parts.join(" · "));
+    setText("eps-delta", s && isNum(s.delta) ? `Both at δ = ${fmt(s.delta)}.` : "");
+  }
+
+  // ---------------------------------------------------------------- rendering: charts
+  function svgEl(name, attrs = {}, parent = null) {
+    const el = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    if (parent) parent.appendChild(el);
+    return el;
+  }
+
+  function niceStep(span, maxTicks) {
+    const raw = span / Math.max(1, maxTicks);
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const norm = raw / mag;
+    const mult = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10;
+    return mult * mag;
+  }
+
+  function ticks(lo, hi, maxTicks) {
+    if (!(hi > lo)) hi = lo + 1;
+    const step = niceStep(hi - lo, maxTicks);
+    const out = [];
+    for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+      out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    }
+    return { ticks: out, step };
+  }
+
+  function tickLabel(v, step) {
+    const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    return v.toFixed(Math.min(decimals, 6));
+  }
+
+  /* A chart frame: axes with ticks, gridlines and labels; returns scales. */
+  function frame(svg, { xMin, xMax, yMin, yMax, xLabel, yLabel, xInteger = true }) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    const W = 560, H = 300, m = { l: 62, r: 18, t: 14, b: 46 };
+    const pw = W - m.l - m.r, ph = H - m.t - m.b;
+    if (xMax <= xMin) { xMin -= 0.5; xMax += 0.5; }
+    if (yMax <= yMin) { const pad = Math.abs(yMax) * 0.1 || 0.5; yMin -= pad; yMax += pad; }
+    const xs = (x) => m.l + ((x - xMin) / (xMax - xMin)) * pw;
+    const ys = (y) => m.t + ph - ((y - yMin) / (yMax - yMin)) * ph;
+    const grid = svgEl("g", { class: "grid" }, svg);
+    const axes = svgEl("g", { class: "axis" }, svg);
+    const yt = ticks(yMin, yMax, 5);
+    for (const v of yt.ticks) {
+      if (v < yMin - 1e-12 || v > yMax + 1e-12) continue;
+      svgEl("line", { x1: m.l, x2: m.l + pw, y1: ys(v), y2: ys(v) }, grid);
+      const t = svgEl("text", { x: m.l - 8, y: ys(v) + 4, "text-anchor": "end" }, axes);
+      t.textContent = tickLabel(v, yt.step);
+    }
+    let xt = ticks(xMin, xMax, 8);
+    if (xInteger && xt.step < 1) xt = { ticks: xt.ticks.filter((v) => Number.isInteger(v)), step: 1 };
+    for (const v of xt.ticks) {
+      if (v < xMin - 1e-9 || v > xMax + 1e-9) continue;
+      svgEl("line", { x1: xs(v), x2: xs(v), y1: m.t + ph, y2: m.t + ph + 5 }, axes);
+      const t = svgEl("text", { x: xs(v), y: m.t + ph + 19, "text-anchor": "middle" }, axes);
+      t.textContent = tickLabel(v, xt.step);
+    }
+    svgEl("line", { x1: m.l, x2: m.l + pw, y1: m.t + ph, y2: m.t + ph, class: "axis-line" }, axes);
+    svgEl("line", { x1: m.l, x2: m.l, y1: m.t, y2: m.t + ph, class: "axis-line" }, axes);
+    const xl = svgEl("text", { x: m.l + pw / 2, y: H - 6, "text-anchor": "middle", class: "axis-label" }, axes);
+    xl.textContent = xLabel;
+    const yl = svgEl("text", {
+      x: -(m.t + ph / 2), y: 16, transform: "rotate(-90)", "text-anchor": "middle", class: "axis-label",
+    }, axes);
+    yl.textContent = yLabel;
+    return { xs, ys, m, pw, ph, W, H };
+  }
+
+  function setEmpty(id, empty) {
+    const p = document.querySelector(`[data-empty-for="${id}"]`);
+    if (p) show(p, empty);
+    $(id).classList.toggle("is-empty", empty);
+  }
+
+  /* series: [{name, cls, points: [[x, y], ...]}]; hlines: [{y, label, cls}] */
+  function lineChart(id, { series, hlines = [], xLabel, yLabel, yMin, yMax, fmtY }) {
+    const svg = $(id);
+    const all = series.flatMap((s) => s.points);
+    setEmpty(id, all.length === 0);
+    if (all.length === 0) { while (svg.firstChild) svg.removeChild(svg.firstChild); return; }
+    const xsv = all.map((p) => p[0]);
+    const ysv = all.map((p) => p[1]).concat(hlines.map((h) => h.y));
+    let lo = yMin !== undefined ? Math.min(yMin, ...ysv) : Math.min(...ysv);
+    let hi = yMax !== undefined ? Math.max(yMax, ...ysv) : Math.max(...ysv);
+    if (yMin === undefined && yMax === undefined) { const pad = (hi - lo) * 0.08; lo -= pad; hi += pad; }
+    const f = frame(svg, {
+      xMin: Math.min(...xsv), xMax: Math.max(...xsv), yMin: lo, yMax: hi, xLabel, yLabel,
+    });
+    for (const h of hlines) {
+      const g = svgEl("g", { class: `hline ${h.cls || ""}` }, svg);
+      svgEl("line", { x1: f.m.l, x2: f.m.l + f.pw, y1: f.ys(h.y), y2: f.ys(h.y) }, g);
+      const t = svgEl("text", { x: f.m.l + f.pw - 4, y: f.ys(h.y) - 6, "text-anchor": "end" }, g);
+      t.textContent = h.label;
+    }
+    for (const s of series) {
+      if (!s.points.length) continue;
+      const g = svgEl("g", { class: `series ${s.cls}`, "data-series": s.name }, svg);
+      const d = s.points.map((p, i) => `${i ? "L" : "M"}${f.xs(p[0]).toFixed(1)},${f.ys(p[1]).toFixed(1)}`).join("");
+      svgEl("path", { d, fill: "none" }, g);
+      for (const [x, y] of s.points) {
+        const c = svgEl("circle", { cx: f.xs(x), cy: f.ys(y), r: 3.5, class: "pt", "data-round": x }, g);
+        const title = svgEl("title", {}, c);
+        title.textContent = `Round ${x}: ${s.name} ${fmtY ? fmtY(y) : fmt(y, 4)}`;
+      }
+    }
+  }
+
+  function participationChart(id, rounds) {
+    const svg = $(id);
+    const rows = rounds.filter((r) => r.status === "done" || r.status === "aborted");
+    setEmpty(id, rows.length === 0);
+    if (!rows.length) { while (svg.firstChild) svg.removeChild(svg.firstChild); return; }
+    const data = rows.map((r) => {
+      const sampled = count(r.sampled);
+      const drop = dropoutCount(r.dropouts);
+      const surv = r.status === "done" ? count(r.survivors) : 0;
+      return { round: r.round, status: r.status, sampled, drop, surv, other: Math.max(0, sampled - drop - surv) };
+    });
+    const xMin = Math.min(...data.map((d) => d.round)), xMax = Math.max(...data.map((d) => d.round));
+    const yMax = Math.max(1, ...data.map((d) => Math.max(d.sampled, d.surv + d.drop + d.other)));
+    const f = frame(svg, {
+      xMin: xMin - 0.6, xMax: xMax + 0.6, yMin: 0, yMax: yMax * 1.05, xLabel: "round", yLabel: "devices",
+    });
+    const slot = f.pw / (xMax - xMin + 1.2);
+    const bw = Math.max(2, Math.min(28, slot * 0.7));
+    for (const d of data) {
+      const g = svgEl("g", { class: `bar ${d.status}`, "data-round": d.round }, svg);
+      let base = 0;
+      for (const [key, cls] of [["surv", "seg-surv"], ["drop", "seg-drop"], ["other", "seg-other"]]) {
+        const v = d[key];
+        if (v <= 0) continue;
+        svgEl("rect", {
+          x: f.xs(d.round) - bw / 2, width: bw, y: f.ys(base + v), height: Math.max(0.5, f.ys(base) - f.ys(base + v)), class: cls,
+        }, g);
+        base += v;
+      }
+      const title = svgEl("title", {}, g);
+      title.textContent = `Round ${d.round} (${d.status}): ${d.sampled} sampled, ${d.surv} survivors, ${d.drop} dropouts`;
+      if (d.status === "aborted") {
+        const t = svgEl("text", { x: f.xs(d.round), y: f.ys(base) - 4, "text-anchor": "middle", class: "abort-mark" }, g);
+        t.textContent = "✕";
+      }
+    }
+  }
+
+  function renderCharts() {
+    const rounds = state.rounds;
+    const done = rounds.filter((r) => r.status === "done");
+    const finiteSeries = (rs, key) => rs.filter((r) => isNum(r[key])).map((r) => [r.round, r[key]]);
+    const frac = metricIsFraction();
+    lineChart("chart-acc", {
+      series: [{ name: metricLabel(), cls: "s-acc", points: finiteSeries(done, "accuracy") }],
+      xLabel: "round", yLabel: frac ? `${metricLabel()} (test set)` : `${metricLabel()} (test set)`,
+      yMin: frac ? 0 : undefined, yMax: frac ? 1 : undefined, fmtY: fmtMetric,
+    });
+    setText("acc-h", `Global model ${metricLabel()} per round`);
+    lineChart("chart-loss", {
+      series: [{ name: "loss", cls: "s-loss", points: finiteSeries(done, "loss") }],
+      xLabel: "round", yLabel: "loss (test set)",
+    });
+    const settled = rounds.filter((r) => r.status === "done" || r.status === "aborted");
+    const budget = state.status && isNum(state.status.epsilon_budget) ? state.status.epsilon_budget
+      : (settled.length && isNum(settled[settled.length - 1].epsilon_budget) ? settled[settled.length - 1].epsilon_budget : null);
+    const epsPts = finiteSeries(settled, "epsilon");
+    const ampPts = finiteSeries(settled, "epsilon_amplified");
+    lineChart("chart-eps", {
+      series: [
+        { name: "ε", cls: "s-eps", points: epsPts },
+        { name: "ε amplified", cls: "s-epsamp", points: ampPts },
+      ],
+      hlines: budget !== null && (epsPts.length || ampPts.length) ? [{ y: budget, label: `budget ε = ${fmt(budget)}`, cls: "budget" }] : [],
+      xLabel: "round", yLabel: "ε spent (cumulative)", yMin: 0,
+    });
+    participationChart("chart-part", rounds);
+  }
+
+  // ---------------------------------------------------------------- rendering: table
+  function renderTable() {
+    const tbody = document.querySelector("#round-table tbody");
+    const rows = state.rounds.slice(-200).reverse();
+    const frag = document.createDocumentFragment();
+    for (const r of rows) {
+      const tr = document.createElement("tr");
+      tr.className = `st-${r.status}`;
+      tr.dataset.round = r.round;
+      const dur = isNum(r.started_at) && isNum(r.finished_at) ? `${(r.finished_at - r.started_at).toFixed(1)} s` : "–";
+      const cells = [
+        String(r.round), r.status, String(count(r.sampled)),
+        r.status === "done" ? String(count(r.survivors)) : "–",
+        dropoutText(r.dropouts),
+        r.status === "done" ? fmtMetric(r.accuracy) : "–",
+        r.status === "done" ? fmt(r.loss, 4) : "–",
+        fmt(r.epsilon), fmt(r.epsilon_amplified), dur,
+      ];
+      cells.forEach((c, i) => {
+        const td = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) td.scope = "row";
+        td.textContent = c;
+        if (i === 1 && r.abort_reason) td.title = r.abort_reason;
+        tr.appendChild(td);
+      });
+      frag.appendChild(tr);
+    }
+    tbody.replaceChildren(frag);
+  }
+
+  function renderAll() {
+    renderStatus();
+    renderCards();
+    renderCharts();
+    renderTable();
+    const hasFeatures = state.meta && state.meta.num_classes === null;
+    show($("features-field"), Boolean(hasFeatures));
+    const shape = state.meta && Array.isArray(state.meta.input_shape) ? state.meta.input_shape : null;
+    if (state.meta) {
+      setText("predict-hint", hasFeatures
+        ? `Task ${state.meta.task} takes ${shape ? shape.reduce((a, b) => a * b, 1) : "N"} numbers: upload a CSV/JSON file or type them. Nothing is stored.`
+        : "Upload an image (PNG or JPEG, light or dark background); the server classifies it with the current global model and does not store it.");
+    }
+    setText("updated", `Updated ${new Date().toLocaleTimeString()}.`);
+  }
+
+  // ---------------------------------------------------------------- data flow
+  async function refresh() {
+    const [status, rounds] = await Promise.all([api("v1/status"), api("v1/rounds")]);
+    state.status = status;
+    state.rounds = Array.isArray(rounds) ? rounds.slice().sort((a, b) => a.round - b.round) : [];
+    if (!state.meta || state.metaVersion !== status.model_version) {
+      try {
+        state.meta = await api("v1/model/meta");
+        state.metaVersion = status.model_version;
+      } catch (err) {
+        renderServerError(`Model metadata unavailable: ${err.message}`);
+      }
+    }
+    if (isNum(status.version)) state.version = Math.max(state.version, status.version);
+    renderAll();
+  }
+
+  async function liveLoop() {
+    let backoff = 1000;
+    for (;;) {
+      try {
+        if (state.longPoll) {
+          const cur = await api(`v1/rounds/current?wait=${LONG_POLL_S}&after=${state.version}`, {}, (LONG_POLL_S + 15) * 1000);
+          state.current = cur;
+          const changed = !isNum(cur.version) || cur.version !== state.version;
+          if (changed) await refresh();
+          else renderStatus();
+          if (isNum(cur.version)) state.version = Math.max(state.version, cur.version);
+        } else {
+          await sleep(FALLBACK_POLL_MS);
+          await refresh();
+        }
+        renderConn(true);
+        renderServerError("");
+        backoff = 1000;
+      } catch (err) {
+        if (state.longPoll && (err.status === 404 || err.status === 405)) {
+          state.longPoll = false;  // no long-poll on this server: poll the status instead
+          continue;
+        }
+        renderConn(false, err.status ? "Server error" : "Disconnected, retrying…");
+        renderServerError(err.message);
+        await sleep(backoff);
+        backoff = Math.min(MAX_BACKOFF_MS, backoff * 2);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- predict form
+  let previewUrl = null;
+
+  function renderPrediction(out) {
+    const box = $("prediction");
+    box.replaceChildren();
+    const head = document.createElement("p");
+    head.className = "pred-head";
+    if (out.class_name !== null && out.class_name !== undefined) {
+      head.append("Prediction: ");
+      const strong = document.createElement("strong");
+      strong.id = "pred-class";
+      strong.textContent = out.class_name;
+      head.append(strong, ` (label ${out.label})`);
+    } else if (isNum(out.value)) {
+      head.append("Predicted value: ");
+      const strong = document.createElement("strong");
+      strong.id = "pred-class";
+      strong.textContent = fmt(out.value, 5);
+      head.append(strong);
+    } else {
+      head.textContent = "The server returned no prediction.";
+    }
+    if (isNum(out.model_version)) head.append(` · global model v${out.model_version}`);
+    box.appendChild(head);
+    const scores = Array.isArray(out.scores) ? out.scores : [];
+    if (scores.length) {
+      const names = (state.meta && state.meta.class_names) || [];
+      const top = scores.map((s, i) => ({ s, i })).sort((a, b) => b.s - a.s).slice(0, 5);
+      const ul = document.createElement("ul");
+      ul.className = "scores";
+      ul.setAttribute("aria-label", "Top class probabilities");
+      for (const { s, i } of top) {
+        const li = document.createElement("li");
+        const name = document.createElement("span");
+        name.className = "name";
+        name.textContent = names[i] !== undefined ? names[i] : String(i);
+        const bar = document.createElement("span");
+        bar.className = "bar";
+        const fill = document.createElement("span");
+        fill.style.width = `${Math.max(0, Math.min(100, 100 * s)).toFixed(1)}%`;
+        bar.appendChild(fill);
+        const val = document.createElement("span");
+        val.className = "val";
+        val.textContent = pct(s);
+        li.append(name, bar, val);
+        ul.appendChild(li);
+      }
+      box.appendChild(ul);
+    }
+  }
+
+  function predictError(msg) {
+    const el = $("predict-error");
+    el.textContent = msg || "";
+    show(el, Boolean(msg));
+  }
+
+  async function onPredict(ev) {
+    ev.preventDefault();
+    predictError("");
+    const file = $("predict-file").files[0];
+    const typed = $("predict-features").value.trim();
+    let options;
+    if (file) {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      options = { method: "POST", body: form };
+    } else if (typed && !$("features-field").hidden) {
+      const features = typed.split(/[\s,;]+/).filter(Boolean).map(Number);
+      if (features.some((v) => !Number.isFinite(v))) {
+        predictError("Features must be numbers separated by commas.");
+        return;
+      }
+      options = { method: "POST", body: JSON.stringify({ features }), headers: { "Content-Type": "application/json" } };
+    } else {
+      predictError("Choose a file first.");
+      return;
+    }
+    const btn = $("predict-btn");
+    btn.disabled = true;
+    btn.textContent = "Predicting…";
+    try {
+      const out = await api("v1/predict", options, 30000);
+      renderPrediction(out);
+    } catch (err) {
+      $("prediction").replaceChildren();
+      predictError(err.message);
+    } finally {
+      btn.disabled = false;
+      btn.textContent = "Predict";
+    }
+  }
+
+  function onFileChange() {
+    const file = $("predict-file").files[0];
+    const img = $("predict-preview");
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    if (file && file.type.startsWith("image/")) {
+      previewUrl = URL.createObjectURL(file);
+      img.src = previewUrl;
+      show(img, true);
+    } else {
+      img.removeAttribute("src");
+      show(img, false);
+    }
+    predictError("");
+  }
+
+  // ---------------------------------------------------------------- start
+  async function start() {
+    $("predict-form").addEventListener("submit", onPredict);
+    $("predict-file").addEventListener("change", onFileChange);
+    setInterval(() => { if (state.current && isNum(state.current.deadline)) renderStatus(); }, 1000);
+    for (let backoff = 1000; ; backoff = Math.min(MAX_BACKOFF_MS, backoff * 2)) {
+      try {
+        await refresh();
+        try {
+          state.current = await api("v1/rounds/current");  // stage deadline, if any
+          renderStatus();
+        } catch (_) { /* optional: the status alone is enough */ }
+        renderConn(true);
+        renderServerError("");
+        break;
+      } catch (err) {
+        renderConn(false, "Cannot reach the server, retrying…");
+        renderServerError(err.message);
+        setText("stage-text", "No data yet");
+        await sleep(backoff);
+      }
+    }
+    liveLoop();
+  }
+
+  window.secaggDashboard = { state, refresh };  // for debugging in the console and for tests
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
