@@ -219,7 +219,7 @@
     const raw = span / Math.max(1, maxTicks);
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const norm = raw / mag;
-    const mult = norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10;
+    const mult = norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10;
     return mult * mag;
   }
 
@@ -362,7 +362,7 @@
       xLabel: "round", yLabel: frac ? `${metricLabel()} (test set)` : `${metricLabel()} (test set)`,
       yMin: frac ? 0 : undefined, yMax: frac ? 1 : undefined, fmtY: fmtMetric,
     });
-    setText("acc-h", `Global model ${metricLabel()} per round`);
+    setText("acc-h", `Global model ${frac ? metricLabel().toLowerCase() : metricLabel()} per round`);
     lineChart("chart-loss", {
       series: [{ name: "loss", cls: "s-loss", points: finiteSeries(done, "loss") }],
       xLabel: "round", yLabel: "loss (test set)",

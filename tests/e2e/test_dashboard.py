@@ -1,0 +1,524 @@
+"""The dashboard (server/static/) in a real headless browser (Chromium via Playwright).
+
+Most tests run the page against a small fake FastAPI app defined here, which serves
+server/static exactly like the real server (``/`` and ``/static/...``) and answers the
+public endpoints with the shapes of CONTRACT.md; the test advances the fake run and the
+page must follow live (long-poll). One test checks that the real ``server.app.create_app``
+serves the page and answers it (skipped while that module does not exist).
+
+Skipped only when no Chromium can be found (neither /usr/bin/chromium, Debian package
+``chromium``, nor Playwright's own download).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+expect = playwright_sync.expect
+
+pytestmark = pytest.mark.timeout(120)
+
+STATIC = Path(__file__).resolve().parents[2] / "server" / "static"
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ALLOWED_PATHS = {
+    "/",
+    "/static/app.js",
+    "/static/style.css",
+    "/v1/status",
+    "/v1/rounds",
+    "/v1/model/meta",
+    "/v1/rounds/current",
+    "/v1/predict",
+}
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+# Device ids in the fake log: distinctive numbers that must never appear on the page.
+DEVICE_IDS = list(range(90101, 90111))
+
+
+# ---------------------------------------------------------------------------- fake server
+
+
+class FakeRun:
+    """Mutable state of a fake training run, shared between the test and the fake app."""
+
+    def __init__(self, task: str = "fashion") -> None:
+        self.lock = threading.Lock()
+        self.task = task
+        self.version = 1
+        self.stage = "waiting"
+        self.round: int | None = None
+        self.deadline: float | None = None
+        self.rounds: list[dict[str, Any]] = []
+        self.training_done = False
+        self.epsilon = 0.0
+        self.epsilon_amplified = 0.0
+        self.fail_status: str | None = None
+        self.uploads: list[tuple[str, str, bytes]] = []
+
+    def bump(self, **changes: Any) -> None:
+        with self.lock:
+            for k, v in changes.items():
+                setattr(self, k, v)
+            self.version += 1
+
+    def add_round(self, r: int, status: str, accuracy: float | None, loss: float | None) -> None:
+        sampled = DEVICE_IDS[:8]
+        if status == "done":
+            dropouts = {"masked_input": [sampled[7]]}
+            survivors = sampled[:7]
+            self.epsilon += 0.5
+            self.epsilon_amplified += 0.2
+        else:
+            dropouts = {"advertise_keys": sampled[2:7], "share_keys": [sampled[7]]}
+            survivors = []
+        with self.lock:
+            self.rounds.append(
+                {
+                    "round": r,
+                    "status": status,
+                    "sampled": sampled,
+                    "survivors": survivors,
+                    "dropouts": dropouts,
+                    "threshold": 5,
+                    "accuracy": accuracy,
+                    "loss": loss,
+                    "metric": "accuracy" if self.task != "linreg" else "r2",
+                    "epsilon": self.epsilon,
+                    "epsilon_amplified": self.epsilon_amplified,
+                    "delta": 1e-5,
+                    "epsilon_budget": 4.0,
+                    "clip_rate": None,
+                    "started_at": 1_700_000_000.0 + 10 * r,
+                    "finished_at": 1_700_000_004.5 + 10 * r,
+                    "timings": {"advertise_keys": 0.1},
+                    **({"abort_reason": "only 2 left, threshold 5"} if status == "aborted" else {}),
+                }
+            )
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "stage": "finished" if self.training_done else self.stage,
+                "round": self.round,
+                "version": self.version,
+                "training_done": self.training_done,
+                "finished_reason": "all planned rounds done" if self.training_done else None,
+                "rounds_done": sum(r["status"] == "done" for r in self.rounds),
+                "rounds_planned": 5,
+                "epsilon": self.epsilon,
+                "epsilon_amplified": self.epsilon_amplified,
+                "epsilon_budget": 4.0,
+                "delta": 1e-5,
+                "sample_rate": 0.8,
+                "registered": 10,
+                "model_version": sum(r["status"] == "done" for r in self.rounds),
+                "task": self.task,
+                "config": {"protocol": {"active": False}, "training": {"task": self.task}},
+            }
+
+    def current(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "round": self.round,
+                "stage": "finished" if self.training_done else self.stage,
+                "version": self.version,
+                "deadline": self.deadline,
+                "sampled": False,
+                "params": None,
+                "plan": None,
+                "rotation_seed": None,
+                "model_version": sum(r["status"] == "done" for r in self.rounds),
+            }
+
+
+def make_fake_app(run: FakeRun) -> FastAPI:
+    """A stand-in for the real server's public endpoints, with the contract's shapes."""
+    app = FastAPI()
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/v1/status")
+    async def status() -> Any:
+        if run.fail_status:
+            return JSONResponse({"detail": run.fail_status}, status_code=503)
+        return run.status()
+
+    @app.get("/v1/rounds")
+    async def rounds() -> Any:
+        with run.lock:
+            return list(run.rounds)
+
+    @app.get("/v1/model/meta")
+    async def meta() -> Any:
+        if run.task == "linreg":
+            shape, classes, names, metric = [8], None, [], "r2"
+        else:
+            shape, classes, names, metric = [28, 28, 1], 10, FASHION_CLASSES, "accuracy"
+        return {
+            "version": run.status()["model_version"],
+            "task": run.task,
+            "dim": 56714 if run.task == "fashion" else 9,
+            "dtype": "float32",
+            "input_shape": shape,
+            "num_classes": classes,
+            "class_names": names,
+            "metric": metric,
+        }
+
+    @app.get("/v1/rounds/current")
+    async def current(request: Request, wait: float = 0.0, after: int = -1) -> Any:
+        end = time.monotonic() + min(wait, 60.0)
+        while run.version <= after and time.monotonic() < end:
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.05)
+        return run.current()
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            body = await request.json()
+            run.uploads.append(("json", "application/json", repr(body).encode()))
+            feats = body.get("features", [])
+            if len(feats) != 8:
+                return JSONResponse(
+                    {"detail": f"cannot use this input: expected 8 features, got {len(feats)}"},
+                    status_code=400,
+                )
+            value = 0.5 + sum(feats)
+            return {"label": None, "class_name": None, "scores": [], "value": value,
+                    "model_version": 3}  # fmt: skip
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return JSONResponse({"detail": "multipart body needs a file field named 'file'"}, 400)
+        data = await upload.read()
+        run.uploads.append((upload.filename or "", upload.content_type or "", data))
+        if not data.startswith(b"\x89PNG"):
+            return JSONResponse(
+                {"detail": "cannot use this input: could not decode the uploaded image"}, 400
+            )
+        scores = [0.01] * 10
+        scores[1] = 0.91
+        return {"label": 1, "class_name": "Trouser", "scores": scores, "value": None,
+                "model_version": 3}  # fmt: skip
+
+    return app
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn on a free loopback port in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        # Open long-polls must not hold up shutdown for their full wait.
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as p:
+        if CHROMIUM.exists():
+            exe: str | None = str(CHROMIUM)
+        elif Path(p.chromium.executable_path).exists():
+            exe = None  # Playwright's own build
+        else:
+            pytest.skip(
+                "no Chromium: install Debian's 'chromium' package (/usr/bin/chromium) or run "
+                "'playwright install chromium'"
+            )
+        b = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+class PageWatch:
+    """Collects the page's requests and JavaScript errors."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.paths: set[str] = set()
+        self.foreign: list[str] = []
+        self.errors: list[str] = []
+        host = urlsplit(base).netloc
+        page.on("request", self._on_request(host))
+        page.on("pageerror", lambda err: self.errors.append(str(err)))
+        page.on(
+            "console",
+            lambda msg: (
+                self.errors.append(msg.text)
+                if msg.type == "error" and "Failed to load resource" not in msg.text
+                else None
+            ),
+        )
+
+    def _on_request(self, host: str) -> Any:
+        def handler(req: Any) -> None:
+            parts = urlsplit(req.url)
+            if parts.scheme in ("data", "blob"):
+                return
+            if parts.netloc != host:
+                self.foreign.append(req.url)
+            else:
+                self.paths.add(parts.path)
+
+        return handler
+
+
+def _png(size: tuple[int, int] = (90, 120)) -> bytes:
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([30, 10, 42, 110], fill=(30, 30, 60))
+    draw.rectangle([48, 10, 60, 110], fill=(30, 30, 60))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait_for_error_cleared(page: Any) -> None:
+    expect(page.locator("#server-error")).to_be_hidden(timeout=15_000)
+
+
+def test_dashboard_follows_a_run_live_and_predicts(browser: Any, tmp_path: Path) -> None:
+    run = FakeRun("fashion")
+    with ServerThread(make_fake_app(run)) as srv:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        watch = PageWatch(page, srv.url)
+        page.goto(srv.url)
+
+        # 1. Before any device: waiting, empty charts.
+        expect(page.locator("#stage-text")).to_contain_text("Waiting for devices")
+        expect(page.locator("#stage-detail")).to_contain_text("10 device(s) registered")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        expect(page.locator('[data-empty-for="chart-acc"]')).to_be_visible()
+        expect(page.locator("#card-task")).to_have_text("fashion")
+
+        # 2. Three rounds done, one aborted, round 4 in flight: the page follows (long-poll).
+        for r, acc, loss in ((0, 0.52, 1.4), (1, 0.68, 0.95), (2, 0.80, 0.61)):
+            run.add_round(r, "done", acc, loss)
+        run.add_round(3, "aborted", None, None)
+        run.bump(stage="masked_input", round=4, deadline=time.time() + 20)
+
+        expect(page.locator("#chart-acc circle.pt")).to_have_count(3, timeout=10_000)
+        expect(page.locator("#chart-loss circle.pt")).to_have_count(3)
+        expect(page.locator("#chart-eps .s-eps circle.pt")).to_have_count(4)
+        expect(page.locator("#chart-eps .s-epsamp circle.pt")).to_have_count(4)
+        expect(page.locator("#chart-eps .hline.budget")).to_contain_text("budget")
+        expect(page.locator("#chart-part g.bar")).to_have_count(4)
+        expect(page.locator("#chart-part g.bar.aborted")).to_have_count(1)
+        # Axes carry labels and ticks.
+        expect(page.locator("#chart-acc .axis-label").first).to_have_text("round")
+        assert page.locator("#chart-acc .axis text").count() >= 6
+        expect(page.locator("#stage-text")).to_contain_text("Round 4")
+        expect(page.locator("#stage-text")).to_contain_text("masked")
+        expect(page.locator("#steps li[aria-current=step]")).to_have_attribute(
+            "data-step", "masked_input"
+        )
+        expect(page.locator("#steps li.done")).to_have_count(2)
+        expect(page.locator("#stage-detail")).to_contain_text("deadline")
+        expect(page.locator("#card-acc")).to_have_text("80.0%")
+        expect(page.locator("#card-eps")).to_have_text("1.5 / 4")
+        expect(page.locator("#card-rounds")).to_have_text("3 / 5")
+        expect(page.locator("#round-table tbody tr")).to_have_count(4)
+        expect(page.locator("#round-table tbody tr.st-aborted td").nth(3)).to_contain_text(
+            "5 at advertise keys"
+        )
+
+        # 3. Training finished.
+        run.add_round(4, "done", 0.84, 0.5)
+        run.bump(stage="finished", round=None, deadline=None, training_done=True)
+        expect(page.locator("#stage-text")).to_have_text("Training finished", timeout=10_000)
+        expect(page.locator("#stage-detail")).to_contain_text("4 of 5 planned rounds")
+        expect(page.locator("#chart-acc circle.pt")).to_have_count(4)
+
+        # 4. Upload an image: the global model's prediction.
+        png = _png()
+        page.set_input_files(
+            "#predict-file",
+            files=[{"name": "trousers.png", "mimeType": "image/png", "buffer": png}],
+        )
+        expect(page.locator("#predict-preview")).to_be_visible()
+        page.click("#predict-btn")
+        expect(page.locator("#pred-class")).to_have_text("Trouser", timeout=10_000)
+        expect(page.locator("#prediction .scores li")).to_have_count(5)
+        expect(page.locator("#prediction .scores li").first).to_contain_text("91.0%")
+        assert run.uploads[-1] == ("trousers.png", "image/png", png)
+
+        # 5. A server error is shown as text.
+        page.set_input_files(
+            "#predict-file",
+            files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}],
+        )
+        page.click("#predict-btn")
+        err = page.locator("#predict-error")
+        expect(err).to_be_visible()
+        expect(err).to_contain_text("400")
+        expect(err).to_contain_text("could not decode the uploaded image")
+
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        if os.environ.get("DASHBOARD_SCREENSHOT"):
+            page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"], full_page=True)
+
+        # Aggregates only: no device id is ever shown.
+        text = page.locator("body").inner_text()
+        leaked = [d for d in DEVICE_IDS if str(d) in text]
+        assert not leaked, leaked
+        assert watch.paths <= ALLOWED_PATHS, watch.paths - ALLOWED_PATHS
+        assert "/v1/rounds/current" in watch.paths  # it long-polls
+        assert not watch.foreign, watch.foreign  # no external network
+        assert not watch.errors, watch.errors
+        page.close()
+
+
+def test_dashboard_shows_server_errors_and_recovers(browser: Any) -> None:
+    run = FakeRun("fashion")
+    run.fail_status = "store unavailable"
+    with ServerThread(make_fake_app(run)) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        expect(page.locator("#server-error")).to_contain_text("503")
+        expect(page.locator("#server-error")).to_contain_text("store unavailable")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "error")
+        run.fail_status = None
+        _wait_for_error_cleared(page)
+        expect(page.locator("#stage-text")).to_contain_text("Waiting for devices")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        page.close()
+
+
+def test_dashboard_regression_task_features(browser: Any) -> None:
+    run = FakeRun("linreg")
+    run.add_round(0, "done", 0.93, 0.05)
+    with ServerThread(make_fake_app(run)) as srv:
+        page = browser.new_page(viewport={"width": 420, "height": 900})  # phone-sized
+        page.goto(srv.url)
+        expect(page.locator("#card-metric-h")).to_have_text("R²")
+        expect(page.locator("#card-acc")).to_have_text("0.93")
+        expect(page.locator("#features-field")).to_be_visible()
+        page.fill("#predict-features", "0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1")
+        page.click("#predict-btn")
+        expect(page.locator("#pred-class")).to_have_text("1.3")
+        # The layout fits a narrow screen: no horizontal page scroll.
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 420, width
+        page.close()
+
+
+def _real_create_app() -> Any:
+    try:
+        from server.app import create_app
+    except ImportError as err:
+        pytest.skip(f"server.app.create_app not available yet ({err})")
+    return create_app
+
+
+def test_real_server_serves_the_dashboard(browser: Any, tmp_path: Path) -> None:
+    create_app = _real_create_app()
+    from clients.tasks import TrainingConfig
+    from server.config import AppSettings, ExperimentConfig, ServerConfig
+
+    experiment = ExperimentConfig(
+        server=ServerConfig(rounds=2, clients=3, per_round=3),
+        training=TrainingConfig(task="digits"),
+    )
+    settings = AppSettings(experiment=experiment, db_path=tmp_path / "db.sqlite3", autostart=False)
+    app = create_app(settings)
+    with ServerThread(app) as srv:
+        import httpx
+
+        with httpx.Client(base_url=srv.url, timeout=10) as http:
+            index = http.get("/")
+            assert index.status_code == 200
+            assert 'data-dashboard="secagg-dp"' in index.text
+            for asset in ("static/app.js", "static/style.css"):
+                assert http.get(asset).status_code == 200, asset
+        page = browser.new_page()
+        watch = PageWatch(page, srv.url)
+        page.goto(srv.url)
+        expect(page.locator("#card-task")).to_have_text("digits", timeout=15_000)
+        expect(page.locator("#stage-text")).to_contain_text("Waiting for devices")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        # The real /v1/predict with the real digits model and preprocessing.
+        page.set_input_files(
+            "#predict-file",
+            files=[{"name": "digit.png", "mimeType": "image/png", "buffer": _png((40, 40))}],
+        )
+        page.click("#predict-btn")
+        expect(page.locator("#pred-class")).to_have_text(
+            __import__("re").compile(r"^[0-9]$"), timeout=20_000
+        )
+        expect(page.locator("#prediction .scores li")).to_have_count(5)
+        assert watch.paths <= ALLOWED_PATHS, watch.paths - ALLOWED_PATHS
+        assert not watch.errors, watch.errors
+        page.close()
