@@ -19,8 +19,8 @@ from dp.config import INTEGER_RDP_ORDERS, RDP_ORDERS, DPConfig, DPConfigError
 from dp.encoding import (
     DecodedSum,
     Decoder,
-    EncodeReport,
     Encoder,
+    EncodeReport,
     EncodingPlan,
     RoundPrivacy,
     update_clip,

@@ -23,13 +23,14 @@ Every round is charged with the noise the survivors really added
 
 from __future__ import annotations
 
+import copy
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import dp_accounting
 import numpy as np
+from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
 from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
 from dp.config import INTEGER_RDP_ORDERS, RDP_ORDERS, DPConfig, DPConfigError
@@ -131,8 +132,9 @@ class EpsilonReport:
 class PrivacyAccountant:
     """Composes `RoundPrivacy` events over rounds for one `DPConfig`.
 
-    The ledger is a multiset of events (identical rounds are composed at once with
-    SelfComposedDpEvent, which keeps PLD fast); `report()` recomputes from it.
+    Incremental: each `compose` adds the round to running dp-accounting accountants
+    (gaussian) or running RDP vectors (ddgauss, skellam), so a report costs one
+    conversion whatever the number of rounds. `would_exceed` works on a copy.
     """
 
     def __init__(self, config: DPConfig, sample_rate: float, accountant: str = "rdp") -> None:
@@ -151,24 +153,33 @@ class PrivacyAccountant:
         self.config = config
         self.sample_rate = _check_rate(sample_rate)
         self.accountant = accountant
-        self._ledger: Counter[RoundPrivacy] = Counter()
+        self._rounds = 0
+        self._infinite = False
+        self._gaussian = mech.gaussian_events
+        # Unamplified Gaussian rounds compose exactly into one Gaussian with
+        # z^-2 = sum of the rounds' z^-2 (kept as that sum: PLD of 1000 composed wide
+        # Gaussians would take half a minute); amplified rounds go to dp-accounting.
+        self._inv_z2 = 0.0
+        self._acc_amp = self._new_dp_accountant() if self._gaussian else None
+        self._rdp = np.zeros(len(INTEGER_RDP_ORDERS))
+        self._rdp_amp = np.zeros(len(INTEGER_RDP_ORDERS))
         self._cache: EpsilonReport | None = None
 
     @property
     def rounds(self) -> int:
-        return sum(self._ledger.values())
+        return self._rounds
 
     def compose(self, event: RoundPrivacy, count: int = 1) -> None:
         """Charge `count` rounds that each guaranteed `event`."""
         self._check_event(event)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be an integer >= 1, got {count!r}")
-        self._ledger[event] += count
+        self._add(event, count)
         self._cache = None
 
     def report(self) -> EpsilonReport:
         if self._cache is None:
-            self._cache = self._compute(self._ledger)
+            self._cache = self._report()
         return self._cache
 
     def would_exceed(self, event: RoundPrivacy, budget: float, *, amplified: bool = False) -> bool:
@@ -178,10 +189,15 @@ class PrivacyAccountant:
         self._check_event(event)
         if not budget >= 0:
             raise ValueError(f"budget must be >= 0, got {budget!r}")
-        ledger = Counter(self._ledger)
-        ledger[event] += 1
-        rep = self._compute(ledger)
+        trial = copy.deepcopy(self)
+        trial.compose(event)
+        rep = trial.report()
         return (rep.epsilon_amplified if amplified else rep.epsilon) > budget
+
+    def _new_dp_accountant(self) -> dp_accounting.PrivacyAccountant:
+        if self.accountant == "rdp":
+            return dp_accounting.rdp.RdpAccountant(orders=list(RDP_ORDERS))
+        return dp_accounting.pld.PLDAccountant()
 
     def _check_event(self, event: RoundPrivacy) -> None:
         if not isinstance(event, RoundPrivacy):
@@ -192,53 +208,75 @@ class PrivacyAccountant:
                 f"{self.config.mechanism!r}"
             )
 
-    def _compute(self, ledger: Counter[RoundPrivacy]) -> EpsilonReport:
-        delta = self.config.delta
-        rounds = sum(ledger.values())
+    def _add(self, event: RoundPrivacy, count: int) -> None:
+        self._rounds += count
         q = self.sample_rate
-        if rounds == 0:
-            eps, eps_amp = 0.0, 0.0
-        elif self.config.mechanism == "none":
-            eps, eps_amp = math.inf, math.inf
-        elif get_mechanism(self.config.mechanism).gaussian_events:
-            eps = self._dp_accounting_epsilon(ledger, None)
-            eps_amp = self._dp_accounting_epsilon(ledger, q)
-        else:
-            orders = np.arange(2, INTEGER_RDP_ORDERS[-1] + 1)
-            idx = np.array(INTEGER_RDP_ORDERS) - 2
-            total = np.zeros(len(INTEGER_RDP_ORDERS))
-            total_amp = np.zeros(len(INTEGER_RDP_ORDERS))
-            for event, count in ledger.items():
-                per_round = event.rdp(orders)
-                total += count * per_round[idx]
-                total_amp += count * subsampled_rdp(per_round, q, INTEGER_RDP_ORDERS)
-            eps = _rdp_to_epsilon(total, delta)
-            eps_amp = _rdp_to_epsilon(total_amp, delta)
-        return EpsilonReport(
-            epsilon=float(eps),
-            epsilon_amplified=float(eps_amp),
-            delta=delta,
-            rounds=rounds,
-            mechanism=self.config.mechanism,
-            accountant=self.accountant,
-            sample_rate=q,
-        )
-
-    def _dp_accounting_epsilon(self, ledger: Counter[RoundPrivacy], q: float | None) -> float:
-        acc: dp_accounting.PrivacyAccountant
-        if self.accountant == "rdp":
-            acc = dp_accounting.rdp.RdpAccountant(orders=list(RDP_ORDERS))
-        else:
-            acc = dp_accounting.pld.PLDAccountant()
-        for event, count in ledger.items():
+        if self.config.mechanism == "none":
+            self._infinite = True
+        elif self._gaussian:
             z = event.gaussian_noise_multiplier
             if z <= 0:
-                return math.inf
+                self._infinite = True
+                return
+            self._inv_z2 += count / z**2
             ev: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)
-            if q is not None and q < 1:
+            if q < 1:
                 ev = dp_accounting.PoissonSampledDpEvent(q, ev)
-            acc.compose(dp_accounting.SelfComposedDpEvent(ev, count))
-        return float(acc.get_epsilon(self.config.delta))
+            if self._acc_amp is not None:
+                self._acc_amp.compose(dp_accounting.SelfComposedDpEvent(ev, count))
+        else:
+            per_round = event.rdp(np.arange(2, INTEGER_RDP_ORDERS[-1] + 1))
+            self._rdp += count * per_round[np.array(INTEGER_RDP_ORDERS) - 2]
+            self._rdp_amp += count * subsampled_rdp(per_round, q, INTEGER_RDP_ORDERS)
+
+    def _report(self) -> EpsilonReport:
+        delta = self.config.delta
+        if self._rounds == 0:
+            eps, eps_amp = 0.0, 0.0
+        elif self._infinite:
+            eps, eps_amp = math.inf, math.inf
+        elif self._gaussian:
+            z_total = 1.0 / math.sqrt(self._inv_z2)
+            if self.accountant == "rdp":
+                plain = self._new_dp_accountant()
+                plain.compose(dp_accounting.GaussianDpEvent(z_total))
+                eps = float(plain.get_epsilon(delta))
+            else:
+                eps = _gaussian_epsilon_exact(z_total, delta)
+            eps_amp = float(self._acc_amp.get_epsilon(delta)) if self._acc_amp else math.inf
+        else:
+            eps = _rdp_to_epsilon(self._rdp, delta)
+            eps_amp = _rdp_to_epsilon(self._rdp_amp, delta)
+        return EpsilonReport(
+            epsilon=eps,
+            epsilon_amplified=eps_amp,
+            delta=delta,
+            rounds=self._rounds,
+            mechanism=self.config.mechanism,
+            accountant=self.accountant,
+            sample_rate=self.sample_rate,
+        )
+
+
+def _gaussian_epsilon_exact(noise_multiplier: float, delta: float) -> float:
+    """Exact epsilon of one Gaussian mechanism at `delta` (the closed form of Balle &
+    Wang 2018, from dp-accounting's GaussianPrivacyLoss), by bisection: what the PLD
+    accountant would return for this event, without its discretization."""
+    loss = GaussianPrivacyLoss(standard_deviation=noise_multiplier, sensitivity=1.0)
+    if loss.get_delta_for_epsilon(0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while loss.get_delta_for_epsilon(hi) > delta:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if loss.get_delta_for_epsilon(mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return hi
 
 
 def _rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:

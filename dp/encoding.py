@@ -484,7 +484,8 @@ def update_clip(
     noised count (post-processing: costs no privacy beyond the count's own)."""
     if not (clip > 0 and math.isfinite(clip)):
         raise ValueError(f"clip must be > 0, got {clip!r}")
-    if isinstance(n_contributors, bool) or not isinstance(n_contributors, int) or n_contributors < 1:
+    n = n_contributors
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n_contributors must be an integer >= 1, got {n_contributors!r}")
     if not math.isfinite(clipped_count):
         raise ValueError(f"clipped_count must be finite, got {clipped_count!r}")
