@@ -212,7 +212,8 @@ class AggregatorProtocol:
         if got != want:
             extra, missing = sorted(got - want), sorted(want - got)
             raise MalformedMessageError(
-                f"ciphertexts of {sender}: unexpected recipients {extra[:10]}, missing {missing[:10]}"
+                f"ciphertexts of {sender}: unexpected recipients {extra[:10]}, "
+                f"missing {missing[:10]}"
             )
         self._cts[sender] = dict(msg.ciphertexts)
 

@@ -263,7 +263,8 @@ class ClientProtocol:
             raise ValueError(f"input must be an integer array, got dtype {arr.dtype}")
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= p.modulus):
             raise ValueError(
-                f"input entries must be in [0, 2^{p.bits}), got range [{int(arr.min())}, {int(arr.max())}]"
+                f"input entries must be in [0, 2^{p.bits}), "
+                f"got range [{int(arr.min())}, {int(arr.max())}]"
             )
         return arr
 
@@ -282,7 +283,8 @@ class ClientProtocol:
         for u, ct in ciphertexts.items():
             if u not in self._peer_keys:
                 raise NotParticipantError(
-                    f"ciphertext from {u}, which is not a neighbour that advertised keys to {self.client_id}"
+                    f"ciphertext from {u}, which is not a neighbour that advertised keys "
+                    f"to {self.client_id}"
                 )
             if not isinstance(ct, bytes):
                 raise MalformedMessageError(f"ciphertext from {u} is not bytes")
@@ -298,7 +300,7 @@ class ClientProtocol:
             )
         s_dh = {v: x25519_agree(self._s_sk, self._peer_keys[v][1]) for v in held_b}
         dtype = p.word_dtype
-        acc = arr.astype(dtype, copy=True)
+        acc: np.ndarray = arr.astype(dtype, copy=True)
         ks = Keystream(p.dim, dtype)
         acc += ks.fill(self._b_u, self_label(p.round_id, self.client_id))
         u = self.client_id

@@ -246,7 +246,10 @@ class MaskedInput(_Message):
         _check_bytes(self.data, "data")
 
     def __repr__(self) -> str:  # never print the vector
-        return f"MaskedInput(round_id={self.round_id}, sender={self.sender}, data=<{len(self.data)} bytes>)"
+        return (
+            f"MaskedInput(round_id={self.round_id}, sender={self.sender}, "
+            f"data=<{len(self.data)} bytes>)"
+        )
 
 
 @dataclass(frozen=True)

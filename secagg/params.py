@@ -89,11 +89,10 @@ class RoundParams:
                 raise ValueError(f"degree must be None for the complete graph, got {self.degree!r}")
             max_t = n
         else:
-            if not _is_int(self.degree) or self.degree % 2 or not 2 <= self.degree <= n - 1:
-                raise ValueError(
-                    f"harary degree must be even and in [2, {n - 1}], got {self.degree!r}"
-                )
-            max_t = self.degree + 1
+            k = self.degree
+            if not isinstance(k, int) or isinstance(k, bool) or k % 2 or not 2 <= k <= n - 1:
+                raise ValueError(f"harary degree must be even and in [2, {n - 1}], got {k!r}")
+            max_t = k + 1
         if not _is_int(self.threshold) or not 1 <= self.threshold <= max_t:
             raise ValueError(
                 f"threshold must be an int in [1, {max_t}] (neighbours + 1), got {self.threshold!r}"

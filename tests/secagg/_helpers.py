@@ -79,7 +79,9 @@ class Round:
         self.msgs["keys"] = self.agg.close_advertise()
 
     def share(self) -> None:
-        self.msgs["share"] = {c: self.clients[c].share_keys(k) for c, k in self.msgs["keys"].items()}
+        self.msgs["share"] = {
+            c: self.clients[c].share_keys(k) for c, k in self.msgs["keys"].items()
+        }
         for m in self.msgs["share"].values():
             self.agg.add_share_keys(m)
         self.msgs["cts"] = self.agg.close_share_keys()
@@ -102,17 +104,15 @@ class Round:
         self.msgs["request"] = self.agg.close_masked_input()
 
 
-def make_round(
-    n: int = 5, dim: int = 33, bits: int = 20, seed: int = 0, **kw: Any
-) -> Round:
+def make_round(n: int = 5, dim: int = 33, bits: int = 20, seed: int = 0, **kw: Any) -> Round:
     params, signing = make_params(n, dim, bits, **kw)
     rng = np.random.default_rng(seed)
-    inputs = {
-        c: rng.integers(0, 1 << bits, dim, dtype=np.uint64) for c in params.participants
-    }
+    inputs = {c: rng.integers(0, 1 << bits, dim, dtype=np.uint64) for c in params.participants}
     clients = {
         c: ClientProtocol(
-            params, c, signing_key=None if signing is None else signing[c],
+            params,
+            c,
+            signing_key=None if signing is None else signing[c],
             random_bytes=det_random(b"client%d" % c),
         )
         for c in params.participants

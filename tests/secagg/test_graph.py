@@ -23,7 +23,9 @@ PUBLISHED = {
 
 
 @pytest.mark.parametrize(("key", "expected"), sorted(PUBLISHED.items()))
-def test_finder_matches_published_values(key: tuple[int, float, float], expected: tuple[int, int]) -> None:
+def test_finder_matches_published_values(
+    key: tuple[int, float, float], expected: tuple[int, int]
+) -> None:
     n, corrupt, dropout = key
     assert find_harary_params(n, dropout, corrupt) == expected
 

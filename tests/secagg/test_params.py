@@ -83,7 +83,11 @@ def test_validation_rejects(change: dict) -> None:
 def test_from_dict_rejects_malformed() -> None:
     p, _ = make_params(4)
     d = p.to_dict()
-    for bad in ({k: v for k, v in d.items() if k != "dim"}, {**d, "extra": 1}, {**d, "graph_seed": "!!"}):
+    for bad in (
+        {k: v for k, v in d.items() if k != "dim"},
+        {**d, "extra": 1},
+        {**d, "graph_seed": "!!"},
+    ):
         with pytest.raises(ValueError):
             RoundParams.from_dict(bad)
 
@@ -91,7 +95,12 @@ def test_from_dict_rejects_malformed() -> None:
 def test_protocol_config() -> None:
     c = ProtocolConfig()
     assert ProtocolConfig.from_dict(c.to_dict()) == c
-    for bad in ({"graph": "x"}, {"dropout": 1.0}, {"corrupt": -0.1}, {"dropout": 0.5, "corrupt": 0.5}):
+    for bad in (
+        {"graph": "x"},
+        {"dropout": 1.0},
+        {"corrupt": -0.1},
+        {"dropout": 0.5, "corrupt": 0.5},
+    ):
         with pytest.raises(ValueError):
             ProtocolConfig(**bad)
     with pytest.raises(ValueError):

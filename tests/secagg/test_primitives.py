@@ -51,7 +51,10 @@ def test_x25519_rejects_small_order_point_and_bad_length() -> None:
 
 def test_hkdf_sha256_rfc5869_test_case_1() -> None:
     okm = hkdf_sha256(
-        H("0b" * 22), info=H("f0f1f2f3f4f5f6f7f8f9"), length=42, salt=H("000102030405060708090a0b0c")
+        H("0b" * 22),
+        info=H("f0f1f2f3f4f5f6f7f8f9"),
+        length=42,
+        salt=H("000102030405060708090a0b0c"),
     )
     assert okm == H(
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"

@@ -52,7 +52,9 @@ def test_field_is_the_smallest_prime_above_2_256() -> None:
     n=st.integers(2, 9),
     data=st.data(),
 )
-def test_any_t_shares_rebuild_and_t_minus_1_do_not(secret: bytes, n: int, data: st.DataObject) -> None:
+def test_any_t_shares_rebuild_and_t_minus_1_do_not(
+    secret: bytes, n: int, data: st.DataObject
+) -> None:
     t = data.draw(st.integers(1, n))
     ids = data.draw(st.lists(st.integers(0, 10**6), min_size=n, max_size=n, unique=True))
     xs = [i + 1 for i in ids]
