@@ -108,6 +108,7 @@ def wait_stage(
             if mine and mine[0]["status"] != "running":
                 state = dict(state)
                 state["stage"] = mine[0]["status"]
+                state["round"] = rid
                 return state
         if time.monotonic() > end:
             raise AssertionError(f"server stuck in {state['stage']}, wanted {stages}")
@@ -116,7 +117,7 @@ def wait_stage(
 
 def encode_update(state: dict[str, Any], seed: int) -> np.ndarray:
     """A small random update encoded with the round's DP plan (what a device would send)."""
-    from dp import EncodingPlan, Encoder
+    from dp import Encoder, EncodingPlan
 
     plan = EncodingPlan.from_dict(state["plan"])
     rng = np.random.default_rng(seed)
@@ -205,7 +206,9 @@ def run_round(
     if state["stage"] == "consistency_check":
         for d in live("consistency_check"):
             req = UnmaskRequest.from_dict(d.get(f"/v1/rounds/{rid}/consistency").json())
-            r = d.post_json(f"/v1/rounds/{rid}/consistency", d.proto.consistency_check(req).to_dict())
+            r = d.post_json(
+                f"/v1/rounds/{rid}/consistency", d.proto.consistency_check(req).to_dict()
+            )
             assert r.status_code == 202, r.text
         state = wait_stage(lead, {"unmask", "aborted"}, rid)
         if state["stage"] == "aborted":

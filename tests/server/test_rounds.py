@@ -22,6 +22,12 @@ def devices(client: Any) -> list[Device]:
     return devs
 
 
+@pytest.fixture(scope="module")
+def extra(client: Any) -> Device:
+    """A device that registers once round 0 is under way: not a participant of it."""
+    return Device(client)
+
+
 def test_registration_is_idempotent_and_validated(client: Any, devices: list[Device]) -> None:
     d = devices[0]
     pk = base64.b64encode(d.key.public_key().public_bytes_raw()).decode()
@@ -33,7 +39,9 @@ def test_registration_is_idempotent_and_validated(client: Any, devices: list[Dev
     assert r.status_code == 400 and "32" in r.json()["detail"]
     assert client.post("/v1/devices", json={"key": pk}).status_code == 422
     assert client.post("/v1/devices", json={"public_key": 5}).status_code == 422
-    r = client.post("/v1/devices", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/devices", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     assert sorted(x.device_id for x in devices) == [0, 1, 2]
 
@@ -80,8 +88,16 @@ def _garbage(client: Any, extra: Device) -> Any:
             assert d.post_json(f"/v1/rounds/{rid + 7}/keys", msg).status_code == 404
             r = extra.post_json(f"/v1/rounds/{rid}/keys", dict(msg, sender=extra.device_id))
             assert r.status_code == 403, r.text
-            assert d.post_json(f"/v1/rounds/{rid}/keys", dict(msg, sender=sampled[1].device_id)).status_code == 403
-            assert d.post_json(f"/v1/rounds/{rid}/keys", dict(msg, round_id=rid + 1)).status_code == 400
+            assert (
+                d.post_json(
+                    f"/v1/rounds/{rid}/keys", dict(msg, sender=sampled[1].device_id)
+                ).status_code
+                == 403
+            )
+            assert (
+                d.post_json(f"/v1/rounds/{rid}/keys", dict(msg, round_id=rid + 1)).status_code
+                == 400
+            )
             assert d.post_json(f"/v1/rounds/{rid}/keys", [1, 2]).status_code == 400
             bad = dict(msg)
             bad.pop("c_pk")
@@ -97,7 +113,10 @@ def _garbage(client: Any, extra: Device) -> Any:
             # wrong stage: shares, masked input and unmask before their time; reads too early
             r = d.post_json(f"/v1/rounds/{rid}/shares", {"ciphertexts": {}})
             assert r.status_code == 409, r.text
-            assert d.post_bytes(f"/v1/rounds/{rid}/masked-input", b"\0" * 16).status_code in (400, 409)
+            assert d.post_bytes(f"/v1/rounds/{rid}/masked-input", b"\0" * 16).status_code in (
+                400,
+                409,
+            )
             assert d.get(f"/v1/rounds/{rid}/keys").status_code == 409
             assert d.get(f"/v1/rounds/{rid}/shares").status_code == 409
             assert d.get(f"/v1/rounds/{rid}/unmask").status_code == 409
@@ -125,11 +144,10 @@ def _garbage(client: Any, extra: Device) -> Any:
 
 
 def test_honest_round_completes_despite_garbage(
-    client: Any, devices: list[Device], module_tmp: Path
+    client: Any, devices: list[Device], extra: Device, module_tmp: Path
 ) -> None:
     state = wait_stage(devices[0], {"advertise_keys"})
     assert state["round"] == 0 and state["sampled"] is True
-    extra = Device(client)
     extra.register()  # registered after sampling: not a participant of round 0
     hook = _garbage(client, extra)
     inputs: list[bytes] = []
@@ -182,11 +200,33 @@ def _assert_nowhere(tmp: Path, masked: list[bytes], end: dict[str, Any]) -> None
             assert base64.b64encode(n)[:40] not in text_b64, f"{path.name} holds a vector (b64)"
 
 
-def test_dropout_after_masked_input_is_a_survivor(client: Any, devices: list[Device]) -> None:
+def test_dropout_after_masked_input_is_a_survivor(
+    client: Any, devices: list[Device], extra: Device
+) -> None:
     """The device that goes silent in unmask still counts: its masks are rebuilt."""
-    end = run_round(devices, silent={2: "unmask"})
+    end = run_round([*devices, extra], silent={2: "unmask"})
     assert end["stage"] == "done", end
     rec = [r for r in client.get("/v1/rounds").json() if r["round"] == end["round"]][0]
-    assert rec["status"] == "done"
+    assert rec["status"] == "done", (rec, end["round"], end["version"])
     assert rec["dropouts"]["unmask"] == [end["sampled_ids"][2]]
     assert len(rec["survivors"]) == 3, rec
+
+
+def test_below_threshold_aborts_then_training_finishes(
+    client: Any, devices: list[Device], extra: Device
+) -> None:
+    eps_before = client.get("/v1/status").json()["epsilon"]
+    end = run_round([*devices, extra], silent={0: "advertise_keys", 1: "advertise_keys"})
+    assert end["stage"] == "aborted", end
+    rec = [r for r in client.get("/v1/rounds").json() if r["round"] == end["round"]][0]
+    assert rec["status"] == "aborted" and "threshold" in rec["abort_reason"]
+    assert client.get("/v1/status").json()["epsilon"] == eps_before  # nothing charged
+    end = run_round([*devices, extra])  # the third planned round
+    assert end["stage"] == "done"
+    status = wait_stage(devices[0], {"finished"})
+    assert status["stage"] == "finished"
+    st = client.get("/v1/status").json()
+    assert st["training_done"] is True and st["rounds_done"] == st["rounds_planned"] == 3
+    assert st["epsilon"] > eps_before and st["registered"] == 4
+    assert st["config"]["training"]["task"] == "digits"
+    assert "data_dir" not in st["config"]["server"]
