@@ -33,7 +33,13 @@ from secagg.client import (
     pair_seed,
     self_label,
 )
-from secagg.crypto import Keystream, ed25519_verify, x25519_agree, x25519_public_from_private
+from secagg.crypto import (
+    Keystream,
+    ed25519_verify,
+    x25519_agree,
+    x25519_private_key,
+    x25519_public_from_private,
+)
 from secagg.errors import (
     AbortError,
     DuplicateMessageError,
@@ -344,8 +350,9 @@ class AggregatorProtocol:
                 s_sk = reconstruct_bytes(sk_holders[u], t)
                 if x25519_public_from_private(s_sk) != self._keys[u].s_pk:
                     raise ShamirError(f"rebuilt s_sk of {u} does not match its s_pk")
+                s_key = x25519_private_key(s_sk)
                 for v in sorted(self._n2(u) & self._u3):
-                    dh = x25519_agree(s_sk, self._keys[v].s_pk)
+                    dh = x25519_agree(s_key, self._keys[v].s_pk)
                     # v added +PRG(s_uv) if v < u else -PRG(s_uv): undo it
                     seeds.append(
                         (

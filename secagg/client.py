@@ -43,6 +43,7 @@ from secagg.crypto import (
     label,
     x25519_agree,
     x25519_keypair,
+    x25519_private_key,
 )
 from secagg.errors import (
     AbortError,
@@ -148,6 +149,7 @@ class ClientProtocol:
         self._b_u = b""
         self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
         self._c_dh: dict[int, bytes] = {}
+        self._pair_seeds: dict[int, bytes] = {}
         self._own_shares: tuple[bytes, bytes] = (b"", b"")
         self._held_b: dict[int, bytes] = {}
         self._held_sk: dict[int, bytes] = {}
@@ -170,6 +172,8 @@ class ClientProtocol:
         self._b_u = self._s_sk = self._c_sk = b""
         self._held_b.clear()
         self._held_sk.clear()
+        self._pair_seeds = {}
+        self._c_dh = {}
         return AbortError(why)
 
     # ------------------------------------------------------------------ round 0
@@ -231,7 +235,14 @@ class ClientProtocol:
             raise self._abort(
                 f"only {len(peers) + 1} parties (self included) for threshold {p.threshold}"
             )
-        c_dh = {cid: x25519_agree(self._c_sk, pk[0]) for cid, pk in peers.items()}
+        c_key = x25519_private_key(self._c_sk)
+        s_key = x25519_private_key(self._s_sk)
+        c_dh = {cid: x25519_agree(c_key, pk[0]) for cid, pk in peers.items()}
+        # s_uv for every neighbour now, so that MaskedInput is keystream + adds only
+        seeds = {
+            v: pair_seed(x25519_agree(s_key, pk[1]), p.round_id, self.client_id, v)
+            for v, pk in peers.items()
+        }
         order = sorted(peers)
         b_u = self._random_bytes(32)
         if len(b_u) != 32:
@@ -247,6 +258,7 @@ class ClientProtocol:
             cts[v] = aead_encrypt(key, nonce, plaintext, share_ad(p.round_id, self.client_id, v))
         self._peer_keys = peers
         self._c_dh = c_dh
+        self._pair_seeds = seeds
         self._b_u = b_u
         self._own_shares = (shares_b[0], shares_sk[0])
         self._stage = Stage.MASKED_INPUT
@@ -298,14 +310,13 @@ class ClientProtocol:
             raise self._abort(
                 f"only {len(held_b) + 1} parties shared keys; threshold {p.threshold}"
             )
-        s_dh = {v: x25519_agree(self._s_sk, self._peer_keys[v][1]) for v in held_b}
         dtype = p.word_dtype
         acc: np.ndarray = arr.astype(dtype, copy=True)
         ks = Keystream(p.dim, dtype)
         acc += ks.fill(self._b_u, self_label(p.round_id, self.client_id))
         u = self.client_id
         for v in sorted(held_b):
-            mask = ks.fill(pair_seed(s_dh[v], p.round_id, u, v), pair_label(p.round_id, u, v))
+            mask = ks.fill(self._pair_seeds[v], pair_label(p.round_id, u, v))
             if u < v:
                 acc += mask
             else:
@@ -320,6 +331,7 @@ class ClientProtocol:
         self._held_b, self._held_sk = held_b, held_sk
         self._b_u = b""  # its shares are all that is needed from now on
         self._c_dh = {}
+        self._pair_seeds = {}
         self._stage = Stage.CONSISTENCY_CHECK if p.active else Stage.UNMASK
         return MaskedInput(p.round_id, u, data)
 

@@ -55,6 +55,7 @@ __all__ = [
     "prg_words",
     "x25519_agree",
     "x25519_keypair",
+    "x25519_private_key",
     "x25519_public_from_private",
 ]
 
@@ -99,15 +100,24 @@ def x25519_public_from_private(private_raw: bytes) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def x25519_agree(private_raw: bytes, public_raw: bytes) -> bytes:
+def x25519_private_key(private_raw: bytes) -> X25519PrivateKey:
+    """Parse a raw X25519 private key once (parsing costs more than an agreement)."""
+    return X25519PrivateKey.from_private_bytes(private_raw)
+
+
+def x25519_agree(private: bytes | X25519PrivateKey, public_raw: bytes) -> bytes:
     """Raw X25519 shared secret; an all-zero result (small-order point) raises
-    :class:`MalformedMessageError`."""
+    :class:`MalformedMessageError`. ``private`` is raw bytes or a parsed key (faster
+    when one key agrees with many peers)."""
     if len(public_raw) != KEY_BYTES:
         raise MalformedMessageError(f"X25519 public key must be 32 bytes, got {len(public_raw)}")
+    key = (
+        private
+        if isinstance(private, X25519PrivateKey)
+        else X25519PrivateKey.from_private_bytes(private)
+    )
     try:
-        return X25519PrivateKey.from_private_bytes(private_raw).exchange(
-            X25519PublicKey.from_public_bytes(public_raw)
-        )
+        return key.exchange(X25519PublicKey.from_public_bytes(public_raw))
     except ValueError as err:
         raise MalformedMessageError(f"X25519 agreement failed: {err}") from err
 
