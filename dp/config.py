@@ -64,7 +64,8 @@ class DPConfig:
     - `clip` C: every device's update is scaled to L2 norm <= C before anything else.
     - `noise_multiplier` z: the standard deviation of the noise in the *sum* of any
       `min_contributors` (secure-aggregation threshold t) devices is z * C in update
-      units, per coordinate.
+      units, per coordinate. z = 0 adds no noise (no DP guarantee: epsilon is
+      infinite); it exists for testing the encoding exactly.
     - `bits` b: the modulus 2^b of the encoding and of the secure sum.
     - `beta`: conditional randomized rounding parameter (0 disables it; Kairouz et al.
       use exp(-0.5)).
@@ -106,11 +107,6 @@ class DPConfig:
         z = _check_finite("noise_multiplier", self.noise_multiplier)
         if z < 0:
             raise DPConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
-        if self.mechanism != "none" and z == 0:
-            raise DPConfigError(
-                f"noise_multiplier must be > 0 for mechanism {self.mechanism!r} "
-                "(use mechanism='none' for no noise)"
-            )
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise DPConfigError(f"bits must be an integer, got {self.bits!r}")
         if not 8 <= self.bits <= 62:

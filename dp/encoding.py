@@ -405,9 +405,11 @@ class Encoder(_Rotation):
         y = rotate(x, self._signs, cfg.rotation) / plan.gamma
         record = self._round(y, rng)
         mech = get_mechanism(cfg.mechanism)
-        noised = mech.add_noise(
-            record, plan.local_stddev, plan.l2_sensitivity, plan.l1_sensitivity, rng
-        )
+        noised = record
+        if plan.local_stddev > 0:
+            noised = mech.add_noise(
+                record, plan.local_stddev, plan.l2_sensitivity, plan.l1_sensitivity, rng
+            )
         if cfg.adaptive_clip:
             bit = np.array([plan.count_scale * (1 if clipped else -1)], dtype=np.int64)
             if plan.count_local_stddev > 0:

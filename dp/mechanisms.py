@@ -194,6 +194,8 @@ class DiscreteGaussian(NoiseMechanism):
     name = "ddgauss"
 
     def local_scale(self, target_local_stddev: float) -> float:
+        if target_local_stddev <= 0:
+            return 0.0
         return float(max(1, math.ceil(target_local_stddev - 1e-9)))
 
     def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
