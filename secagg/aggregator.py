@@ -16,6 +16,10 @@ Unmasking rebuilds b_u for every u in U3 and s_u^SK for every u in U2 \\ U3, sub
 PRG(b_u) and, for each dropped u and each neighbour v in U3, the pairwise mask that v
 added for u (+PRG(s_vu) if v < u else -PRG(s_vu)).
 
+Not thread-safe: a transport that serves requests concurrently must serialize calls
+(one lock per round). :meth:`expected_senders` lists the ids whose message for the
+current stage is still missing (empty: the stage can close early).
+
 Every ``add_*`` validates completely before touching state, so a rejected message
 (:class:`~secagg.errors.ProtocolError`) leaves the aggregator unchanged. ``close_*`` and
 :meth:`finish` raise :class:`~secagg.errors.AbortError` and discard the running sum

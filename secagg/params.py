@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,7 +240,7 @@ class RoundParams:
     def create(
         cls,
         round_id: int,
-        participants: tuple[int, ...] | list[int],
+        participants: Iterable[int],
         dim: int,
         bits: int,
         *,

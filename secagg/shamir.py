@@ -116,14 +116,16 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     _check_xs(xs)
     num = 1
     for x in xs:
-        num = num * x % PRIME
+        num *= x
+    num %= PRIME
     dens = []
     for i, xi in enumerate(xs):
+        # abscissas are small (client id + 1): multiply exactly, reduce once
         d = xi
         for j, xj in enumerate(xs):
             if i != j:
-                d = d * (xj - xi) % PRIME
-        dens.append(d)
+                d *= xj - xi
+        dens.append(d % PRIME)
     # batch inversion
     prefix = [1] * (len(dens) + 1)
     for i, d in enumerate(dens):
