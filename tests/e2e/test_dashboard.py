@@ -483,8 +483,11 @@ def _real_create_app() -> Any:
     return create_app
 
 
-def test_real_server_serves_the_dashboard(browser: Any, tmp_path: Path) -> None:
+def test_real_server_serves_the_dashboard(tmp_path: Path) -> None:
+    """The real app serves this page at / and its assets under /static (no lifespan needed)."""
     create_app = _real_create_app()
+    from fastapi.testclient import TestClient
+
     from clients.tasks import TrainingConfig
     from server.config import AppSettings, ExperimentConfig, ServerConfig
 
@@ -493,23 +496,88 @@ def test_real_server_serves_the_dashboard(browser: Any, tmp_path: Path) -> None:
         training=TrainingConfig(task="digits"),
     )
     settings = AppSettings(experiment=experiment, db_path=tmp_path / "db.sqlite3", autostart=False)
-    app = create_app(settings)
-    with ServerThread(app) as srv:
-        import httpx
+    client = TestClient(create_app(settings))  # not entered: no model is built
+    index = client.get("/")
+    assert index.status_code == 200
+    assert index.headers["content-type"].startswith("text/html")
+    assert index.text == (STATIC / "index.html").read_text(encoding="utf-8")
+    for asset, ctype in (("static/app.js", "javascript"), ("static/style.css", "text/css")):
+        resp = client.get(asset)
+        assert resp.status_code == 200, asset
+        assert ctype in resp.headers["content-type"], resp.headers["content-type"]
+        assert resp.content == (STATIC / asset.split("/", 1)[1]).read_bytes()
 
-        with httpx.Client(base_url=srv.url, timeout=10) as http:
-            index = http.get("/")
-            assert index.status_code == 200
-            assert 'data-dashboard="secagg-dp"' in index.text
-            for asset in ("static/app.js", "static/style.css"):
-                assert http.get(asset).status_code == 200, asset
+
+def test_real_training_run_in_the_browser(browser: Any, tmp_path: Path) -> None:
+    """A short real run (server subprocess + 3 devices, digits): the page follows it live."""
+    _real_create_app()
+    try:
+        from clients.simulation import SimOptions, Simulation
+    except ImportError as err:
+        pytest.skip(f"clients.simulation not available yet ({err})")
+    import httpx
+
+    opts = SimOptions(
+        task="digits",
+        clients=3,
+        per_round=3,
+        rounds=2,
+        local_epochs=1,
+        batch_size=32,
+        lr=0.1,
+        graph="complete",
+        noise_multiplier=0.1,
+        stage_timeout=10.0,
+        seed=1,
+        keep_serving=True,
+    )
+    sim = Simulation(opts, workdir=tmp_path)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = sim.run()
+        except Exception as err:  # reported by the assertions below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 90
+        url = None
+        while url is None:
+            assert "error" not in outcome, outcome.get("error")
+            assert time.monotonic() < deadline, "the simulation's server did not come up"
+            server = sim.server
+            if server is not None:
+                try:
+                    if httpx.get(server.url + "/v1/status", timeout=2).status_code == 200:
+                        url = server.url + "/"
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.2)
         page = browser.new_page()
-        watch = PageWatch(page, srv.url)
-        page.goto(srv.url)
-        expect(page.locator("#card-task")).to_have_text("digits", timeout=15_000)
-        expect(page.locator("#stage-text")).to_contain_text("Waiting for devices")
-        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
-        # The real /v1/predict with the real digits model and preprocessing.
+        watch = PageWatch(page, url)
+        page.add_init_script(
+            "window.__stages = [];"
+            "new MutationObserver(() => { const s = document.getElementById('status');"
+            " if (s && window.__stages.at(-1) !== s.dataset.stage)"
+            " window.__stages.push(s.dataset.stage); })"
+            ".observe(document,"
+            " {subtree: true, attributes: true, attributeFilter: ['data-stage']});"
+        )
+        page.goto(url)
+        expect(page.locator("#stage-text")).to_have_text("Training finished", timeout=90_000)
+        expect(page.locator("#chart-acc circle.pt")).to_have_count(2)
+        expect(page.locator("#chart-eps .s-eps circle.pt")).to_have_count(2)
+        expect(page.locator("#chart-part g.bar")).to_have_count(2)
+        expect(page.locator("#round-table tbody tr")).to_have_count(2)
+        expect(page.locator("#card-rounds")).to_have_text("2 / 2")
+        thread.join(timeout=30)
+        assert "error" not in outcome, outcome.get("error")
+        rounds = outcome["result"].rounds
+        last = rounds[-1]
+        expect(page.locator("#card-acc")).to_have_text(f"{100 * last['accuracy']:.1f}%")
         page.set_input_files(
             "#predict-file",
             files=[{"name": "digit.png", "mimeType": "image/png", "buffer": _png((40, 40))}],
@@ -518,7 +586,12 @@ def test_real_server_serves_the_dashboard(browser: Any, tmp_path: Path) -> None:
         expect(page.locator("#pred-class")).to_have_text(
             __import__("re").compile(r"^[0-9]$"), timeout=20_000
         )
-        expect(page.locator("#prediction .scores li")).to_have_count(5)
+        expect(page.locator("#prediction")).to_contain_text("global model v2")
+        stages = page.evaluate("window.__stages")
+        assert stages[-1] == "finished", stages
         assert watch.paths <= ALLOWED_PATHS, watch.paths - ALLOWED_PATHS
         assert not watch.errors, watch.errors
         page.close()
+    finally:
+        sim.stop()
+        thread.join(timeout=30)
