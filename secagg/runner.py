@@ -35,7 +35,9 @@ class RoundResult:
     ``timings``: seconds — ``server`` (all aggregator calls), ``server_<stage>`` per
     stage (``server_unmask`` includes :meth:`AggregatorProtocol.finish`),
     ``client_mean`` / ``client_max`` / ``client_total`` over clients, ``client_<stage>_mean``,
-    and ``total`` (wall time of the whole round).
+    and ``total`` (wall time of the whole round); all wall-clock (``perf_counter``).
+    CPU-time twins (``thread_time``, robust to other load on the machine):
+    ``server_cpu``, ``server_cpu_<stage>``, ``client_cpu_mean``, ``client_cpu_max``.
     ``upload_bytes``: client id -> bytes uploaded. ``client_seconds``: client id ->
     seconds in its protocol code.
     """
@@ -87,26 +89,30 @@ def run_round(
     client_stage_s: dict[str, float] = {}
     upload = {c: 0 for c in params.participants}
     server_s: dict[str, float] = {}
+    client_cpu = {c: 0.0 for c in params.participants}
+    server_cpu: dict[str, float] = {}
 
     def alive(cid: int, stage: Stage) -> bool:
         d = dropouts.get(cid)
         return d is None or d.order > stage.order
 
     def timed_client(cid: int, stage: Stage, fn: Callable[[], object]) -> object:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn()
         finally:
             dt = time.perf_counter() - t0
+            client_cpu[cid] += time.thread_time() - c0
             client_s[cid] += dt
             client_stage_s[stage.value] = client_stage_s.get(stage.value, 0.0) + dt
 
     def timed_server(stage: Stage, fn: Callable[[], object]) -> object:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn()
         finally:
             server_s[stage.value] = server_s.get(stage.value, 0.0) + time.perf_counter() - t0
+            server_cpu[stage.value] = server_cpu.get(stage.value, 0.0) + time.thread_time() - c0
 
     clients = {
         c: ClientProtocol(
@@ -178,8 +184,13 @@ def run_round(
         "client_mean": sum(secs) / len(secs),
         "client_max": max(secs),
     }
+    cpus = [client_cpu[c] for c in active_clients] or [0.0]
+    timings["client_cpu_mean"] = sum(cpus) / len(cpus)
+    timings["client_cpu_max"] = max(cpus)
+    timings["server_cpu"] = sum(server_cpu.values())
     for k, v in server_s.items():
         timings[f"server_{k}"] = v
+        timings[f"server_cpu_{k}"] = server_cpu[k]
     for k, v in client_stage_s.items():
         timings[f"client_{k}_mean"] = v / max(1, stage_counts.get(k, 1))
     return RoundResult(

@@ -207,7 +207,7 @@ def test_run_round_records_costs() -> None:
         assert res.upload_bytes[c] > 250 * 4  # at least keys + the packed 2500-byte input
         assert res.upload_bytes[c] >= 2500
         assert res.client_seconds[c] > 0
-    for key in ("server", "client_mean", "server_unmask", "total"):
+    for key in ("server", "client_mean", "server_unmask", "total", "server_cpu", "client_cpu_mean"):
         assert res.timings[key] >= 0
     assert res.upload_bytes[4] < res.upload_bytes[0]  # 4 sent no unmask shares
 
