@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dp import (
+    Decoder,
     DPConfig,
     DPConfigError,
-    Decoder,
     Encoder,
     EncodingPlan,
     update_clip,
