@@ -23,6 +23,7 @@ it to ``Stage.ABORTED``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -75,6 +76,7 @@ __all__ = [
     "pair_seed",
     "share_ad",
     "share_key",
+    "share_nonce",
 ]
 
 
@@ -91,6 +93,17 @@ def consistency_message(round_id: int, sender: int, survivors: tuple[int, ...]) 
 def share_key(dh: bytes, round_id: int, sender: int, receiver: int) -> bytes:
     """AEAD key for the shares sent from ``sender`` to ``receiver`` (one per direction)."""
     return hkdf_sha256(dh, label("share-encryption-key", round_id, sender, receiver))
+
+
+def share_nonce(round_id: int, sender: int, receiver: int) -> bytes:
+    """AEAD nonce of a share ciphertext, derived from round, sender and receiver.
+
+    Each share key is used for exactly one message (fresh X25519 keys every round, one
+    key per direction), so a deterministic nonce never repeats under a key; deriving it
+    binds the round and both parties, and the receiver rejects any other nonce."""
+    return hashlib.sha256(label("share-nonce", round_id, sender, receiver)).digest()[
+        :AEAD_NONCE_BYTES
+    ]
 
 
 def share_ad(round_id: int, sender: int, receiver: int) -> bytes:
@@ -249,11 +262,10 @@ class ClientProtocol:
             raise ValueError("random_bytes(32) must return 32 bytes")
         xs = [self.client_id + 1] + [v + 1 for v in order]
         shares_b, shares_sk = split_bytes([b_u, self._s_sk], p.threshold, xs, self._random_bytes)
-        nonces = self._random_bytes(AEAD_NONCE_BYTES * len(order))
         cts: dict[int, bytes] = {}
         for i, v in enumerate(order, start=1):
             plaintext = struct.pack(">QQ", self.client_id, v) + shares_b[i] + shares_sk[i]
-            nonce = nonces[(i - 1) * AEAD_NONCE_BYTES : i * AEAD_NONCE_BYTES]
+            nonce = share_nonce(p.round_id, self.client_id, v)
             key = share_key(c_dh[v], p.round_id, self.client_id, v)
             cts[v] = aead_encrypt(key, nonce, plaintext, share_ad(p.round_id, self.client_id, v))
         self._peer_keys = peers
@@ -300,6 +312,8 @@ class ClientProtocol:
                 )
             if not isinstance(ct, bytes):
                 raise MalformedMessageError(f"ciphertext from {u} is not bytes")
+            if ct[:AEAD_NONCE_BYTES] != share_nonce(p.round_id, u, self.client_id):
+                raise SignatureError(f"ciphertext from {u} carries a foreign nonce")
             key = share_key(self._c_dh[u], p.round_id, u, self.client_id)
             pt = aead_decrypt(key, ct, share_ad(p.round_id, u, self.client_id))
             if len(pt) != SHARE_PLAINTEXT_BYTES or pt[:16] != struct.pack(">QQ", u, self.client_id):

@@ -412,6 +412,11 @@ def test_client_rejections_leave_state_unchanged() -> None:
     tampered[nb] = bytes(ct)
     with pytest.raises(SignatureError):
         c0.masked_input(tampered, r.inputs[0])
+    for pos in (0, len(cts0[nb]) - 1):  # nonce and tag
+        ct = bytearray(cts0[nb])
+        ct[pos] ^= 0x80
+        with pytest.raises(SignatureError):
+            c0.masked_input({**cts0, nb: bytes(ct)}, r.inputs[0])
     swapped = {nb: cts0[nb]}
     other = [v for v in cts0 if v != nb]
     if other:
@@ -441,6 +446,13 @@ def test_client_aborts_with_too_few_neighbours() -> None:
     with pytest.raises(AbortError):
         r.clients[0].share_keys(keys)
     assert r.clients[0].stage == Stage.ABORTED
+
+
+def test_share_nonces_bind_round_and_direction() -> None:
+    from secagg.client import share_nonce
+
+    nonces = {share_nonce(1, 2, 3), share_nonce(1, 3, 2), share_nonce(2, 2, 3)}
+    assert len(nonces) == 3 and all(len(n) == 12 for n in nonces)
 
 
 def test_ciphertext_from_another_round_is_rejected() -> None:
