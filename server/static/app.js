@@ -111,7 +111,8 @@
     return !state.meta || !state.meta.metric || state.meta.metric === "accuracy";
   }
   function fmtMetric(v) { return metricIsFraction() ? pct(v) : fmt(v, 4); }
-  function setText(id, text) { const el = $(id); if (el) el.textContent = text; }
+  // Only touch the DOM on change: live regions must not re-announce the same text.
+  function setText(id, text) { const el = $(id); if (el && el.textContent !== text) el.textContent = text; }
   function show(el, on) { el.hidden = !on; }
 
   // ---------------------------------------------------------------- rendering: status
@@ -451,12 +452,21 @@
     for (;;) {
       try {
         if (state.longPoll) {
+          const t0 = Date.now();
           const cur = await api(`v1/rounds/current?wait=${LONG_POLL_S}&after=${state.version}`, {}, (LONG_POLL_S + 15) * 1000);
           state.current = cur;
-          const changed = !isNum(cur.version) || cur.version !== state.version;
-          if (changed) await refresh();
-          else renderStatus();
-          if (isNum(cur.version)) state.version = Math.max(state.version, cur.version);
+          if (!cur || !isNum(cur.version)) {
+            state.longPoll = false;  // no usable version: plain polling instead
+            continue;
+          }
+          if (cur.version !== state.version) {
+            state.version = Math.max(state.version, cur.version);
+            await refresh();
+          } else {
+            renderStatus();
+            // A server that answers at once without a change must not make us spin.
+            if (Date.now() - t0 < 500) await sleep(FALLBACK_POLL_MS);
+          }
         } else {
           await sleep(FALLBACK_POLL_MS);
           await refresh();
