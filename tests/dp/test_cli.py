@@ -1,0 +1,105 @@
+"""`python -m dp` through a subprocess: figures, --json keys, exit code 2 on bad values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dp import epsilon_for
+from dp.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "dp", *args],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )
+
+
+COMMON = ["--sample-rate", "0.01", "--rounds", "1000", "--delta", "1e-5"]
+
+
+def test_epsilon_json_matches_the_library() -> None:
+    p = run("epsilon", "--mechanism", "gaussian", "--noise-multiplier", "1", *COMMON, "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert {"epsilon", "epsilon_amplified", "delta", "rounds", "assumptions"} <= set(out)
+    assert out["epsilon_amplified"] == pytest.approx(2.101, abs=1e-3)
+    assert out["epsilon"] == pytest.approx(
+        epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, amplified=False), rel=1e-12
+    )
+    assert out["epsilon"] > out["epsilon_amplified"]
+
+
+def test_epsilon_text_labels_both_figures() -> None:
+    p = run("epsilon", "--mechanism", "ddgauss", "--noise-multiplier", "1", *COMMON,
+            "--bits", "16", "--clients-per-round", "100", "--dim", "100000")
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    assert "no amplification" in text and "amplified" in text
+    assert "knows who took part" in text and "does not learn" in text
+
+
+def test_calibrate_json_round_trips() -> None:
+    p = run("calibrate", "--target-epsilon", "3", *COMMON, "--mechanism", "skellam", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    z = out["noise_multiplier"]
+    assert epsilon_for("skellam", z, 0.01, 1000, 1e-5) == pytest.approx(3.0, rel=2e-3)
+    assert out["epsilon_amplified"] <= 3.0
+
+
+BAD_VALUES = [
+    (["epsilon", "--noise-multiplier", "-1", *COMMON], "-1"),
+    (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0", "--rounds", "5",
+      "--delta", "1e-5"], "sample rate"),
+    (["epsilon", "--noise-multiplier", "1", "--sample-rate", "1.5", "--rounds", "5",
+      "--delta", "1e-5"], "1.5"),
+    (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--rounds", "5",
+      "--delta", "1"], "delta"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--bits", "8",
+      "--clients-per-round", "5000"], "bits=8"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--accountant", "pld",
+      "--mechanism", "ddgauss"], "pld"),
+    (["calibrate", "--target-epsilon", "-2", *COMMON], "-2"),
+    (["epsilon", "--noise-multiplier", "abc", *COMMON], "abc"),
+    (["epsilon", *COMMON], "noise-multiplier"),
+    (["epsilon", "--noise-multiplier", "nan", *COMMON], "nan"),
+]
+
+
+# Through a real subprocess for the four kinds of bad value the issue names ...
+@pytest.mark.parametrize("args,needle", [BAD_VALUES[i] for i in (0, 2, 3, 4)])
+def test_bad_values_exit_2_with_one_line(args: list[str], needle: str) -> None:
+    p = run(*args)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in p.stderr
+    assert p.stdout == ""
+
+
+# ... and in process (same entry point, much faster) for all of them.
+@pytest.mark.parametrize("args,needle", BAD_VALUES)
+def test_bad_values_in_process(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(args)
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert needle in lines[0]
+    assert out == ""
