@@ -552,3 +552,38 @@ def test_pack_of_masked_vector_matches_wire_size() -> None:
     params, _ = make_params(3, dim=1001, bits=13, threshold=2)
     res = run_round(params, _inputs(params))
     assert len(pack(res.sum, 13)) == (1001 * 13 + 7) // 8
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(3, 7), data=st.data())
+def test_active_mode_random_dropouts(n: int, data: st.DataObject) -> None:
+    threshold = data.draw(st.integers(2, n))
+    params, signing = make_params(n, dim=9, bits=16, threshold=threshold, active=True)
+    schedule = data.draw(
+        st.dictionaries(st.sampled_from(params.participants), st.sampled_from(STAGES), max_size=n)
+    )
+    inputs = _inputs(params, n)
+    try:
+        res = run_round(params, inputs, schedule, signing_keys=signing)
+    except AbortError:
+        # complete graph: t clients that send every message always finish the round
+        assert sum(1 for c in params.participants if c not in schedule) < threshold
+        return
+    assert np.array_equal(res.sum, _expected(inputs, res.survivors, 16))
+
+
+def test_close_out_of_order_is_rejected_without_change() -> None:
+    r = make_round(4, threshold=2)
+    agg = r.agg
+    for call in (agg.close_share_keys, agg.close_masked_input, agg.close_consistency, agg.finish):
+        before = fingerprint(agg)
+        with pytest.raises(StageError):
+            call()
+        assert fingerprint(agg) == before
+    r.to_unmask()
+    for c in r.params.participants:
+        agg.add_unmask(r.clients[c].unmask(r.msgs["request"]))
+    first = agg.finish()
+    assert np.array_equal(agg.finish(), first)  # idempotent once done
+    with pytest.raises(StageError):
+        agg.add_unmask(r.clients[0].unmask(r.msgs["request"]))
