@@ -1,0 +1,417 @@
+"""``python -m benchmarks privacy``: accuracy against ε through the real pipeline.
+
+Every federated point runs :class:`clients.simulation.Simulation`: a ``python -m server``
+subprocess on loopback, N device objects talking signed HTTP to it, secure aggregation
+(Harary graph, the server's threshold), each device's share of distributed noise
+(``gaussian``, ``ddgauss`` or ``skellam``) and the server's accountant. Every figure in the
+table comes from that run: accuracy from the server's evaluation of the global model on
+the task's test set (``GET /v1/rounds``), spent ε from the server's accountant.
+
+Two ε per point, as the server reports them:
+
+- **ε (unamplified)** holds against anyone, including this server, which knows whom it
+  sampled;
+- **ε amplified** uses Poisson subsampling at q = per_round / clients and holds only if the
+  adversary does not learn who took part in a round.
+
+The *target* ε is what the noise is calibrated for (``SimOptions(target_epsilon=...)``,
+see ``clients.simulation.resolve_noise``): the amplified ε after the planned rounds when
+only the secure-aggregation threshold t of the sampled devices survive. Shares are sized
+for t contributors (DESIGN.md: "DP that survives dropouts"), so with more survivors the
+spent ε is below the target; both are in the table.
+
+Baselines: ε = ∞ is non-private FedAvg through the same pipeline (mechanism ``none``);
+"central" is the same task model trained on the pooled training data with Keras for
+``ceil(rounds * per_round / clients * local_epochs)`` epochs (the expected number of
+passes FedAvg makes over the data), evaluated with ``task.evaluate``.
+
+Resume: each finished point is cached as JSON in ``<out-dir>/.cache/privacy/<key>.json``
+(the key names task, partition, mechanism, bits, ε, δ, clients, per round, rounds, seed
+and a digest of the training settings); a rerun skips cached points (``--fresh`` ignores
+the cache). Results are rewritten after every point, marked "partial: N of M points"
+until the grid is done.
+
+Outputs: ``<out-dir>/privacy_accuracy.md`` (table, targets, grid), ``.json`` (raw
+records) and ``.png`` (accuracy against ε; accuracy against round for a few settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import cli
+from benchmarks.privacy_grid import (
+    MECHANISMS,
+    PARTITIONS,
+    Point,
+    Scale,
+    Settings,
+    build_grid,
+    parse_epsilons,
+    parse_list,
+)
+from benchmarks.privacy_report import write_results
+from benchmarks.report import RESULTS_DIR
+
+CACHE_SUBDIR = Path(".cache") / "privacy"
+
+__all__ = [
+    "add_arguments",
+    "add_suite_arguments",
+    "main",
+    "run_grid",
+    "run_point",
+    "run_suite",
+]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _eps_list(text: str) -> list[float | None]:
+    try:
+        return parse_epsilons(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _list_of(choices: Sequence[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        try:
+            return parse_list(text, choices)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _bits_list(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        if not part.strip():
+            raise argparse.ArgumentTypeError(f"empty entry in bit widths {text!r}")
+        out.append(cli.bits(part.strip()))
+    return sorted(set(out))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _delta(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected δ in (0, 1), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``python -m benchmarks privacy``."""
+    parser.description = (__doc__ or "").splitlines()[0]
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick grid on digits (a few minutes)")
+    parser.add_argument("--task", choices=("fashion", "digits"), default=None,
+                        help="task (default: fashion; digits with --quick)")
+    parser.add_argument("--clients", type=cli.positive_int, default=None,
+                        help="devices (default: the mode's scale)")
+    parser.add_argument("--per-round", type=cli.positive_int, default=None,
+                        help="devices sampled per round")
+    parser.add_argument("--rounds", type=cli.positive_int, default=None, help="rounds")
+    parser.add_argument("--mechanisms", type=_list_of(MECHANISMS), default=None,
+                        help="comma list of " + ",".join(MECHANISMS) +
+                        " (giving any grid flag replaces the curated grid by the product)")
+    parser.add_argument("--bits", type=_bits_list, default=None,
+                        help="comma list of bit widths, e.g. 12,16,20")
+    parser.add_argument("--epsilons", type=_eps_list, default=None,
+                        help="comma list of target ε, 'inf' = non-private FedAvg baseline")
+    parser.add_argument("--partitions", type=_list_of(PARTITIONS), default=None,
+                        help="comma list of iid,dirichlet")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
+    parser.add_argument("--delta", type=_delta, default=1e-5, help="δ (default: 1e-5)")
+    parser.add_argument("--stage-timeout", type=_positive_float, default=None,
+                        help="seconds per protocol stage (default: the mode's)")
+    parser.add_argument("--no-central", action="store_true",
+                        help="skip the centrally trained baseline")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached points")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                        help=f"where results go (default: {RESULTS_DIR})")
+
+
+def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
+    """Extra flags of ``python -m benchmarks all`` for this suite (``--quick`` is shared)."""
+    parser.add_argument("--privacy-fresh", action="store_true",
+                        help="privacy suite: ignore cached points")
+    parser.add_argument("--no-privacy", action="store_true", help="skip the privacy suite")
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """The privacy part of ``python -m benchmarks all`` (quick grid with ``--quick``)."""
+    if getattr(args, "no_privacy", False):
+        return 0
+    out_dir = Path(getattr(args, "results", RESULTS_DIR))
+    ns = argparse.Namespace(
+        quick=bool(getattr(args, "quick", False)), task=None, clients=None, per_round=None,
+        rounds=None, mechanisms=None, bits=None, epsilons=None, partitions=None, seed=0,
+        delta=1e-5, stage_timeout=None, no_central=False,
+        fresh=bool(getattr(args, "privacy_fresh", False)), out_dir=out_dir,
+    )
+    return main(ns)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the grid chosen by ``args``; returns 0 when every point ran (or is
+    unreachable, which is a result), 1 when some point failed."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    scale = Scale.for_mode(bool(args.quick), task=args.task, clients=args.clients,
+                           per_round=args.per_round, rounds=args.rounds,
+                           stage_timeout=args.stage_timeout)
+    if scale.per_round > scale.clients:
+        cli.fail_usage(f"--per-round ({scale.per_round}) must be <= --clients "
+                       f"({scale.clients})")
+    if scale.per_round < 2:
+        cli.fail_usage(f"--per-round must be >= 2 (secure aggregation), got {scale.per_round}")
+    settings = Settings.for_mode(bool(args.quick))
+    grid = build_grid(scale, settings, seed=args.seed, delta=args.delta,
+                      mechanisms=args.mechanisms, bits=args.bits, epsilons=args.epsilons,
+                      partitions=args.partitions, central=not args.no_central,
+                      quick=bool(args.quick))
+    command = "python -m benchmarks privacy " + " ".join(sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "privacy" else "python -m benchmarks"
+    return run_grid(grid, out_dir=Path(args.out_dir), fresh=bool(args.fresh), command=command)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str) -> int:
+    """Run (or load from the cache) every point of ``grid`` in order; rewrite the results
+    after each point. Returns 0, or 1 when a point failed (not: was unreachable)."""
+    from benchmarks.privacy_grid import load_cached, save_cached  # noqa: PLC0415
+
+    cache_dir = out_dir / CACHE_SUBDIR
+    records: list[dict[str, Any]] = []
+    n_cached = n_run = 0
+    total = len(grid.points)
+    status = 0
+    _say(f"privacy benchmark: {total} points, {grid.description_short}; out: {out_dir}")
+    for i, point in enumerate(grid.points, 1):
+        rec = None if fresh else load_cached(cache_dir, point, grid.settings)
+        if rec is not None:
+            n_cached += 1
+            _say(f"[{i}/{total}] {point.label()}: cached ({_brief(rec)})")
+        else:
+            _say(f"[{i}/{total}] {point.label()}: running ...")
+            rec = run_point(point, grid.settings)
+            n_run += 1
+            if not str(rec["status"]).startswith("failed"):
+                save_cached(cache_dir, point, grid.settings, rec)
+            _say(f"[{i}/{total}] {point.label()}: {_brief(rec)}")
+        if str(rec["status"]).startswith("failed"):
+            status = 1
+        records.append(rec)
+        write_results(out_dir, grid, records, command=command,
+                      counts={"run": n_run, "cached": n_cached})
+    _say(f"done: {n_run} run, {n_cached} cached; results in {out_dir}")
+    return status
+
+
+def _brief(rec: dict[str, Any]) -> str:
+    acc = rec.get("final_accuracy")
+    if rec.get("status") != "ok":
+        return str(rec.get("status"))
+    eps = rec.get("epsilon_amplified")
+    eps_text = "" if eps is None else f", ε amplified {eps:.3g}"
+    return f"final accuracy {acc:.4f}{eps_text}, {rec.get('wall_s', 0):.0f} s"
+
+
+def run_point(point: Point, settings: Settings) -> dict[str, Any]:
+    """Run one point and return its record (never raises for a pipeline failure: the
+    record's ``status`` says what happened)."""
+    if point.kind == "central":
+        return _run_central(point, settings)
+    return _run_federated(point, settings)
+
+
+def _base_record(point: Point, settings: Settings) -> dict[str, Any]:
+    rec: dict[str, Any] = point.to_dict()
+    rec["target_epsilon"] = rec.pop("epsilon")  # None: ε = ∞ (no privacy)
+    rec.update(key=point.key(settings), settings=settings.to_dict(), status="ok",
+               noise_multiplier=None, epsilon_spent=None, epsilon_amplified=None,
+               final_accuracy=None, best_accuracy=None, final_loss=None, rounds_done=0,
+               wall_s=None, round_s_mean=None, survivors_mean=None, curve=[],
+               finished_reason=None, device_errors=0, stage_timeout=None)
+    return rec
+
+
+def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
+    import tempfile  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415
+
+    from clients.device import DeviceError  # noqa: PLC0415
+    from clients.simulation import (  # noqa: PLC0415
+        ServerStartError,
+        SimOptions,
+        Simulation,
+        UsageError,
+    )
+    from dp import DPConfigError  # noqa: PLC0415
+
+    rec = _base_record(point, settings)
+    private = point.mechanism != "none"
+    opts = SimOptions(
+        task=point.task, clients=point.clients, per_round=point.per_round,
+        rounds=point.rounds, local_epochs=settings.local_epochs,
+        batch_size=settings.batch_size, lr=settings.lr, server_lr=settings.server_lr,
+        partition=point.partition, alpha=settings.alpha, mechanism=point.mechanism,
+        target_epsilon=point.epsilon if private else None, delta=point.delta,
+        clip=settings.clip, bits=int(point.bits or 20), graph=settings.graph,
+        seed=point.seed, stage_timeout=settings.stage_timeout,
+    )
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp:
+        sim = Simulation(opts, workdir=Path(tmp), console=None)
+        try:
+            result = sim.run()
+        except (DPConfigError, UsageError) as exc:
+            # calibration or plan impossible at this setting: a result, not a crash
+            rec["status"] = "unreachable: " + " ".join(str(exc).split())
+            rec["wall_s"] = time.monotonic() - t0
+            return rec
+        except (ServerStartError, DeviceError, httpx.HTTPError, OSError, ValueError,
+                RuntimeError) as exc:
+            rec["status"] = f"failed: {type(exc).__name__}: " + " ".join(str(exc).split())
+            rec["wall_s"] = time.monotonic() - t0
+            return rec
+        finally:
+            sim.stop()
+    rec["wall_s"] = float(result.elapsed_s)
+    rec["noise_multiplier"] = float(result.noise_multiplier)
+    rec["stage_timeout"] = float(result.stage_timeout)
+    rec["device_errors"] = len(result.device_errors)
+    rec["finished_reason"] = result.status.get("finished_reason")
+    rec.update(summarize_rounds(result.rounds, point.rounds, result.status))
+    return rec
+
+
+def summarize_rounds(rounds: Sequence[dict[str, Any]], planned: int,
+                     status: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy, ε and timing from the server's round log (``GET /v1/rounds``)."""
+    done = [r for r in rounds if r.get("status") == "done"]
+    curve = [{"round": int(r["round"]), "accuracy": _num(r.get("accuracy")),
+              "loss": _num(r.get("loss")), "epsilon": _num(r.get("epsilon")),
+              "epsilon_amplified": _num(r.get("epsilon_amplified")),
+              "survivors": _count(r.get("survivors")), "sampled": _count(r.get("sampled"))}
+             for r in done]
+    accs = [c["accuracy"] for c in curve if c["accuracy"] is not None]
+    times = []
+    for r in done:
+        a, b = _num(r.get("started_at")), _num(r.get("finished_at"))
+        if a is not None and b is not None and b >= a:
+            times.append(b - a)
+    survivors = [c["survivors"] for c in curve if c["survivors"] is not None]
+    last = done[-1] if done else {}
+    eps = _num(status.get("epsilon", last.get("epsilon")))
+    eps_amp = _num(status.get("epsilon_amplified", last.get("epsilon_amplified")))
+    out: dict[str, Any] = {
+        "rounds_done": len(done),
+        "rounds_aborted": sum(1 for r in rounds if r.get("status") == "aborted"),
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "epsilon_spent": eps,
+        "epsilon_amplified": eps_amp,
+        "round_s_mean": sum(times) / len(times) if times else None,
+        "survivors_mean": sum(survivors) / len(survivors) if survivors else None,
+        "curve": curve,
+    }
+    if len(done) < planned:
+        reason = status.get("finished_reason") or "see the server log"
+        out["status"] = f"incomplete: {len(done)} of {planned} rounds ({reason})"
+    return out
+
+
+def _num(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple | set | dict):
+        return len(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def central_epochs(point: Point, settings: Settings) -> int:
+    """Epochs of the central baseline: the expected passes FedAvg makes over the pooled
+    data, ``ceil(rounds * per_round / clients * local_epochs)``, at least 1."""
+    passes = point.rounds * point.per_round / point.clients * settings.local_epochs
+    return max(1, math.ceil(passes - 1e-9))
+
+
+def _run_central(point: Point, settings: Settings) -> dict[str, Any]:
+    """Train the task's model on the pooled training set (Keras ``fit``, the task's own
+    compiled SGD at the devices' learning rate) and evaluate after every epoch."""
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from clients.tasks import get_task  # noqa: PLC0415
+
+    rec = _base_record(point, settings)
+    t0 = time.monotonic()
+    task = get_task(point.task)
+    data = task.load_data()
+    tf.keras.utils.set_random_seed(point.seed)
+    model = task.build_model(point.seed)
+    model.optimizer.learning_rate.assign(settings.lr)
+    epochs = central_epochs(point, settings)
+    curve = []
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.monotonic()
+        model.fit(np.asarray(data.x_train), np.asarray(data.y_train),
+                  batch_size=settings.batch_size, epochs=1, shuffle=True, verbose=0)
+        metrics = task.evaluate(model, np.asarray(data.x_test), np.asarray(data.y_test))
+        curve.append({"round": epoch, "accuracy": float(metrics["accuracy"]),
+                      "loss": float(metrics["loss"]), "epoch_s": time.monotonic() - t_epoch})
+    accs = [c["accuracy"] for c in curve]
+    rec.update(curve=curve, final_accuracy=accs[-1], best_accuracy=max(accs),
+               final_loss=curve[-1]["loss"], rounds_done=epochs, epochs=epochs,
+               wall_s=time.monotonic() - t0)
+    return rec
