@@ -1,7 +1,7 @@
 """Noise mechanisms: a device's local noise share and the per-round RDP it buys.
 
-Each mechanism is one small class behind `NoiseMechanism`, registered in `MECHANISMS`
-(one place): adding a mechanism touches nothing else. A mechanism says
+Each mechanism is one small class behind `NoiseMechanism`, registered in
+`MECHANISM_REGISTRY` (one place): adding a mechanism touches nothing else. A mechanism says
 
 - `local_scale(target)`: the local noise parameter it will really use for a requested
   local standard deviation (integer units);
@@ -23,10 +23,12 @@ TensorFlow is imported lazily, so that accounting and the CLI stay fast.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -198,7 +200,14 @@ class DiscreteGaussian(NoiseMechanism):
             return 0.0
         return float(max(1, math.ceil(target_local_stddev - 1e-9)))
 
-    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+    def add_noise(
+        self,
+        record: np.ndarray,
+        scale: float,
+        l2_bound: float,
+        l1_bound: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         import tensorflow as tf
         from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
         from tensorflow_privacy.privacy.dp_query.distributed_discrete_gaussian_query import (
@@ -223,8 +232,53 @@ class DiscreteGaussian(NoiseMechanism):
             )
             return record + noise.numpy()
 
-    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+    def rdp(
+        self,
+        orders: Sequence[float],
+        l2_sens: float,
+        l1_sens: float,
+        local_scale: float,
+        n_shares: int,
+        dim: int,
+    ) -> np.ndarray:
         return ddgauss_rdp(orders, l2_sens, l1_sens, local_scale, n_shares, dim)
+
+
+@functools.cache
+def _seeded_skellam_query_class() -> type:
+    """DistributedSkellamSumQuery whose Poisson pair is seeded by the caller (the query
+    itself seeds `tf.random.stateless_poisson` from `tf.timestamp()`)."""
+    import tensorflow as tf
+    from tensorflow_privacy.privacy.dp_query.distributed_skellam_query import (
+        DistributedSkellamSumQuery,
+    )
+
+    class SeededSkellamSumQuery(DistributedSkellamSumQuery):  # type: ignore[misc]
+        def __init__(
+            self,
+            l1_norm_bound: int,
+            l2_norm_bound: float,
+            local_stddev: float,
+            seed: tuple[int, int],
+        ) -> None:
+            super().__init__(l1_norm_bound, l2_norm_bound, local_stddev)
+            self._seed = seed
+
+        def add_noise_to_sample(self, local_stddev: Any, record: Any) -> Any:
+            lam = 0.5 * tf.cast(local_stddev, tf.float64) ** 2
+
+            def add(v: Any) -> Any:
+                p = tf.random.stateless_poisson(
+                    shape=tf.concat([tf.shape(v), [2]], axis=0),
+                    seed=tf.constant(self._seed, tf.int64),
+                    lam=[lam, lam],
+                    dtype=tf.int64,
+                )
+                return v + tf.cast(p[..., 0] - p[..., 1], v.dtype)
+
+            return tf.nest.map_structure(add, record)
+
+    return SeededSkellamSumQuery
 
 
 class Skellam(NoiseMechanism):
@@ -240,43 +294,39 @@ class Skellam(NoiseMechanism):
 
     name = "skellam"
 
-    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+    def add_noise(
+        self,
+        record: np.ndarray,
+        scale: float,
+        l2_bound: float,
+        l1_bound: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         import tensorflow as tf
-        from tensorflow_privacy.privacy.dp_query.distributed_skellam_query import (
-            DistributedSkellamSumQuery,
-        )
 
-        seed = [_seed_from(rng), _seed_from(rng)]
-
-        class _SeededSkellamQuery(DistributedSkellamSumQuery):  # type: ignore[misc]
-            def add_noise_to_sample(self, local_stddev, record):  # type: ignore[no-untyped-def]
-                lam = 0.5 * tf.cast(local_stddev, tf.float64) ** 2
-
-                def add(v):  # type: ignore[no-untyped-def]
-                    p = tf.random.stateless_poisson(
-                        shape=tf.concat([tf.shape(v), [2]], axis=0),
-                        seed=tf.constant(seed, tf.int64),
-                        lam=[lam, lam],
-                        dtype=tf.int64,
-                    )
-                    return v + tf.cast(p[..., 0] - p[..., 1], v.dtype)
-
-                return tf.nest.map_structure(add, record)
-
-        query = _SeededSkellamQuery(
+        query = _seeded_skellam_query_class()(
             l1_norm_bound=int(math.ceil(l1_bound)) + 1,
             l2_norm_bound=float(l2_bound) * (1.0 + 1e-5) + 1.0,
             local_stddev=float(scale),
+            seed=(_seed_from(rng), _seed_from(rng)),
         )
         if _fits_int32(record, scale) and l1_bound + 1 < _INT32_LIMIT:
             params = query.derive_sample_params(query.initial_global_state())
             out = query.preprocess_record(params, tf.constant(record.astype(np.int32)))
             return out.numpy().astype(np.int64)
-        # Records beyond int32 (very large b): same sampler on int64, norms checked by
-        # the encoder.
+        # Records beyond int32 (very large b): the same sampler on int64; the norm bounds
+        # hold by construction of the rounding.
         return query.add_noise_to_sample(float(scale), tf.constant(record, tf.int64)).numpy()
 
-    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+    def rdp(
+        self,
+        orders: Sequence[float],
+        l2_sens: float,
+        l1_sens: float,
+        local_scale: float,
+        n_shares: int,
+        dim: int,
+    ) -> np.ndarray:
         return skellam_rdp(orders, l2_sens, l1_sens, self.noise_variance(local_scale, n_shares))
 
 
@@ -303,7 +353,14 @@ class RoundedGaussian(NoiseMechanism):
     name = "gaussian"
     gaussian_events = True
 
-    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+    def add_noise(
+        self,
+        record: np.ndarray,
+        scale: float,
+        l2_bound: float,
+        l1_bound: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         import tensorflow as tf
         from tensorflow_privacy.privacy.dp_query.gaussian_query import GaussianSumQuery
 
@@ -313,7 +370,15 @@ class RoundedGaussian(NoiseMechanism):
             noise, _, _ = query.get_noised_result(zero, query.initial_global_state())
         return record + np.rint(noise.numpy()).astype(np.int64)
 
-    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+    def rdp(
+        self,
+        orders: Sequence[float],
+        l2_sens: float,
+        l1_sens: float,
+        local_scale: float,
+        n_shares: int,
+        dim: int,
+    ) -> np.ndarray:
         return gaussian_rdp(orders, self.noise_multiplier(l2_sens, local_scale, n_shares))
 
     def noise_multiplier(self, l2_sens: float, local_scale: float, n_shares: int) -> float:
@@ -331,10 +396,25 @@ class NoNoise(NoiseMechanism):
     def local_scale(self, target_local_stddev: float) -> float:
         return 0.0
 
-    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # type: ignore[no-untyped-def]
+    def add_noise(
+        self,
+        record: np.ndarray,
+        scale: float,
+        l2_bound: float,
+        l1_bound: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         return record
 
-    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # type: ignore[no-untyped-def]
+    def rdp(
+        self,
+        orders: Sequence[float],
+        l2_sens: float,
+        l1_sens: float,
+        local_scale: float,
+        n_shares: int,
+        dim: int,
+    ) -> np.ndarray:
         return np.full(len(orders), np.inf)
 
 
