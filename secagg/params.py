@@ -119,6 +119,23 @@ class RoundParams:
         object.__setattr__(self, "_cache", {})
         object.__setattr__(self, "_members", frozenset(self.participants))
 
+    def __hash__(self) -> int:
+        keys = None if self.identity_keys is None else tuple(sorted(self.identity_keys.items()))
+        return hash(
+            (
+                self.round_id,
+                self.participants,
+                self.dim,
+                self.bits,
+                self.threshold,
+                self.graph,
+                self.degree,
+                self.graph_seed,
+                self.active,
+                keys,
+            )
+        )
+
     # ------------------------------------------------------------------ graph
 
     @property

@@ -17,7 +17,7 @@ def test_to_dict_round_trip_json() -> None:
         p, _ = make_params(6, active=active)
         d = json.loads(json.dumps(p.to_dict()))
         q = RoundParams.from_dict(d)
-        assert q == p
+        assert q == p and hash(q) == hash(p)
         assert q.neighbours(2) == p.neighbours(2)
 
 
