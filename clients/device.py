@@ -333,6 +333,17 @@ class TrainingSettings:
         return cls(**current)
 
 
+def warm_up_encoder(dp_config: Any, dim: int, n_clients: int, min_contributors: int) -> None:
+    """Encode one zero update once, so the first real round does not pay the DP samplers'
+    start-up cost (tensorflow-privacy's discrete Gaussian takes seconds on its first call,
+    long enough to miss a stage deadline)."""
+    from dp import Encoder, EncodingPlan
+
+    plan = EncodingPlan.create(dp_config, dim, n_clients, min_contributors)
+    rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    Encoder(plan, os.urandom(32)).encode(np.zeros(dim, dtype=np.float32), rng)
+
+
 class Trainer:
     """Local Keras training, optionally shared by many devices of one process.
 
@@ -739,7 +750,11 @@ class Device:
         seed = _training_seed(self.settings.seed, session.round_id, session.device_id)
         delta = self.trainer.train(global_weights, self.x, self.y, self.settings, seed)
         rng = np.random.default_rng(int.from_bytes(self.random_bytes(16), "little"))
-        encoded = session.encode(delta, rng)
+        # dp's TF-based samplers flip process-global TensorFlow state (eager mode, global
+        # seed) while they run; under the trainer's lock no other thread of this process
+        # trains or encodes meanwhile.
+        with self.trainer.lock:
+            encoded = session.encode(delta, rng)
         if self.on_trace is not None:
             session.trace = RoundTrace(
                 round_id=session.round_id,

@@ -49,6 +49,7 @@ from clients.device import (
     Trainer,
     TrainingSettings,
     generate_identity,
+    warm_up_encoder,
 )
 
 PROTOCOL_ORDER = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
@@ -573,21 +574,30 @@ class Simulation:
         dim = model_dim(task, opts.seed)
         z = resolve_noise(opts, dim, self.threshold())
         trainer = Trainer(task)
+        with trainer.lock:
+            warm_up_encoder(self._dp_config(z), dim, opts.per_round, self.threshold())
+        # Train once (this traces the model: the first fit is slow) and time a second run:
+        # the stage that absorbs local training must fit per_round trainings done one
+        # after another under the shared lock.
+        settings = self._settings()
+        x, y = self._shard(data, 0, settings)
+        weights = _flat_weights(task, opts.seed)
+        trainer.train(weights, x, y, settings, seed=0)
+        t1 = time.perf_counter()
+        trainer.train(weights, x, y, settings, seed=1)
+        per = time.perf_counter() - t1
         if opts.stage_timeout is not None:
             timeout = float(opts.stage_timeout)
         else:
-            # Time one device's local training (this also warms TensorFlow up): a stage that
-            # absorbs training must fit per_round trainings under the shared lock.
-            settings = self._settings()
-            x, y = self._shard(data, 0, settings)
-            weights = _flat_weights(task, opts.seed)
-            t0 = time.perf_counter()
-            trainer.train(weights, x, y, settings, seed=0)
-            t1 = time.perf_counter()
-            trainer.train(weights, x, y, settings, seed=1)
-            per = min(time.perf_counter() - t1, t1 - t0)
             timeout = round(min(max(3.0 * opts.per_round * per + 5.0, 8.0), 300.0), 1)
         return task, data, trainer, z, timeout
+
+    def _dp_config(self, z: float) -> Any:
+        from dp import DPConfig
+
+        o = self.opts
+        return DPConfig(mechanism=o.mechanism, clip=o.clip, noise_multiplier=z, bits=o.bits,
+                        delta=o.delta)
 
     def _settings(self) -> TrainingSettings:
         o = self.opts
