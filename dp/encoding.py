@@ -223,6 +223,12 @@ class EncodingPlan:
             ok, local = fits(gamma)
         if not ok:
             raise DPConfigError(f"bits={b} too small for {n} clients with this noise")
+        if 0 < local < mech.min_local_scale:
+            raise DPConfigError(
+                f"mechanism {config.mechanism!r}: local noise std {local:.3g} integer units "
+                f"is below {mech.min_local_scale:g} with bits={b} and {n} clients, where its "
+                "accounting is not valid; use more bits, or ddgauss/skellam"
+            )
         scaled_clip = clip / gamma
         l2 = rounding_l2_bound(scaled_clip, d, config.beta)
         l1 = l2 * min(math.sqrt(d), l2)

@@ -146,6 +146,8 @@ class NoiseMechanism(ABC):
     name: str = ""
     #: True when the accountant composes dp-accounting Gaussian events (RDP and PLD).
     gaussian_events: bool = False
+    #: Smallest non-zero local scale (integer units) for which `rdp` is valid.
+    min_local_scale: float = 0.0
 
     def local_scale(self, target_local_stddev: float) -> float:
         """The local noise parameter actually used for a requested local std."""
@@ -339,19 +341,25 @@ class RoundedGaussian(NoiseMechanism):
 
     Accounting (`rdp`): the Gaussian mechanism with summed std sqrt(n) s and the
     rounding-inflated L2 sensitivity Delta2 (integer units), i.e. noise multiplier
-    sqrt(n) s / Delta2, composed with dp-accounting (RDP or PLD). This is exact for the
-    mechanism "integer sum + one continuous Gaussian of the summed variance": Delta2
-    bounds every rounded vector, so the sensitivity is right. What it does NOT prove is
-    that rounding each share *before* the sum is free: a sum of rounded Gaussians is not
-    a post-processing of the sum of Gaussians, and it is a lattice distribution (the
-    rounding adds variance n/12, it removes none, but that is not a proof). With
-    s >> 1 the two are numerically indistinguishable, which is why this is kept as the
-    baseline the papers compare with; for a proven distributed guarantee use "ddgauss"
-    or "skellam".
+    sqrt(n) s / Delta2, composed with dp-accounting (RDP or PLD). Why it is right, and
+    where it stops being right:
+    - The sensitivity is right: Delta2 bounds every rounded vector, and the data enter
+      only as integers, so for one share x + round(g) = round(x + g) is a
+      post-processing of the continuous Gaussian mechanism.
+    - For the *sum* of n shares it is an approximation, not a proof: sum_i round(g_i) is
+      not a post-processing of sum_i g_i. It is a lattice distribution with variance
+      n (s^2 + 1/12) whose characteristic function differs from the sampled Gaussian's
+      by terms of order exp(-2 pi^2 s^2) (Poisson summation; the same kind of term
+      as the tau of the discrete Gaussian bound), negligible for s >= 1 and for the
+      s ~ 10^3..10^4 of 16..20-bit plans. For s << 1 it is plainly wrong (every share
+      rounds to 0: no noise at all), so plans with 0 < s < 1 are refused
+      (`min_local_scale`). Use "ddgauss" or "skellam" for a proven distributed
+      guarantee; "gaussian" is the baseline the papers compare with.
     """
 
     name = "gaussian"
     gaussian_events = True
+    min_local_scale = 1.0
 
     def add_noise(
         self,

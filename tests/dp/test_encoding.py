@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dp import (
     Decoder,
@@ -339,3 +341,37 @@ def test_report_holds_no_vector() -> None:
     d = rep.to_dict()
     assert set(d) == {"norm", "clipped", "clip", "gamma", "local_stddev", "mechanism"}
     assert all(isinstance(v, (int, float, str, bool)) for v in d.values())
+
+
+def test_gaussian_refuses_shares_that_rounding_would_erase() -> None:
+    with pytest.raises(DPConfigError, match="below 1"):
+        EncodingPlan.create(DPConfig(mechanism="gaussian", bits=9), 100_000, 1000, 1000)
+    # the discrete mechanisms are accounted for what they add, whatever its size
+    plan = EncodingPlan.create(DPConfig(mechanism="ddgauss", bits=9), 100_000, 1000, 1000)
+    assert plan.local_stddev == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dim=st.integers(1, 300),
+    n=st.integers(1, 12),
+    bits=st.integers(10, 40),
+    rotation=st.sampled_from(["hadamard", "dft"]),
+    beta=st.sampled_from([0.0, math.exp(-0.5)]),
+    scale=st.floats(1e-3, 10.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_rounding_error_inside_its_bound(
+    dim: int, n: int, bits: int, rotation: str, beta: float, scale: float, seed: int
+) -> None:
+    cfg = DPConfig(mechanism="none", noise_multiplier=0.0, bits=bits, rotation=rotation,
+                   beta=beta)
+    try:
+        plan = EncodingPlan.create(cfg, dim, n, n)
+    except DPConfigError:
+        return  # too few bits for n clients: refused, nothing to check
+    rng = np.random.default_rng(seed)
+    updates = [rng.normal(size=dim) * scale for _ in range(n)]
+    total, _, _ = run_round(plan, updates, rng)
+    err = np.linalg.norm(total - clipped_sum(updates, cfg.clip))
+    assert err <= plan.gamma * n * math.sqrt(plan.padded_dim) + 1e-9
