@@ -250,7 +250,19 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
         grid.description,
         "",
     ]
+    t = secagg_threshold(s.per_round, st.graph)
+    if t is not None:
+        lines += [
+            f"- Secure aggregation threshold: t = {t} of the {s.per_round} sampled devices "
+            f"({st.graph} graph, 10 % dropout / 10 % corrupt assumed). Each device's noise "
+            "share is sized so that any t shares reach the calibrated noise; with all "
+            f"{s.per_round} surviving, the summed noise std is √({s.per_round}/{t}) = "
+            f"{math.sqrt(s.per_round / t):.2f}× z·C, which is why the spent ε is below "
+            "the target (the price of surviving dropouts without trusting the server).",
+        ]
     lines += [f"- {n}" for n in grid.notes]
+    if t is not None and not grid.notes:
+        lines.append("")
     if grid.notes:
         lines.append("")
     if round_times:
@@ -287,6 +299,19 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
               "accuracy against round for a few settings). Raw records: "
               f"`{JSON_NAME}`.", ""]
     return "\n".join(lines)
+
+
+def secagg_threshold(per_round: int, graph: str) -> int | None:
+    """The threshold t the server uses for a full round of ``per_round`` devices (the
+    same call as ``Simulation.threshold``), or None if it cannot be computed."""
+    try:
+        from secagg import RoundParams  # noqa: PLC0415
+
+        probe = RoundParams.create(0, tuple(range(per_round)), 1, 16, graph=graph,
+                                   dropout=0.1, active=False)
+    except (ImportError, ValueError):
+        return None
+    return int(probe.threshold)
 
 
 # --------------------------------------------------------------------------- plot
