@@ -29,5 +29,7 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(module_tmp: Path) -> Iterator[Any]:
     """An app with 3 expected devices, 3 per round, long deadlines (honest rounds)."""
-    with make_client(module_tmp, rounds=3, clients=3, per_round=3, stage_timeout=3.0) as c:
+    with make_client(
+        module_tmp, rounds=3, clients=3, per_round=3, stage_timeout=5.0, max_json_bytes=65536
+    ) as c:
         yield c
