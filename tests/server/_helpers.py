@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from secagg.auth import public_key_bytes, sign_request
 
 
-def experiment(**server: Any) -> Any:
+def experiment(protocol: dict[str, Any] | None = None, **server: Any) -> Any:
     """A small digits experiment; keyword arguments override [server] fields."""
     from server.config import ExperimentConfig
 
@@ -32,14 +32,20 @@ def experiment(**server: Any) -> Any:
         "training": {"task": "digits"},
     }
     d["server"].update(server)
+    d["protocol"].update(protocol or {})
     return ExperimentConfig.from_dict(d)
 
 
-def settings(tmp: Path, static_dir: Path | None = None, **server: Any) -> Any:
+def settings(
+    tmp: Path,
+    static_dir: Path | None = None,
+    protocol: dict[str, Any] | None = None,
+    **server: Any,
+) -> Any:
     from server.config import AppSettings
 
     return AppSettings(
-        experiment=experiment(**server),
+        experiment=experiment(protocol, **server),
         db_path=tmp / "server.sqlite3",
         static_dir=static_dir if static_dir is not None else tmp / "no-static",
         log_file=tmp / "server.log",
@@ -231,4 +237,5 @@ def run_round(
     state = wait_stage(lead, {"done", "aborted"}, rid)
     state["x"] = x
     state["sampled_ids"] = [d.device_id for d in sampled]
+    state["round_params"] = params.to_dict()
     return state

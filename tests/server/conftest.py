@@ -12,13 +12,13 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def make_client(tmp: Path, **server: Any) -> Any:
+def make_client(tmp: Path, protocol: dict[str, Any] | None = None, **server: Any) -> Any:
     from fastapi.testclient import TestClient
 
     from server import create_app
     from tests.server._helpers import settings
 
-    return TestClient(create_app(settings(tmp, **server)))
+    return TestClient(create_app(settings(tmp, protocol=protocol, **server)))
 
 
 @pytest.fixture(scope="module")

@@ -179,7 +179,7 @@ def test_honest_round_completes_despite_garbage(
 def _assert_nowhere(tmp: Path, masked: list[bytes], end: dict[str, Any]) -> None:
     from secagg import pack
 
-    bits = int(end["params"]["bits"])
+    bits = int(end["round_params"]["bits"])
     needles: list[bytes] = []
     for body in masked:
         needles += [body[:48], body[len(body) // 2 : len(body) // 2 + 48]]
