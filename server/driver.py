@@ -411,7 +411,11 @@ class RoundDriver:
         n_reg = len(registered)
         k = min(cfg.per_round, n_reg)
         sampled = sorted(self._sampler.sample(sorted(registered), k))
-        params, plan = self._plan_round(round_id, sampled, registered)
+        try:
+            params, plan = self._plan_round(round_id, sampled, registered)
+        except ValueError as err:  # DPConfigError / RoundParams: the configuration cannot work
+            self._finish(f"cannot plan round {round_id} with {k} devices: {err}")
+            return False
         if self.accountant is None:
             q = min(1.0, cfg.per_round / n_reg)
             self.store.set_meta("sample_rate", q)
