@@ -40,6 +40,7 @@ from secagg import (
     ConsistencyCheck,
     MaskedInput,
     RoundParams,
+    SecAggError,
     ShareKeys,
     Stage,
     UnmaskRequest,
@@ -534,9 +535,7 @@ class RoundDriver:
             clip_rate = float(min(1.0, max(0.0, count / n)))
             dp_cfg = self.config.dp
             if dp_cfg.adaptive_clip and math.isfinite(count):
-                new_clip = update_clip(
-                    self._clip, count, n, dp_cfg.target_quantile, dp_cfg.clip_lr
-                )
+                new_clip = update_clip(self._clip, count, n, dp_cfg.target_quantile, dp_cfg.clip_lr)
         new_w, new_m = fedavg_step(self._weights, mean, self._momentum, cfg.server_lr, cfg.momentum)
         rnd.timings["decode_update"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -698,25 +697,47 @@ class RoundDriver:
             )
         async with rnd.lock:
             self._check_stage(rnd, stage, device_id)
-            payload = dict(payload)
-            payload["round_id"] = round_id
-            payload["sender"] = device_id
-            msg: Any
-            if stage == Stage.ADVERTISE_KEYS:
-                msg = AdvertiseKeys.from_dict(payload)
-                rnd.agg.add_advertise(msg)
-            elif stage == Stage.SHARE_KEYS:
-                msg = ShareKeys.from_dict(payload)
-                rnd.agg.add_share_keys(msg)
-            elif stage == Stage.CONSISTENCY_CHECK:
-                msg = ConsistencyCheck.from_dict(payload)
-                rnd.agg.add_consistency(msg)
-            elif stage == Stage.UNMASK:
-                msg = UnmaskShares.from_dict(payload)
-                rnd.agg.add_unmask(msg)
-            else:  # pragma: no cover - routes only pass the stages above
-                raise RoundError(400, f"stage {stage} takes no JSON message")
+            try:
+                self._parse_and_add(rnd, stage, round_id, device_id, payload)
+            except SecAggError:
+                raise
+            except (
+                TypeError,
+                KeyError,
+                ValueError,
+                AttributeError,
+                IndexError,
+                OverflowError,
+            ) as err:
+                # from_dict is meant to raise ProtocolError on anything malformed; if some
+                # input slips through as another error it is still the device's fault: 400
+                raise RoundError(
+                    400, f"malformed {STAGE_NAMES[stage]} message ({type(err).__name__})"
+                ) from None
             self._accepted(rnd, device_id)
+
+    @staticmethod
+    def _parse_and_add(
+        rnd: _Round, stage: Stage, round_id: int, device_id: int, payload: dict[str, Any]
+    ) -> None:
+        payload = dict(payload)
+        payload["round_id"] = round_id
+        payload["sender"] = device_id
+        msg: Any
+        if stage == Stage.ADVERTISE_KEYS:
+            msg = AdvertiseKeys.from_dict(payload)
+            rnd.agg.add_advertise(msg)
+        elif stage == Stage.SHARE_KEYS:
+            msg = ShareKeys.from_dict(payload)
+            rnd.agg.add_share_keys(msg)
+        elif stage == Stage.CONSISTENCY_CHECK:
+            msg = ConsistencyCheck.from_dict(payload)
+            rnd.agg.add_consistency(msg)
+        elif stage == Stage.UNMASK:
+            msg = UnmaskShares.from_dict(payload)
+            rnd.agg.add_unmask(msg)
+        else:  # pragma: no cover - routes only pass the stages above
+            raise RoundError(400, f"stage {stage} takes no JSON message")
 
     def masked_input_size(self, round_id: int) -> int | None:
         """Exact body length of a masked input for ``round_id`` (None if unknown round)."""

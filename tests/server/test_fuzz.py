@@ -144,3 +144,39 @@ def test_no_500_for_garbage(
     assert resp.status_code < 500, (method, path, resp.status_code, resp.text)
     if resp.status_code >= 400:
         assert resp.json()["detail"]
+
+
+def test_no_500_in_later_stages(tmp_path: Path) -> None:
+    """Garbage JSON for ShareKeys / UnmaskShares reaches the message parsers (valid
+    signature, right stage): always a 4xx, and the honest round still completes."""
+    from tests.server._helpers import run_round
+
+    # without "ciphertexts" (resp. one of the share maps) no fuzzed body can be a valid
+    # message, so the honest devices' own messages are still the first ones accepted
+    share_fields = [f for f in FIELDS if f != "ciphertexts"]
+    unmask_fields = [f for f in FIELDS if f != "secret_key_shares"]
+
+    def fuzz(stage: str, state: dict[str, Any], sampled: list[Device]) -> None:
+        if stage not in ("share_keys", "unmask"):
+            return
+        leaf = "shares" if stage == "share_keys" else "unmask"
+        names = share_fields if stage == "share_keys" else unmask_fields
+        rid = state["round"]
+
+        @settings(max_examples=60, deadline=None, derandomize=True)
+        @given(
+            doc=st.dictionaries(st.sampled_from(names), json_values, max_size=6),
+            who=st.integers(0, len(sampled) - 1),
+        )
+        def one(doc: dict[str, Any], who: int) -> None:
+            r = sampled[who].post_json(f"/v1/rounds/{rid}/{leaf}", doc)
+            assert 400 <= r.status_code < 500, (leaf, doc, r.status_code, r.text)
+
+        one()
+
+    with make_client(tmp_path, clients=3, per_round=3, stage_timeout=120.0) as client:
+        devs = [Device(client) for _ in range(3)]
+        for d in devs:
+            d.register()
+        end = run_round(devs, hook=fuzz, encode=False)
+        assert end["stage"] == "done"
