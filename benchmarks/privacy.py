@@ -156,6 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-central", action="store_true",
                         help="skip the centrally trained baseline")
     parser.add_argument("--fresh", action="store_true", help="ignore cached points")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite the results from the cached points "
+                        "(missing points make it 'partial')")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
                         help=f"where results go (default: {RESULTS_DIR})")
 
@@ -175,7 +178,7 @@ def run_suite(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         quick=bool(getattr(args, "quick", False)), task=None, clients=None, per_round=None,
         rounds=None, mechanisms=None, bits=None, epsilons=None, partitions=None, seed=0,
-        delta=1e-5, stage_timeout=None, no_central=False,
+        delta=1e-5, stage_timeout=None, no_central=False, report_only=False,
         fresh=bool(getattr(args, "privacy_fresh", False)), out_dir=out_dir,
     )
     return main(ns)
@@ -191,6 +194,8 @@ def main(args: argparse.Namespace) -> int:
     if scale.per_round > scale.clients:
         cli.fail_usage(f"--per-round ({scale.per_round}) must be <= --clients "
                        f"({scale.clients})")
+    if args.fresh and getattr(args, "report_only", False):
+        cli.fail_usage("--fresh and --report-only exclude each other")
     if scale.per_round < 2:
         cli.fail_usage(f"--per-round must be >= 2 (secure aggregation), got {scale.per_round}")
     settings = Settings.for_mode(bool(args.quick))
@@ -200,7 +205,8 @@ def main(args: argparse.Namespace) -> int:
                       quick=bool(args.quick))
     command = "python -m benchmarks privacy " + " ".join(sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "privacy" else "python -m benchmarks"
-    return run_grid(grid, out_dir=Path(args.out_dir), fresh=bool(args.fresh), command=command)
+    return run_grid(grid, out_dir=Path(args.out_dir), fresh=bool(args.fresh), command=command,
+                    report_only=bool(getattr(args, "report_only", False)))
 
 
 # --------------------------------------------------------------------------- running
@@ -210,9 +216,11 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str) -> int:
+def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str,
+             report_only: bool = False) -> int:
     """Run (or load from the cache) every point of ``grid`` in order; rewrite the results
-    after each point. Returns 0, or 1 when a point failed (not: was unreachable)."""
+    after each point. Returns 0, or 1 when a point failed (not: was unreachable).
+    ``report_only``: run nothing, write the results of the cached points."""
     from benchmarks.privacy_grid import load_cached, save_cached  # noqa: PLC0415
 
     cache_dir = out_dir / CACHE_SUBDIR
@@ -226,6 +234,9 @@ def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str) -> int:
         if rec is not None:
             n_cached += 1
             _say(f"[{i}/{total}] {point.label()}: cached ({_brief(rec)})")
+        elif report_only:
+            _say(f"[{i}/{total}] {point.label()}: not run (--report-only)")
+            continue
         else:
             _say(f"[{i}/{total}] {point.label()}: running ...")
             rec = run_point(point, grid.settings)
@@ -236,6 +247,10 @@ def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str) -> int:
         if str(rec["status"]).startswith("failed"):
             status = 1
         records.append(rec)
+        if not report_only:
+            write_results(out_dir, grid, records, command=command,
+                          counts={"run": n_run, "cached": n_cached})
+    if report_only:
         write_results(out_dir, grid, records, command=command,
                       counts={"run": n_run, "cached": n_cached})
     _say(f"done: {n_run} run, {n_cached} cached; results in {out_dir}")
