@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from server.deps import AuthDep, DriverDep, ModelsDep, SettingsDep
 from server.errors import ApiError
-from server.limits import read_body
+from server.limits import parse_json_object, read_body
 from server.schemas import PredictFeatures, Prediction
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -65,6 +66,12 @@ async def predict(
     elif base == "application/json":
         data = await read_body(request, limit)
         content_type = "application/json"
+        try:
+            PredictFeatures.model_validate(parse_json_object(data))
+        except ValidationError as err:
+            first = err.errors(include_input=False, include_url=False)[0]
+            loc = ".".join(str(x) for x in first.get("loc", ())) or "body"
+            raise ApiError(422, f"invalid features: {loc}: {first.get('msg')}") from None
     else:
         raise ApiError(415, "send multipart/form-data with a 'file' field or application/json")
     weights, version = driver.weights, driver.model_version

@@ -147,7 +147,9 @@ def test_predict_image_and_features(app_client: Any) -> None:
     "kwargs,status",
     [
         ({"json": {"features": [0.5] * 3}}, 400),
-        ({"json": {"features": "abc"}}, 400),
+        ({"json": {"features": "abc"}}, 422),
+        ({"json": {"features": [1, 2], "extra": 1}}, 422),
+        ({"json": [1, 2]}, 400),
         ({"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")}}, 400),
         ({"files": {"other": ("x.png", b"abc", "image/png")}}, 400),
         ({"content": b"abc", "headers": {"content-type": "text/plain"}}, 415),
