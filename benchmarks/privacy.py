@@ -203,8 +203,7 @@ def main(args: argparse.Namespace) -> int:
                       mechanisms=args.mechanisms, bits=args.bits, epsilons=args.epsilons,
                       partitions=args.partitions, central=not args.no_central,
                       quick=bool(args.quick))
-    command = "python -m benchmarks privacy " + " ".join(sys.argv[2:]) \
-        if len(sys.argv) > 1 and sys.argv[1] == "privacy" else "python -m benchmarks"
+    command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     return run_grid(grid, out_dir=Path(args.out_dir), fresh=bool(args.fresh), command=command,
                     report_only=bool(getattr(args, "report_only", False)))
 

@@ -283,7 +283,8 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
         f"checked here on this run's settings: `{s.task}`, {s.clients} clients, "
         f"{s.per_round} per round, {s.rounds} rounds). Rows are compared at the same target "
         "ε and partition using final accuracy. Not tuned: a MISS is reported with its "
-        "measured figure.",
+        "measured figure. Where both sides of a comparison are near chance (10 %), the "
+        "difference is noise of the training run, not a property of the mechanism.",
         "",
     ]
     if checks:
@@ -355,6 +356,10 @@ def plot(path: Path, records: Sequence[dict[str, Any]], grid: Grid) -> None:
             y = 100 * r["final_accuracy"]
             ax.axhline(y, color="tab:gray", ls="--", lw=1.2,
                        label=f"central Keras ({r.get('epochs')} epochs) {y:.1f} %")
+    for a in (ax, ax2):
+        a.axhline(100 / CLASSES, color="tab:red", ls=":", lw=0.8, alpha=0.6)
+    ax.text(ticks_min(finite), 100 / CLASSES + 0.5, "chance (10 classes)", fontsize=7,
+            color="tab:red", alpha=0.8)
     ax.set_xscale("log")
     ticks = finite + [x_inf]
     ax.set_xticks(ticks)
@@ -378,6 +383,8 @@ def plot(path: Path, records: Sequence[dict[str, Any]], grid: Grid) -> None:
                  f"{r['mechanism']} {r['bits']} bits ε={eps_text(r.get('target_epsilon'))}")
         if r.get("partition") != "iid":
             label += f" ({r['partition']})"
+        if r.get("target_epsilon") is not None and float(r["target_epsilon"]) < 4:
+            ls = "-."
         ax2.plot([c["round"] + 1 for c in curve], [100 * c["accuracy"] for c in curve],
                  marker=marker, ms=3, ls=ls, color=color if r.get("mechanism") != "none"
                  else "black", label=label)
@@ -399,6 +406,15 @@ def plot(path: Path, records: Sequence[dict[str, Any]], grid: Grid) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+CLASSES = 10
+"""Both benchmark tasks (fashion, digits) have 10 classes: chance is 10 %."""
+
+
+def ticks_min(finite: Sequence[float]) -> float:
+    """Left end of the ε axis (for the chance label)."""
+    return min(finite) if finite else 1.0
 
 
 def _series(r: dict[str, Any]) -> str:
