@@ -248,7 +248,8 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--point-budget", type=float, default=None, metavar="S",
                         help=f"skip a grid point whose estimated time exceeds S s "
                              f"(default {FULL.point_budget:g}; --quick {QUICK.point_budget:g})")
-    parser.add_argument("--no-flower", action="store_true", help="do not run Flower")
+    parser.add_argument("--no-cost", action="store_true", help="skip the cost suite")
+    parser.add_argument("--no-flower", action="store_true", help="cost suite: do not run Flower")
     parser.add_argument("--flower-budget", type=float, default=None, metavar="S",
                         help=f"run Flower on a grid point only if estimated <= S s "
                              f"(default {FULL.flower_budget:g}; --quick {QUICK.flower_budget:g})")
@@ -272,6 +273,8 @@ def grid_points(cfg: SuiteConfig) -> list[CostPoint]:
 def run_suite(args: argparse.Namespace, cfg: SuiteConfig | None = None) -> int:
     """Run the cost suite (``cfg`` overrides the full / quick sizes, for tests);
     returns 0 when every measured round was exact."""
+    if getattr(args, "no_cost", False):
+        return 0
     if cfg is None:
         cfg = QUICK if getattr(args, "quick", False) else FULL
     out_dir: Path = args.results
@@ -515,7 +518,7 @@ def render_markdown(state: SuiteState) -> str:
         "`ClientProtocol.masked_input` (construct, self-mask fill, k pairwise seed "
         "derivations and fills, the adds/subtracts, release), timed by swapping in a "
         "subclass. `masked_input` call: the whole client step (share decryption, k X25519 "
-        "agreements, masks, packing), for context. Medians of 7.\n")
+        f"agreements, masks, packing), for context. Medians of {cfg.mask_repeats}.\n")
     rows = []
     for r in state.masks:
         fl = r["floor"]
