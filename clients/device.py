@@ -887,12 +887,39 @@ def _wait_for_server(client: ServerClient, timeout: float) -> dict[str, Any]:
             delay = min(delay * 2, 2.0)
 
 
+def warm_up(device: Device, public_config: Mapping[str, Any] | None) -> None:
+    """Pay TensorFlow's one-off costs (model tracing, the DP sampler's first call) before
+    registering, so the first round's stage deadlines are not spent on them."""
+    import dataclasses
+
+    from clients.tasks.weights import get_flat_weights
+
+    weights = get_flat_weights(device.task.build_model(device.settings.seed))
+    n = min(len(device.x), device.settings.batch_size)
+    quick = dataclasses.replace(device.settings, local_epochs=1)
+    device.trainer.train(weights, device.x[:n], device.y[:n], quick, seed=0)
+    dp_section = (public_config or {}).get("dp")
+    server_section = (public_config or {}).get("server") or {}
+    if not isinstance(dp_section, Mapping):
+        return
+    try:
+        from dp import DPConfig
+
+        per_round = int(server_section.get("per_round", 10))
+        with device.trainer.lock:
+            warm_up_encoder(DPConfig.from_dict(dict(dp_section)), int(weights.size), per_round,
+                            max(2, (2 * per_round) // 3))
+    except (ValueError, TypeError, KeyError) as exc:
+        log.info("encoder warm-up skipped: %s", exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m clients device``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         index, count = parse_shard(args.shard)
@@ -918,6 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idx = shard_indices(np.asarray(data.y_train), index, count, settings)
         device = Device(client, task, np.asarray(data.x_train)[idx], np.asarray(data.y_train)[idx],
                         settings, index=index, poll_wait=args.wait)
+        warm_up(device, status.get("config"))
         device_id = device.register()
         log.info("registered as device %d with %d examples", device_id, len(idx))
         device.run()
