@@ -55,6 +55,9 @@ __all__ = ["RoundDriver", "RoundError", "Snapshot", "STAGE_NAMES"]
 
 log = logging.getLogger("server.driver")
 
+#: masked inputs at least this long are added to the running sum in a worker thread
+THREAD_MIN_BYTES = 1 << 16
+
 STAGE_NAMES: dict[Stage, str] = {
     Stage.ADVERTISE_KEYS: "advertise_keys",
     Stage.SHARE_KEYS: "share_keys",
@@ -757,7 +760,7 @@ class RoundDriver:
         async with rnd.lock:
             self._check_stage(rnd, Stage.MASKED_INPUT, device_id)
             msg = MaskedInput(round_id=round_id, sender=device_id, data=data)
-            if len(data) >= 1 << 16:
+            if len(data) >= THREAD_MIN_BYTES:
                 await asyncio.to_thread(rnd.agg.add_masked_input, msg)
             else:
                 rnd.agg.add_masked_input(msg)
