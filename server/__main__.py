@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="also write the server log to this file")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--static-dir", help="dashboard folder (default: server/static)")
+    p.add_argument("--data-dir", help="task data folder (overrides [server] data_dir)")
     return p
 
 
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"python -m server: error: {err}", file=sys.stderr)
         return 2
+    if args.data_dir:
+        import dataclasses
+
+        experiment = dataclasses.replace(
+            experiment, server=dataclasses.replace(experiment.server, data_dir=args.data_dir)
+        )
     db = Path(args.db)
     if not db.parent.exists() and str(db.parent) not in ("", "."):
         print(
@@ -69,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     mismatch = _check_db(db, experiment.training.task)
     if mismatch:
         print(f"python -m server: error: {mismatch}", file=sys.stderr)
+        return 2
+    problem = _check_task_data(experiment.training.task, experiment.server.data_dir)
+    if problem:
+        print(f"python -m server: error: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -92,6 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _check_task_data(task_name: str, data_dir: str | None) -> str | None:
+    """Load the task's data once before serving: a missing dataset is a one-line error.
+
+    The tasks cache what they load, so the app's startup does not read it twice.
+    """
+    try:
+        from clients.tasks import get_task
+
+        get_task(task_name).load_data(data_dir)
+    except (OSError, ValueError) as err:
+        return f"task {task_name!r} cannot load its data: {err}".replace("\n", " ")
+    return None
 
 
 def _check_db(db: Path, task: str) -> str | None:

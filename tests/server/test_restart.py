@@ -154,6 +154,7 @@ def test_cli_bad_flag_subprocess_exit_2() -> None:
         (["--db", "/nonexistent/dir/x.db"], "database folder does not exist"),
         (["--config", "BAD"], "'many'"),
         (["--config", "UNKNOWN"], "'colour'"),
+        (["--data-dir", "/nonexistent/data"], "cannot load its data"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(
