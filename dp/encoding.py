@@ -209,6 +209,8 @@ class EncodingPlan:
         sigma_u = z * clip / math.sqrt(t) if config.mechanism != "none" else 0.0
         data_var = _RHO / d * (clip * n) ** 2
         gamma = math.sqrt((data_var + n * sigma_u**2) / denom)
+        if sigma_u > 0 and sigma_u / gamma > mech.max_local_scale:
+            gamma = sigma_u / mech.max_local_scale  # more bits than the sampler can use
 
         def fits(g: float) -> tuple[bool, float]:
             local = mech.local_scale(sigma_u / g) if sigma_u > 0 else 0.0

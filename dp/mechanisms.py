@@ -148,6 +148,12 @@ class NoiseMechanism(ABC):
     gaussian_events: bool = False
     #: Smallest non-zero local scale (integer units) for which `rdp` is valid.
     min_local_scale: float = 0.0
+    #: Largest local scale the samplers handle accurately: tensorflow-privacy's discrete
+    #: Gaussian squares (|x| - scale) in int64 (overflow beyond ~3e9 / 40), and
+    #: TF's Poisson sampler drifts for lambda = scale^2 / 2 beyond ~1e13 (measured:
+    #: std 1.20x at scale 2^26). Plans with more bits than that needs use a coarser
+    #: gamma instead (rounding, variance 1/4 against 2^40, stays negligible).
+    max_local_scale: float = float(2**20)
 
     def local_scale(self, target_local_stddev: float) -> float:
         """The local noise parameter actually used for a requested local std."""
