@@ -76,7 +76,7 @@ class SimOptions:
     task: str = "fashion"
     clients: int = 20
     per_round: int = 10
-    rounds: int = 8
+    rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
@@ -163,7 +163,8 @@ def load_options_file(path: Path) -> dict[str, Any]:
             raise UsageError(
                 f"{raw_key} in {str(path)!r} must be {types[0].__name__}, got {value!r}"
             )
-        out[key] = float(value) if float in types and not isinstance(value, bool) else value
+        number: Any = value
+        out[key] = float(number) if float in types and not isinstance(value, bool) else value
     return out
 
 
