@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 _INT32_LIMIT = 2**31 - 1
+_TF_SEED_LOCK = threading.Lock()
 
 
 def _seed_from(rng: np.random.Generator) -> int:
@@ -63,17 +65,18 @@ def _seeded_tf(rng: np.random.Generator) -> Iterator[None]:
     training seed, would add *identical* noise, which breaks the distributed
     guarantee). Running functions eagerly makes every draw follow the global seed set
     here from `rng`. Side effect: the process's global TF seed is left set to a value
-    drawn from `rng`.
+    drawn from `rng`, and other threads' tf.functions run eagerly while a share is drawn.
     """
     import tensorflow as tf
 
-    previous = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    try:
-        tf.random.set_seed(_seed_from(rng))
-        yield
-    finally:
-        tf.config.run_functions_eagerly(previous)
+    with _TF_SEED_LOCK:  # both switches are process-global: one sampler at a time
+        previous = tf.config.functions_run_eagerly()
+        tf.config.run_functions_eagerly(True)
+        try:
+            tf.random.set_seed(_seed_from(rng))
+            yield
+        finally:
+            tf.config.run_functions_eagerly(previous)
 
 
 def ddgauss_tau(local_scale: float, n_shares: int) -> float:
