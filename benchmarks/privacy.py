@@ -330,6 +330,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
     rec["noise_multiplier"] = float(result.noise_multiplier)
     rec["stage_timeout"] = float(result.stage_timeout)
     rec["device_errors"] = len(result.device_errors)
+    rec["device_error_messages"] = [str(e)[:300] for e in result.device_errors[:5]]
     rec["finished_reason"] = result.status.get("finished_reason")
     rec.update(summarize_rounds(result.rounds, point.rounds, result.status))
     return rec
