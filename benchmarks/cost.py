@@ -34,7 +34,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -164,6 +164,7 @@ class RoundMeasurement:
     survivors: int
     dropped: int
     total_s: float
+    total_cpu_s: float
     client_s_mean: float
     server_s: float
     server_unmask_s: float
@@ -193,9 +194,11 @@ def measure_round(point: CostPoint) -> RoundMeasurement:
     params = build_params(point)
     inputs = InputPool(point.clients, point.dim, point.bits, params.word_dtype, point.seed)
     dropouts = choose_dropouts(params, point)
+    cpu0 = time.process_time()
     start = time.perf_counter()
     result = run_round(params, inputs, dropouts)
     total_s = time.perf_counter() - start
+    total_cpu_s = time.process_time() - cpu0
     exact = bool(np.array_equal(np.asarray(result.sum, dtype=np.uint64),
                                 inputs.plain_sum(tuple(result.survivors))))
     uploads = [result.upload_bytes[c] for c in result.survivors]
@@ -208,6 +211,7 @@ def measure_round(point: CostPoint) -> RoundMeasurement:
         survivors=len(result.survivors),
         dropped=len(result.dropped),
         total_s=total_s,
+        total_cpu_s=total_cpu_s,
         client_s_mean=float(t["client_mean"]),
         server_s=float(t["server"]),
         server_unmask_s=float(t.get("server_unmask", float("nan"))),
@@ -236,22 +240,28 @@ class MaskMeasurement:
     masked_input_median_s: float
     payload_bytes: int
     repeats: int
+    cpu_median_s: float | None = None
+    floor_median_s: float | None = None
+    floor_cpu_median_s: float | None = None
+    ratio_median: float | None = None  # wall: median over repeats of mask_i / floor_i
+    ratio_cpu_median: float | None = None  # thread CPU time: median of mask_i / floor_i
+    ratio_min: float | None = None  # wall: min(mask) / min(floor), best case of each
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @contextmanager
-def instrument_client_keystream(records: list[tuple[float, int]]) -> Iterator[None]:
+def instrument_client_keystream(records: list[tuple[float, float, int]]) -> Iterator[None]:
     """Time the lifetime of every ``Keystream`` the client code creates.
 
     ``secagg.client.ClientProtocol.masked_input`` generates its masks with one
     ``secagg.crypto.Keystream``: it constructs it, fills it once for the self seed and
     once per pairwise seed (deriving each pairwise seed with HKDF in between), adds or
     subtracts each fill into the accumulator, then calls ``release()``. A subclass swapped
-    in for the name ``Keystream`` in ``secagg.client`` records (seconds from construction
-    to the end of ``release()``, number of fills): exactly that mask-generation code,
-    nothing re-implemented. The cost of the two ``perf_counter`` calls is < 1 µs.
+    in for the name ``Keystream`` in ``secagg.client`` records (wall seconds and thread
+    CPU seconds from construction to the end of ``release()``, number of fills): exactly
+    that mask-generation code, nothing re-implemented. The clock reads cost < 1 µs.
     """
     import secagg.client as client_mod  # noqa: PLC0415
 
@@ -260,6 +270,7 @@ def instrument_client_keystream(records: list[tuple[float, int]]) -> Iterator[No
     class TimedKeystream(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._bench_t0 = time.perf_counter()
+            self._bench_c0 = time.thread_time()
             self._bench_fills = 0
             super().__init__(*args, **kwargs)
 
@@ -269,7 +280,8 @@ def instrument_client_keystream(records: list[tuple[float, int]]) -> Iterator[No
 
         def release(self) -> None:
             super().release()
-            records.append((time.perf_counter() - self._bench_t0, self._bench_fills))
+            records.append((time.perf_counter() - self._bench_t0,
+                            time.thread_time() - self._bench_c0, self._bench_fills))
 
     client_mod.Keystream = TimedKeystream
     try:
@@ -279,14 +291,22 @@ def instrument_client_keystream(records: list[tuple[float, int]]) -> Iterator[No
 
 
 def measure_mask_generation(degree: int, dim: int, bits: int = DEFAULT_BITS,
-                            repeats: int = 5) -> MaskMeasurement:
+                            repeats: int = 5,
+                            floor_fn: Callable[[], tuple[float, float]] | None = None,
+                            ) -> MaskMeasurement:
     """Median time one client spends generating its masks with ``degree`` neighbours
     (``degree`` pairwise seeds + 1 self seed, ``dim`` words each).
 
     A round of ``degree + 1`` clients on the complete graph is set up with the real
     ``ClientProtocol`` / ``AggregatorProtocol`` (keys advertised and shares exchanged),
     then client 0's ``masked_input`` runs with the keystream instrumented. Repeated with
-    fresh keys; the setup is not timed."""
+    fresh keys; the setup is not timed.
+
+    ``floor_fn`` ((wall, CPU) seconds of the keystream floor for the same words) runs
+    right before each timed ``masked_input``, so both see the same machine load; the
+    ratios are medians of the per-repeat ratios. The CPU ratio (thread CPU time of the
+    mask code over that of the floor) is the one-core cost and barely moves when other
+    processes share the cores; the wall ratio is reported beside it."""
     from benchmarks.keystream import word_bytes_for_bits  # noqa: PLC0415
     from secagg import AggregatorProtocol, ClientProtocol, RoundParams  # noqa: PLC0415
 
@@ -296,6 +316,9 @@ def measure_mask_generation(degree: int, dim: int, bits: int = DEFAULT_BITS,
     x = InputPool(1, dim, bits, params.word_dtype, 0)[0]
     mask_s: list[float] = []
     call_s: list[float] = []
+    floor_s: list[float] = []
+    floor_cpu: list[float] = []
+    mask_cpu: list[float] = []
     payload = 0
     for _ in range(repeats + 1):  # the first run warms up and is dropped
         clients = {c: ClientProtocol(params, c) for c in params.participants}
@@ -305,26 +328,40 @@ def measure_mask_generation(degree: int, dim: int, bits: int = DEFAULT_BITS,
         for c, keys in agg.close_advertise().items():
             agg.add_share_keys(clients[c].share_keys(keys))
         cts = agg.close_share_keys()
-        records: list[tuple[float, int]] = []
+        records: list[tuple[float, float, int]] = []
+        if floor_fn is not None:
+            f_wall, f_cpu = floor_fn()
+            floor_s.append(f_wall)
+            floor_cpu.append(f_cpu)
         with instrument_client_keystream(records):
             t0 = time.perf_counter()
             msg = clients[0].masked_input(cts[0], x)
             call = time.perf_counter() - t0
-        if len(records) != 1 or records[0][1] != degree + 1:
+        if len(records) != 1 or records[0][2] != degree + 1:
             raise RuntimeError(
                 "secagg.client no longer generates masks with one Keystream filled "
                 f"degree + 1 = {degree + 1} times (saw {records}); update the benchmark"
             )
         mask_s.append(records[0][0])
+        mask_cpu.append(records[0][1])
         call_s.append(call)
         payload = len(msg.data)
-    mask_s, call_s = mask_s[1:], call_s[1:]
+    mask_s, call_s, floor_s = mask_s[1:], call_s[1:], floor_s[1:]
+    mask_cpu, floor_cpu = mask_cpu[1:], floor_cpu[1:]
+    ratios = [m / f for m, f in zip(mask_s, floor_s, strict=True)] if floor_s else []
+    cpu_ratios = [m / f for m, f in zip(mask_cpu, floor_cpu, strict=True) if f > 0]
     return MaskMeasurement(
         degree=degree, dim=dim, bits=bits, streams=degree + 1,
         word_bytes=word_bytes_for_bits(bits),
         median_s=statistics.median(mask_s), min_s=min(mask_s),
         masked_input_median_s=statistics.median(call_s), payload_bytes=payload,
         repeats=repeats,
+        cpu_median_s=statistics.median(mask_cpu),
+        floor_median_s=statistics.median(floor_s) if floor_s else None,
+        floor_cpu_median_s=statistics.median(floor_cpu) if floor_cpu else None,
+        ratio_median=statistics.median(ratios) if ratios else None,
+        ratio_cpu_median=statistics.median(cpu_ratios) if cpu_ratios else None,
+        ratio_min=min(mask_s) / min(floor_s) if floor_s else None,
     )
 
 
