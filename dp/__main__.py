@@ -47,6 +47,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=20, help="modulus exponent b (default 20)")
     p.add_argument("--dim", type=int, default=100_000, help="update dimension (default 1e5)")
     p.add_argument("--clip", type=float, default=1.0, help="L2 clip C (default 1)")
+    p.add_argument("--adaptive-clip", action="store_true",
+                   help="also charge the noised clipped count (Andrew et al. 2021)")
+    p.add_argument("--clipped-count-stddev", type=float, default=None,
+                   help="noise std on the clipped count (default K / 20)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
@@ -77,6 +81,8 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         dim=args.dim,
         clip=args.clip,
         min_contributors=args.min_contributors,
+        adaptive_clip=args.adaptive_clip,
+        clipped_count_stddev=args.clipped_count_stddev,
     )
 
 

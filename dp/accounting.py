@@ -301,13 +301,16 @@ def _report_for(
     dim: int,
     clip: float,
     min_contributors: int | None,
+    adaptive_clip: bool = False,
+    clipped_count_stddev: float | None = None,
 ) -> EpsilonReport:
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise DPConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
     _check_rate(sample_rate)
     _check_delta(delta)
     config = DPConfig(
-        mechanism=mechanism, clip=clip, noise_multiplier=noise_multiplier, bits=bits, delta=delta
+        mechanism=mechanism, clip=clip, noise_multiplier=noise_multiplier, bits=bits,
+        delta=delta, adaptive_clip=adaptive_clip, clipped_count_stddev=clipped_count_stddev,
     )
     t = clients_per_round if min_contributors is None else min_contributors
     plan = EncodingPlan.create(config, dim, clients_per_round, t)
@@ -329,6 +332,8 @@ def epsilon_for(
     dim: int = 100_000,
     clip: float = 1.0,
     min_contributors: int | None = None,
+    adaptive_clip: bool = False,
+    clipped_count_stddev: float | None = None,
     amplified: bool = True,
 ) -> float:
     """Epsilon after `rounds` rounds in which `min_contributors` (default: all
@@ -337,10 +342,12 @@ def epsilon_for(
     figure (valid only if the adversary does not learn who took part; it is the figure
     dp-accounting reports for DP-SGD/DP-FedAvg), `amplified=False` the figure valid
     against a server that knows. `bits`, `dim`, `clip` matter for ddgauss/skellam (and
-    for the rounding-inflated sensitivity of gaussian)."""
+    for the rounding-inflated sensitivity of gaussian). `adaptive_clip` charges the
+    noised clipped count too (Andrew et al. 2021)."""
     rep = _report_for(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant,
-        clients_per_round, bits, dim, clip, min_contributors,
+        clients_per_round, bits, dim, clip, min_contributors, adaptive_clip,
+        clipped_count_stddev,
     )
     return rep.epsilon_amplified if amplified else rep.epsilon
 
@@ -358,11 +365,14 @@ def epsilon_report(
     dim: int = 100_000,
     clip: float = 1.0,
     min_contributors: int | None = None,
+    adaptive_clip: bool = False,
+    clipped_count_stddev: float | None = None,
 ) -> EpsilonReport:
     """Both figures of `epsilon_for` at once."""
     return _report_for(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant,
-        clients_per_round, bits, dim, clip, min_contributors,
+        clients_per_round, bits, dim, clip, min_contributors, adaptive_clip,
+        clipped_count_stddev,
     )
 
 
@@ -379,6 +389,8 @@ def calibrate_noise(
     dim: int = 100_000,
     clip: float = 1.0,
     min_contributors: int | None = None,
+    adaptive_clip: bool = False,
+    clipped_count_stddev: float | None = None,
     amplified: bool = True,
     rel_tol: float = 1e-4,
 ) -> float:
@@ -396,6 +408,7 @@ def calibrate_noise(
             mechanism, z, sample_rate, rounds, delta, accountant=accountant,
             clients_per_round=clients_per_round, bits=bits, dim=dim, clip=clip,
             min_contributors=min_contributors, amplified=amplified,
+            adaptive_clip=adaptive_clip, clipped_count_stddev=clipped_count_stddev,
         )
 
     hi = 1.0

@@ -321,3 +321,19 @@ def test_adaptive_clipping_is_charged_with_effective_multiplier() -> None:
         without = EncodingPlan.create(cfg0, 4096, n, n).privacy_event(n).rdp(np.arange(2, 10))
         assert np.all(with_count > without)
     assert ev.gaussian_noise_multiplier < base.gaussian_noise_multiplier
+
+
+def test_epsilon_for_charges_the_clipped_count() -> None:
+    n = 100
+    plain = epsilon_for("gaussian", 1.0, 0.01, 500, 1e-5, clients_per_round=n)
+    with_count = epsilon_for("gaussian", 1.0, 0.01, 500, 1e-5, clients_per_round=n,
+                             adaptive_clip=True)
+    assert with_count > plain
+    plan = EncodingPlan.create(DPConfig(mechanism="gaussian", noise_multiplier=1.0), 100_000,
+                               n, n)
+    z_update = plan.privacy_event(n).gaussian_noise_multiplier
+    z_eff = (z_update**-2 + (2 * n / 20) ** -2) ** -0.5
+    ref = dp_accounting.rdp.RdpAccountant()
+    ref.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(z_eff)), 500))
+    assert with_count == pytest.approx(ref.get_epsilon(1e-5), rel=1e-4)
