@@ -30,7 +30,7 @@ def test_tiny_run_writes_json_log(tmp_path: Path) -> None:
     proc = _run(
         ["run", "--task", "digits", "--clients", "6", "--per-round", "4", "--rounds", "2",
          "--local-epochs", "2", "--lr", "0.1", "--graph", "complete", "--noise-multiplier",
-         "0.05", "--mechanism", "skellam", "--stage-timeout", "10", "--db", str(db),
+         "0.05", "--mechanism", "skellam", "--db", str(db),
          "--json-out", str(out)],
         timeout=150, cwd=tmp_path,
     )
