@@ -122,7 +122,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """Parse a JSON object body; 400 with the reason otherwise (never echoes the body)."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # incl. JSONDecodeError, huge int literals
         raise ApiError(400, f"body is not valid JSON: {type(err).__name__}") from err
     if not isinstance(data, dict):
         raise ApiError(400, f"body must be a JSON object, got {type(data).__name__}")

@@ -150,6 +150,14 @@ def test_predict_image_and_features(app_client: Any) -> None:
         ({"json": {"features": "abc"}}, 422),
         ({"json": {"features": [1, 2], "extra": 1}}, 422),
         ({"json": [1, 2]}, 400),
+        (
+            {
+                "content": b'{"features": [' + b"9" * 5000 + b"]}",
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+        ),
+        ({"content": b"[" * 100000, "headers": {"content-type": "application/json"}}, 400),
         ({"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")}}, 400),
         ({"files": {"other": ("x.png", b"abc", "image/png")}}, 400),
         ({"content": b"abc", "headers": {"content-type": "text/plain"}}, 415),
