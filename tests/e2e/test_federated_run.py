@@ -187,7 +187,7 @@ def test_no_device_vector_in_database_or_log(run: tuple[SimulationResult, Record
     from dp import EncodingPlan
     from secagg import pack
 
-    result, rec, _ = run
+    result, rec, final_model = run
     files = [p for p in Path(result.db_path).parent.glob(Path(result.db_path).name + "*")]
     files += list(Path(result.workdir).glob("*.log"))
     assert any(p.suffix == ".log" for p in files)
@@ -210,5 +210,9 @@ def test_no_device_vector_in_database_or_log(run: tuple[SimulationResult, Record
                 b64 = base64.b64encode(src[:48])
                 needles.append((f"base64 r{r} d{t.device_id}", b64))
     assert len(needles) > 50
+    # positive control: the search does find what the store is meant to hold (the global
+    # model, float32 little-endian), so a leak in the same form would be found too
+    model_windows = _windows(final_model["weights"].astype("<f4").tobytes())
+    assert model_windows and all(w in blob for w in model_windows)
     leaks = [name for name, w in needles if w in blob]
     assert not leaks, leaks[:10]
