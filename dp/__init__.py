@@ -25,7 +25,7 @@ from dp.encoding import (
     RoundPrivacy,
     update_clip,
 )
-from dp.mechanisms import MECHANISM_REGISTRY, NoiseMechanism, get_mechanism
+from dp.mechanisms import MECHANISM_REGISTRY, NoiseMechanism, accounting_note, get_mechanism
 
 __all__ = [
     "ACCOUNTANTS",
@@ -43,6 +43,7 @@ __all__ = [
     "PrivacyAccountant",
     "RDP_ORDERS",
     "RoundPrivacy",
+    "accounting_note",
     "calibrate_noise",
     "epsilon_for",
     "epsilon_report",

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from dp.accounting import ACCOUNTANTS, calibrate_noise, epsilon_report
 from dp.config import MECHANISMS, DPConfigError
+from dp.mechanisms import accounting_note
 
 EXIT_USAGE = 2
 
@@ -96,6 +97,7 @@ def _run(args: argparse.Namespace) -> None:
             out = rep.to_dict()
             out["noise_multiplier"] = args.noise_multiplier
             out["assumptions"] = _ASSUMPTIONS
+            out["approximation"] = accounting_note(args.mechanism)
             print(json.dumps(out))
         else:
             print(f"mechanism {rep.mechanism}, accountant {rep.accountant}, "
@@ -105,6 +107,7 @@ def _run(args: argparse.Namespace) -> None:
                   f"[{_ASSUMPTIONS['epsilon']}]")
             print(f"epsilon (amplified, Poisson q={rep.sample_rate:g}) = "
                   f"{rep.epsilon_amplified:.6g}   [{_ASSUMPTIONS['epsilon_amplified']}]")
+            _print_note(args.mechanism)
         return
     amplified = not args.unamplified
     z = calibrate_noise(
@@ -127,12 +130,20 @@ def _run(args: argparse.Namespace) -> None:
             "mechanism": rep.mechanism,
             "accountant": rep.accountant,
             "assumption": _ASSUMPTIONS[which],
+            "approximation": accounting_note(args.mechanism),
         }))
     else:
         print(f"noise multiplier z = {z:.6g}  (summed noise std = z * C; {args.mechanism}, "
               f"{args.accountant})")
         print(f"gives {which} = {getattr(rep, which):.6g} <= {args.target_epsilon:g} "
               f"after {rep.rounds} rounds at delta={rep.delta:g}   [{_ASSUMPTIONS[which]}]")
+        _print_note(args.mechanism)
+
+
+def _print_note(mechanism: str) -> None:
+    note = accounting_note(mechanism)
+    if note is not None:
+        print(f"note: {note}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -147,6 +147,9 @@ class NoiseMechanism(ABC):
     """One noise mechanism: its local share and its per-round accounting."""
 
     name: str = ""
+    #: False when `rdp` is a close approximation rather than a proven bound; every place
+    #: that prints an epsilon for such a mechanism says so (see `accounting_note`).
+    proven: bool = True
     #: True when the accountant composes dp-accounting Gaussian events (RDP and PLD).
     gaussian_events: bool = False
     #: Smallest non-zero local scale (integer units) for which `rdp` is valid.
@@ -367,6 +370,7 @@ class RoundedGaussian(NoiseMechanism):
     """
 
     name = "gaussian"
+    proven = False
     gaussian_events = True
     min_local_scale = 1.0
 
@@ -438,6 +442,14 @@ class NoNoise(NoiseMechanism):
 MECHANISM_REGISTRY: dict[str, NoiseMechanism] = {
     m.name: m for m in (DiscreteGaussian(), Skellam(), RoundedGaussian(), NoNoise())
 }
+
+
+def accounting_note(name: str) -> str | None:
+    """A caveat to print next to an epsilon of mechanism `name` (None: a proven bound)."""
+    if name == "none" or name not in MECHANISM_REGISTRY or MECHANISM_REGISTRY[name].proven:
+        return None
+    return (f"{name}: the sum of rounded shares is accounted as a Gaussian, a close "
+            "approximation, not a proof; use ddgauss or skellam for a proven bound")
 
 
 def get_mechanism(name: str) -> NoiseMechanism:

@@ -103,3 +103,16 @@ def test_bad_values_in_process(
     assert len(lines) == 1, err
     assert needle in lines[0]
     assert out == ""
+
+
+def test_gaussian_figure_is_labelled_an_approximation(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every printed epsilon of the unproven `gaussian` accounting carries the caveat;
+    the proven mechanisms' do not."""
+    small = ["--sample-rate", "0.01", "--rounds", "10", "--delta", "1e-5"]
+    assert main(["epsilon", "--mechanism", "gaussian", "--noise-multiplier", "1", *small]) == 0
+    assert "approximation, not a proof" in capsys.readouterr().out
+    assert main(["calibrate", "--mechanism", "gaussian", "--target-epsilon", "2", *small]) == 0
+    assert "approximation, not a proof" in capsys.readouterr().out
+    args = ["epsilon", "--mechanism", "ddgauss", "--noise-multiplier", "1", *small, "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["approximation"] is None
