@@ -32,7 +32,7 @@ PNG_NAME = "privacy_accuracy.png"
 TABLE_HEADERS: tuple[str, ...] = (
     "mechanism", "bits", "partition", "target ε", "spent ε amplified", "spent ε", "δ", "z",
     "clients", "per-round", "rounds", "final accuracy", "best accuracy", "wall time (s)",
-    "status",
+    "s/round", "status",
 )
 """Columns of the results table (the test checks them)."""
 
@@ -74,6 +74,7 @@ def table_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
             "—" if r.get("final_accuracy") is None else f"{r['final_accuracy']:.4f}",
             "—" if r.get("best_accuracy") is None else f"{r['best_accuracy']:.4f}",
             "—" if r.get("wall_s") is None else f"{r['wall_s']:.0f}",
+            "—" if r.get("round_s_mean") is None else f"{r['round_s_mean']:.1f}",
             r.get("status"),
         ])
     return rows
@@ -296,6 +297,9 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
     n_pass = sum(1 for c in checks if c["verdict"] == "PASS")
     n_miss = sum(1 for c in checks if c["verdict"] == "MISS")
     lines += [f"Summary: {n_pass} PASS, {n_miss} MISS, {len(checks) - n_pass - n_miss} N/A.",
+              ""]
+    lines += run_notes(records)
+    lines += [
               "", f"Plot: `{PNG_NAME}` (left: final accuracy against target ε; right: "
               "accuracy against round for a few settings). Raw records: "
               f"`{JSON_NAME}`.", ""]
@@ -313,6 +317,35 @@ def secagg_threshold(per_round: int, graph: str) -> int | None:
     except (ImportError, ValueError):
         return None
     return int(probe.threshold)
+
+
+def run_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The "Run notes" section: device failures seen in the runs, and the workaround."""
+    out = ["## Run notes", "",
+           "- s/round: mean of (finished_at − started_at) over the done rounds in the "
+           "server's log; wall time includes server start-up, registration and calibration.",
+           "- Devices lost to transport errors: uvicorn closes an idle keep-alive "
+           "connection after 5 s, httpx keeps one for 5 s, so a device request "
+           "sometimes goes out on a connection the server is closing (\"Server disconnected "
+           "without sending a response\"). `clients.device.Device.handle` does not catch "
+           "transport errors from protocol requests, so that device's thread ends; it is "
+           "a dropout in every later round that samples it, and each such round waits for "
+           "the full stage deadline. The benchmark works around it by giving the "
+           "simulation's httpx pool a 2 s keep-alive expiry while a point runs "
+           "(`benchmarks.privacy.short_keepalive`); points that ran before the workaround, "
+           "or that still lost devices, are listed here."]
+    for r in records:
+        n = int(r.get("device_errors") or 0)
+        if n:
+            msgs = "; ".join(r.get("device_error_messages") or [])
+            label = (f"{r.get('mechanism')} {r.get('bits')} bits target ε "
+                     f"{eps_text(r.get('target_epsilon'))} ({r.get('partition')})")
+            out.append(f"  - {label}: {n} device(s) stopped"
+                       + (f" ({msgs})" if msgs else "")
+                       + (f"; mean survivors {r['survivors_mean']:.1f} of {r['per_round']}"
+                          if r.get("survivors_mean") is not None else ""))
+    out.append("")
+    return out
 
 
 # --------------------------------------------------------------------------- plot
