@@ -100,7 +100,7 @@ class SimOptions:
     keep_serving: bool = False
     port: int = 0
 
-    DEFAULT_NOISE_MULTIPLIER = 0.1
+    DEFAULT_NOISE_MULTIPLIER = 0.15
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is not None and self.target_epsilon is not None:
