@@ -134,10 +134,10 @@ class CostModel:
       points) and per-pair key agreement / share encryption:
       ``a * n*(k+1)*t + b * n*k``, fitted on two calibration rounds at d = 16;
     - words: PRG words the round generates (clients: (k+1)*d each; server: d per
-      survivor's self mask + d per (dropped, surviving neighbour) pair), at the
-      seconds-per-word of the client's mask generation measured for target 1;
+      survivor's self mask + d per (dropped, surviving neighbour) pair), at the median
+      CPU seconds-per-word of the client's mask generation measured for target 1;
     - c_vec: the remaining per-entry work (input checks, packing, unpacking, summing),
-      from the round measured at target 2.
+      from the CPU time of the round measured at target 2.
     The result is multiplied by the largest measured/estimated ratio seen so far (>= 1)
     among points that took over a second, so the budget check errs on the slow side."""
 
@@ -336,8 +336,9 @@ def run_suite(args: argparse.Namespace, cfg: SuiteConfig | None = None) -> int:
         state.masks.append(row)
         _log(f"mask k={k} d={d}: {row.get('ratio', 'skipped')}")
         save()
-    word_costs = [r["median_s"] / (r["streams"] * r["dim"]) for r in state.masks if "median_s" in r]
-    model.c_word = max(word_costs) if word_costs else 2e-10
+    word_costs = [r["cpu_median_s"] / (r["streams"] * r["dim"]) for r in state.masks
+                  if r.get("cpu_median_s")]
+    model.c_word = statistics.median(word_costs) if word_costs else 2e-10
 
     # calibration of the fixed costs (tiny d)
     calib = []
@@ -356,7 +357,8 @@ def run_suite(args: argparse.Namespace, cfg: SuiteConfig | None = None) -> int:
     k_fp, t_fp = int(ours[0].degree or fp.clients - 1), ours[0].threshold
     s, _, w, v = CostModel.shape(fp, k_fp, t_fp)
     fixed = model.a * s + model.b * (fp.clients * k_fp)
-    model.c_vec = max(0.0, (ours_med - fixed - model.c_word * w) / v)
+    ours_cpu_med = statistics.median(r.total_cpu_s for r in ours)
+    model.c_vec = max(0.0, (ours_cpu_med - fixed - model.c_word * w) / v)
     state.flower_target = {
         "point": fp.label(), "degree": k_fp, "num_shares": k_fp + 1, "threshold": t_fp,
         "ours": [r.to_dict() for r in ours], "ours_median_s": ours_med,
