@@ -746,6 +746,8 @@ class Device:
         self.client.post_json(self._path(session, "keys"), session.advertise())
         if session.drop_stage in (SHARE, MASKED):
             return
+        if len(self.x) == 0:
+            raise DeviceError("this device's shard is empty: nothing to train on")
         global_weights, version = self.client.model()
         seed = _training_seed(self.settings.seed, session.round_id, session.device_id)
         delta = self.trainer.train(global_weights, self.x, self.y, self.settings, seed)
