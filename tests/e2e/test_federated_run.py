@@ -159,6 +159,9 @@ def test_server_update_is_the_decoded_sum_of_device_encodings(
         decoded = Decoder(plan, traces[0].rotation_seed).decode(total, len(traces)).total
         expected = SERVER_LR * np.asarray(decoded, dtype=np.float64) / len(traces)
         got = new.astype(np.float64) - old.astype(np.float64)
+        # float32 resolution of the weights is coarser than one quantization step of the
+        # encoding (gamma / sqrt(d) / n), so this catches any missing, extra or wrong
+        # survivor vector or survivor count, not a single unit of the integer sum.
         scale = max(1.0, float(np.abs(old).max()), float(np.abs(new).max()))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=4 * np.finfo(np.float32).eps
                                    * scale)

@@ -1,0 +1,78 @@
+"""Fast checks of the simulation's option handling and the device helpers (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.device import DROPOUT_STAGES, DropoutSchedule, TrainingSettings, parse_shard
+from clients.simulation import SimOptions, UsageError, load_options_file, merge_options
+
+
+def test_cli_overrides_file_and_defaults(tmp_path: Path) -> None:
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text('task = "digits"\nclients = 12\nper-round = 6\nnoise_multiplier = 0.3\n')
+    opts = merge_options(load_options_file(cfg), {"clients": 8, "target_epsilon": 5.0})
+    assert opts.task == "digits" and opts.clients == 8 and opts.per_round == 6
+    assert opts.target_epsilon == 5.0 and opts.noise_multiplier is None  # CLI noise wins
+    assert opts.rounds == SimOptions().rounds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['clientz = 3\n', 'clients = "many"\n', 'keep-serving = 1\n', 'lr = [1]\n', 'task = \n'],
+)
+def test_bad_config_file_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError):
+        merge_options(load_options_file(cfg), {})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"clients": 1}, {"per_round": 30}, {"dropout": 1.0}, {"rounds": 0},
+     {"noise_multiplier": 1.0, "target_epsilon": 1.0}, {"stage_timeout": 0.0}],
+)
+def test_invalid_options(kw: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        SimOptions(**kw)  # type: ignore[arg-type]
+
+
+def test_dropout_schedule_rate_and_stages() -> None:
+    sched = DropoutSchedule(0.25, seed=7)
+    picks = [sched.stage_for(r, i) for r in range(100) for i in range(40)]
+    n = len(picks)
+    dropped = [p for p in picks if p is not None]
+    # binomial(4000, 0.25): 5 standard deviations is about 137
+    assert abs(len(dropped) - 0.25 * n) < 5 * np.sqrt(n * 0.25 * 0.75)
+    counts = {s: dropped.count(s) for s in DROPOUT_STAGES.values()}
+    expected = len(dropped) / 4
+    for c in counts.values():
+        assert abs(c - expected) < 5 * np.sqrt(len(dropped) * 0.25 * 0.75)
+    # seeded: the same schedule again, a different one for another seed
+    assert picks == [DropoutSchedule(0.25, seed=7).stage_for(r, i)
+                     for r in range(100) for i in range(40)]
+    assert picks != [DropoutSchedule(0.25, seed=8).stage_for(r, i)
+                     for r in range(100) for i in range(40)]
+    assert DropoutSchedule(0.0).stage_for(3, 3) is None
+
+
+def test_parse_shard() -> None:
+    assert parse_shard("0/10") == (0, 10)
+    assert parse_shard("9/10") == (9, 10)
+    for bad in ("10/10", "-1/3", "a/b", "3", "1/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_training_settings_from_public_config() -> None:
+    fallback = TrainingSettings()
+    cfg = {"training": {"task": "digits", "local_epochs": 2, "lr": 0.3, "partition": "dirichlet",
+                        "alpha": 0.2, "seed": 5, "batch_size": 8}}
+    got = TrainingSettings.from_public_config(cfg, fallback)
+    assert (got.local_epochs, got.lr, got.partition, got.alpha, got.seed, got.batch_size) == (
+        2, 0.3, "dirichlet", 0.2, 5, 8)
+    assert TrainingSettings.from_public_config(None, fallback) == fallback
