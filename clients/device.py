@@ -145,7 +145,10 @@ class ServerClient:
         self.signing_key = signing_key
         self.device_id: int | None = None
         self._timeout = timeout
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = http or httpx.Client(
+            base_url=self.base_url, timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=2.0),  # below uvicorn's 5 s keep-alive
+        )
         self._own_http = http is None
 
     def close(self) -> None:
@@ -182,7 +185,9 @@ class ServerClient:
         elif content is not None:
             body = content
             headers["Content-Type"] = content_type or "application/octet-stream"
-        for attempt in range(retries_429 + 1):
+        resent = False
+        attempt = 0
+        while True:
             req = self._http.build_request(
                 method,
                 path,
@@ -191,14 +196,28 @@ class ServerClient:
                 headers=headers,
                 timeout=timeout if timeout is not None else self._timeout,
             )
-            if sign:
+            if sign:  # a fresh timestamp and nonce for every (re)send
                 req.headers.update(self._auth_headers(method, req.url.raw_path.decode(), body))
-            resp = self._http.send(req)
+            try:
+                resp = self._http.send(req)
+            except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError,
+                    httpx.WriteError):
+                # Typically the keep-alive race: the server closed an idle connection just
+                # as this request went out on it. Resend once on a new connection.
+                if resent:
+                    raise
+                resent = True
+                continue
             if resp.status_code == 429 and attempt < retries_429:
+                attempt += 1
                 delay = _retry_after(resp.headers.get("Retry-After"))
                 time.sleep(delay)  # rate-limit backoff, not a polling loop
                 continue
             break
+        if resent and method == "POST" and resp.status_code == 409:
+            # the first copy may have arrived before the connection broke; if it did not,
+            # the next stage will tell (this device is then out of the round)
+            return resp
         if resp.status_code >= 400:
             raise ServerRejected(resp.status_code, _detail(resp), method, path)
         return resp
@@ -714,6 +733,11 @@ class Device:
 
         try:
             step(session, state)
+        except httpx.TransportError as exc:
+            log.info("device %s: out of round %s at %s: network error %s", self.device_id,
+                     round_id, stage, exc)
+            session.lost = True
+            return
         except (ServerRejected, SecAggError, DeviceError) as exc:
             if isinstance(exc, ServerRejected) and exc.status == 401:
                 raise DeviceError(f"server rejected our authentication: {exc}") from exc

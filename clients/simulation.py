@@ -642,8 +642,11 @@ class Simulation:
         http = httpx.Client(
             base_url=self.server.url,
             timeout=30.0,
+            # keep idle connections for less time than uvicorn (5 s), so a request never
+            # goes out on a connection the server is closing
             limits=httpx.Limits(max_connections=opts.clients + 8,
-                                max_keepalive_connections=opts.clients + 8),
+                                max_keepalive_connections=opts.clients + 8,
+                                keepalive_expiry=2.0),
         )
         schedule = DropoutSchedule(opts.dropout, opts.seed) if opts.dropout > 0 else None
         devices: list[Device] = []
