@@ -161,9 +161,12 @@ def _compare(name: str, r: dict[str, Any], ref: dict[str, Any] | None, bound: fl
         ok = abs(diff) <= bound
     else:  # "worse": at least `bound` points below the reference
         ok = diff <= -bound
+    z_text = ""
+    if r.get("noise_multiplier") and ref.get("noise_multiplier"):
+        z_text = f"; z {r['noise_multiplier']:.3g} vs {ref['noise_multiplier']:.3g}"
     measured = (f"{100 * acc:.2f} % vs {100 * ref_acc:.2f} % ({diff:+.2f} points; "
                 f"spent ε amplified {fmt(r.get('epsilon_amplified'))}, unamplified "
-                f"{fmt(r.get('epsilon_spent'))})")
+                f"{fmt(r.get('epsilon_spent'))}{z_text})")
     return {"target": name, "verdict": "PASS" if ok else "MISS", "measured": measured}
 
 
