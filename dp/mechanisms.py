@@ -52,31 +52,28 @@ _TF_SEED_LOCK = threading.Lock()
 
 
 def _seed_from(rng: np.random.Generator) -> int:
-    return int(rng.integers(0, 2**31 - 1))
+    """A 63-bit TF seed from the device's generator (itself seeded from the OS CSPRNG)."""
+    return int(rng.integers(0, 2**63 - 1))
 
 
 @contextmanager
 def _seeded_tf(rng: np.random.Generator) -> Iterator[None]:
-    """Run TF's stateful samplers eagerly under a global seed drawn from `rng`.
+    """Run TF's stateful samplers (eagerly) under a global seed drawn from `rng`.
 
-    tensorflow-privacy's discrete Gaussian sampler is a `tf.function`: once traced, its
-    random ops keep the seeds of the first trace, so `tf.random.set_seed` no longer
-    changes its stream (two devices in one process, or two processes that set the same
-    training seed, would add *identical* noise, which breaks the distributed
-    guarantee). Running functions eagerly makes every draw follow the global seed set
-    here from `rng`. Side effect: the process's global TF seed is left set to a value
-    drawn from `rng`, and other threads' tf.functions run eagerly while a share is drawn.
+    tensorflow-privacy's samplers draw with stateful ops (`tf.random.uniform`,
+    `tf.random.normal`) whose stream follows the process-global TF seed. Keras code may
+    set that seed from a public value (model init, shuffling), which would make the
+    noise predictable; so each share is drawn right after setting the global seed from
+    `rng`, under a lock (the seed is process-global), and the samplers run eagerly (see
+    `DiscreteGaussian.add_noise`: a traced `tf.function` would keep the seeds of its first
+    trace, so two devices would add *identical* noise). Nothing else process-wide is
+    switched: other threads' `tf.function`s keep running as graphs.
     """
     import tensorflow as tf
 
-    with _TF_SEED_LOCK:  # both switches are process-global: one sampler at a time
-        previous = tf.config.functions_run_eagerly()
-        tf.config.run_functions_eagerly(True)
-        try:
-            tf.random.set_seed(_seed_from(rng))
-            yield
-        finally:
-            tf.config.run_functions_eagerly(previous)
+    with _TF_SEED_LOCK:
+        tf.random.set_seed(_seed_from(rng))
+        yield
 
 
 def ddgauss_tau(local_scale: float, n_shares: int) -> float:
@@ -229,22 +226,21 @@ class DiscreteGaussian(NoiseMechanism):
         )
 
         iscale = int(scale)
+        if _fits_int32(record, scale):
+            # The query's own checks (int32 record, L2 bound with headroom for float32
+            # norm rounding), without its noise: that is drawn below, seeded.
+            bound = float(l2_bound) * (1.0 + 1e-5) + 1.0
+            query = DistributedDiscreteGaussianSumQuery(l2_norm_bound=bound, local_stddev=0)
+            params = query.derive_sample_params(query.initial_global_state())
+            query.preprocess_record(params, tf.constant(record.astype(np.int32)))
+        # tensorflow-privacy's sampler body, run eagerly (its `tf.function` wrapper would
+        # freeze the random ops' seeds at the first trace).
+        sampler = discrete_gaussian_utils._sample_discrete_gaussian_helper.python_function
         with _seeded_tf(rng):
-            if _fits_int32(record, scale):
-                # Headroom for float32 norm rounding inside the query's norm check.
-                bound = float(l2_bound) * (1.0 + 1e-5) + 1.0
-                query = DistributedDiscreteGaussianSumQuery(
-                    l2_norm_bound=bound, local_stddev=iscale
-                )
-                params = query.derive_sample_params(query.initial_global_state())
-                out = query.preprocess_record(params, tf.constant(record.astype(np.int32)))
-                return out.numpy().astype(np.int64)
-            noise = discrete_gaussian_utils.sample_discrete_gaussian(
-                scale=tf.constant(iscale, tf.int64),
-                shape=tf.constant(record.shape),
-                dtype=tf.int64,
+            noise = sampler(
+                tf.constant(iscale, tf.int64), tf.constant(record.shape, tf.int32), tf.int64
             )
-            return record + noise.numpy()
+        return record + noise.numpy().astype(np.int64)
 
     def rdp(
         self,

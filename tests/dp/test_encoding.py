@@ -379,3 +379,23 @@ def test_rounding_error_inside_its_bound(
     total, _, _ = run_round(plan, updates, rng)
     err = np.linalg.norm(total - clipped_sum(updates, cfg.clip))
     assert err <= plan.gamma * n * math.sqrt(plan.padded_dim) + 1e-9
+
+
+@pytest.mark.parametrize("mechanism", ["ddgauss", "skellam", "gaussian"])
+def test_noise_is_fresh_whatever_the_public_tf_seed(mechanism: str) -> None:
+    """Training code may set TensorFlow's global seed from a public value; two devices
+    encoding the same update right after that must still add different noise, and
+    encoding must not leave process-wide TF switches (eager mode) changed."""
+    import tensorflow as tf
+
+    plan = EncodingPlan.create(
+        DPConfig(mechanism=mechanism, noise_multiplier=1.0, bits=20), 256, 10, 5
+    )
+    update = np.full(256, 0.01, dtype=np.float32)
+    encoded = []
+    for device_seed in (1, 2):
+        tf.random.set_seed(1234)
+        vec, _ = Encoder(plan, b"\x07" * 32).encode(update, np.random.default_rng(device_seed))
+        encoded.append(vec)
+    assert not np.array_equal(encoded[0], encoded[1])
+    assert tf.config.functions_run_eagerly() is False
