@@ -130,9 +130,10 @@ def status(ok: bool | None) -> str:
 class CostModel:
     """Seconds of a round ~ fixed(n, k, t) + words * c_word + n * d * c_vec.
 
-    - fixed: Shamir sharing (each client evaluates 2 polynomials of degree t-1 at k+1
-      points) and per-pair key agreement / share encryption:
-      ``a * n*(k+1)*t + b * n*k``, fitted on two calibration rounds at d = 16;
+    - fixed: Shamir sharing, ``n * split(t, k+1)`` where ``split`` is the measured CPU
+      time of one client's ``secagg.shamir.split`` (2 secrets, threshold t, k+1
+      holders), plus per-pair key agreement / share encryption / relay ``b * n*k``, b
+      fitted (least squares) on two calibration rounds at d = 16;
     - words: PRG words the round generates (clients: (k+1)*d each; server: d per
       survivor's self mask + d per (dropped, surviving neighbour) pair), at the median
       CPU seconds-per-word of the client's mask generation measured for target 1;
@@ -141,7 +142,6 @@ class CostModel:
     The result is multiplied by the largest measured/estimated ratio seen so far (>= 1)
     among points that took over a second, so the budget check errs on the slow side."""
 
-    a: float = 0.0
     b: float = 0.0
     c_word: float = 0.0
     c_vec: float = 0.0
@@ -157,28 +157,52 @@ class CostModel:
         words = alive * (degree + 1) * d + alive * d + drop * k_eff * d
         return n * (degree + 1) * threshold, n * degree, words, n * d
 
+    def fixed(self, point: CostPoint, degree: int, threshold: int) -> float:
+        """Seconds of the parts that do not grow with d."""
+        return (point.clients * split_seconds(threshold, degree + 1)
+                + self.b * point.clients * degree)
+
     def estimate(self, point: CostPoint, degree: int, threshold: int) -> float:
-        s, p, w, v = self.shape(point, degree, threshold)
-        base = self.a * s + self.b * p + self.c_word * w + self.c_vec * v
+        _, _, w, v = self.shape(point, degree, threshold)
+        base = self.fixed(point, degree, threshold) + self.c_word * w + self.c_vec * v
         return base * self.correction
 
     def fit_fixed(self, runs: list[tuple[CostPoint, int, int, float]]) -> None:
-        """Solve a, b from two calibration rounds (point, degree, t, seconds)."""
-        (p1, k1, t1, y1), (p2, k2, t2, y2) = runs[:2]
-        s1, q1, _, _ = self.shape(p1, k1, t1)
-        s2, q2, _, _ = self.shape(p2, k2, t2)
-        det = s1 * q2 - s2 * q1
-        if abs(det) > 0:
-            self.a = max(0.0, (y1 * q2 - y2 * q1) / det)
-            self.b = max(0.0, (s1 * y2 - s2 * y1) / det)
-        if self.a == 0.0 or self.b == 0.0:  # degenerate: charge all to one term each
-            self.a = self.a or max(y1, y2) / max(s1, s2)
-            self.b = self.b or max(y1, y2) / max(q1, q2)
+        """Least-squares b from calibration rounds (point, degree, t, CPU seconds)."""
+        num = den = 0.0
+        for p, k, t, y in runs:
+            q = p.clients * k
+            num += (y - p.clients * split_seconds(t, k + 1)) * q
+            den += q * q
+        self.b = max(0.0, num / den) if den else 0.0
 
     def observe(self, label: str, estimated: float, measured: float) -> None:
         self.history.append((label, estimated, measured))
         if measured > 1.0 and estimated > 0:
             self.correction = max(self.correction, measured / (estimated / self.correction))
+
+
+_SPLIT_CACHE: dict[tuple[int, int], float] = {}
+
+
+def split_seconds(threshold: int, holders: int) -> float:
+    """CPU seconds of one client's Shamir sharing in secagg (2 secrets, ``threshold``,
+    ``holders`` = k + 1), measured once per (t, k+1) (best of up to 3)."""
+    key = (threshold, holders)
+    if key not in _SPLIT_CACHE:
+        from secagg import shamir  # noqa: PLC0415
+
+        xs = list(range(1, holders + 1))
+        secrets = [int.from_bytes(os.urandom(32), "little") for _ in range(2)]
+        best = math.inf
+        for _ in range(3):
+            c0 = time.thread_time()
+            shamir.split(secrets, threshold, xs, os.urandom)
+            best = min(best, time.thread_time() - c0)
+            if best > 0.05:
+                break
+        _SPLIT_CACHE[key] = best
+    return _SPLIT_CACHE[key]
 
 
 def degree_of(params: Any) -> int:
@@ -345,7 +369,7 @@ def run_suite(args: argparse.Namespace, cfg: SuiteConfig | None = None) -> int:
     for p in cfg.calib_points:
         m = measure_round(p)
         k, t = degree_of(build_params(p)), int(m.threshold)
-        calib.append((p, k, t, m.total_s))
+        calib.append((p, k, t, m.total_cpu_s))
         state.calibration.append({"point": p.label(), "degree": k, "threshold": t,
                                   "total_s": m.total_s, "exact": m.exact})
     model.fit_fixed(calib)
@@ -355,8 +379,8 @@ def run_suite(args: argparse.Namespace, cfg: SuiteConfig | None = None) -> int:
     ours = [measure_round(fp) for _ in range(cfg.repeats)]
     ours_med = statistics.median(r.total_s for r in ours)
     k_fp, t_fp = int(ours[0].degree or fp.clients - 1), ours[0].threshold
-    s, _, w, v = CostModel.shape(fp, k_fp, t_fp)
-    fixed = model.a * s + model.b * (fp.clients * k_fp)
+    _, _, w, v = CostModel.shape(fp, k_fp, t_fp)
+    fixed = model.fixed(fp, k_fp, t_fp)
     ours_cpu_med = statistics.median(r.total_cpu_s for r in ours)
     model.c_vec = max(0.0, (ours_cpu_med - fixed - model.c_word * w) / v)
     state.flower_target = {
