@@ -407,7 +407,7 @@ def plot(path: Path, records: Sequence[dict[str, Any]], grid: Grid) -> None:
     ax.set_title(f"{s.task}: {s.clients} clients, {s.per_round}/round, {s.rounds} rounds")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     # accuracy against round, a few settings
     chosen = _few(feds)
     for i, r in enumerate(chosen):
@@ -433,7 +433,7 @@ def plot(path: Path, records: Sequence[dict[str, Any]], grid: Grid) -> None:
     ax2.set_title("accuracy against round")
     ax2.grid(True, alpha=0.3)
     if ax2.get_legend_handles_labels()[0]:
-        ax2.legend(fontsize=7, loc="lower right")
+        ax2.legend(fontsize=7, loc="best")
     if not (len(records) >= len(grid.points)):
         fig.suptitle(f"partial: {len(records)} of {len(grid.points)} points", color="tab:red")
     fig.tight_layout()
