@@ -837,6 +837,11 @@ def summary_lines(result: SimulationResult, opts: SimOptions) -> list[str]:
         f"dashboard: python -m server --config {result.workdir / 'experiment.toml'} "
         f"--db {result.db_path} --port 8000   then open http://127.0.0.1:8000/",
     ]
+    from dp import accounting_note
+
+    note = accounting_note(opts.mechanism)
+    if note is not None:
+        lines.insert(4, f"note: {note}")
     reason = st.get("finished_reason")
     if reason:
         lines.append(f"server: training finished: {reason}")

@@ -76,3 +76,22 @@ def test_training_settings_from_public_config() -> None:
     assert (got.local_epochs, got.lr, got.partition, got.alpha, got.seed, got.batch_size) == (
         2, 0.3, "dirichlet", 0.2, 5, 8)
     assert TrainingSettings.from_public_config(None, fallback) == fallback
+
+
+@pytest.mark.parametrize("mechanism,caveat", [("gaussian", True), ("ddgauss", False)])
+def test_summary_labels_an_unproven_epsilon(tmp_path: Path, mechanism: str, caveat: bool) -> None:
+    """The closing summary prints both ε with their assumptions, and for `gaussian` the
+    caveat that its accounting is an approximation."""
+    from clients.simulation import SimulationResult, summary_lines
+
+    opts = SimOptions(task="digits", mechanism=mechanism)
+    rounds = [{"round": 0, "status": "done", "accuracy": 0.5, "loss": 1.0,
+               "epsilon": 3.0, "epsilon_amplified": 1.0, "delta": 1e-5}]
+    result = SimulationResult(
+        rounds=rounds, status={"epsilon": 3.0, "epsilon_amplified": 1.0, "delta": 1e-5},
+        db_path=tmp_path / "db", log_path=tmp_path / "log", workdir=tmp_path, url="",
+        config=None, noise_multiplier=1.0, stage_timeout=10.0, elapsed_s=1.0,
+    )
+    text = "\n".join(summary_lines(result, opts))
+    assert "ε = 3" in text and "ε amplified = 1" in text
+    assert ("approximation, not a proof" in text) is caveat
