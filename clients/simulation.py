@@ -297,7 +297,7 @@ class LocalServer:
     def start(self, ready_timeout: float = 120.0) -> None:
         """Spawn the server and wait until ``GET /v1/status`` answers (bounded in time)."""
         env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         env["PYTHONUNBUFFERED"] = "1"
         log = open(self.console_path, "ab")  # noqa: SIM115 (handed to the child)
         try:
@@ -563,7 +563,7 @@ class Simulation:
 
     def prepare(self) -> tuple[Any, Any, Trainer, float, float]:
         """Load task and data, measure local training, choose z and the stage timeout."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from clients.tasks import get_task
 
         opts = self.opts
@@ -842,6 +842,9 @@ def summary_lines(result: SimulationResult, opts: SimOptions) -> list[str]:
     note = accounting_note(opts.mechanism)
     if note is not None:
         lines.insert(4, f"note: {note}")
+    if opts.mechanism == "none":
+        lines[2:4] = ["ε = ∞: mechanism none adds no noise (secure aggregation only, "
+                      "no differential privacy)"]
     reason = st.get("finished_reason")
     if reason:
         lines.append(f"server: training finished: {reason}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -16,6 +17,8 @@ from typing import Any, NoReturn
 from dp.accounting import ACCOUNTANTS, calibrate_noise, epsilon_report
 from dp.config import MECHANISMS, DPConfigError
 from dp.mechanisms import accounting_note
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up noise
 
 EXIT_USAGE = 2
 

@@ -95,3 +95,18 @@ def test_summary_labels_an_unproven_epsilon(tmp_path: Path, mechanism: str, cave
     text = "\n".join(summary_lines(result, opts))
     assert "ε = 3" in text and "ε amplified = 1" in text
     assert ("approximation, not a proof" in text) is caveat
+
+
+def test_summary_says_no_dp_for_mechanism_none(tmp_path: Path) -> None:
+    from clients.simulation import SimulationResult, summary_lines
+
+    opts = SimOptions(task="digits", mechanism="none")
+    result = SimulationResult(
+        rounds=[{"round": 0, "status": "done", "accuracy": 0.5, "loss": 1.0}],
+        status={"epsilon": None, "epsilon_amplified": None, "delta": 1e-5},
+        db_path=tmp_path / "db", log_path=tmp_path / "log", workdir=tmp_path, url="",
+        config=None, noise_multiplier=0.0, stage_timeout=10.0, elapsed_s=1.0,
+    )
+    text = "\n".join(summary_lines(result, opts))
+    assert "ε = ∞" in text and "no differential privacy" in text
+    assert "ε amplified" not in text
