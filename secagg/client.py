@@ -64,7 +64,7 @@ from secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from secagg.packing import pack
+from secagg.packing import pack_reduced
 from secagg.params import RoundParams
 from secagg.shamir import SHARE_BYTES, split_bytes
 from secagg.stage import Stage
@@ -285,11 +285,13 @@ class ClientProtocol:
             raise ValueError(f"input must have shape ({p.dim},), got {arr.shape}")
         if arr.dtype.kind not in "iu":
             raise ValueError(f"input must be an integer array, got dtype {arr.dtype}")
-        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= p.modulus):
-            raise ValueError(
-                f"input entries must be in [0, 2^{p.bits}), "
-                f"got range [{int(arr.min())}, {int(arr.max())}]"
-            )
+        if arr.size:
+            low = int(arr.min()) if arr.dtype.kind == "i" else 0
+            high = int(arr.max())
+            if low < 0 or high >= p.modulus:
+                raise ValueError(
+                    f"input entries must be in [0, 2^{p.bits}), got range [{low}, {high}]"
+                )
         return arr
 
     def masked_input(self, ciphertexts: Mapping[int, bytes], x: np.ndarray) -> MaskedInput:
@@ -337,7 +339,7 @@ class ClientProtocol:
                 acc -= mask
         ks.release()
         acc &= dtype(p.modulus - 1)
-        data = pack(acc, p.bits)
+        data = pack_reduced(acc, p.bits)
         acc.fill(0)
         own_b, own_sk = self._own_shares
         held_b[u] = own_b

@@ -18,6 +18,7 @@ enters only at the protocol layer).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Callable, Iterable
@@ -183,6 +184,13 @@ def prg_nonce(prg_label: bytes) -> bytes:
     return hashlib.sha256(prg_label).digest()[:8] + bytes(8)
 
 
+@functools.lru_cache(maxsize=4)
+def _zero_bytes(nbytes: int) -> bytes:
+    """An immutable all-zero input for the CTR encryptor, shared by every Keystream of
+    that size (keystream = AES-CTR(0...0))."""
+    return bytes(nbytes)
+
+
 class Keystream:
     """Reusable AES-256-CTR keystream generator for ``count`` words of ``dtype``.
 
@@ -196,7 +204,7 @@ class Keystream:
         self.count = int(count)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.nbytes = self.count * self.dtype.itemsize
-        self._zeros = bytes(self.nbytes)
+        self._zeros = _zero_bytes(self.nbytes)
         self._out = bytearray(self.nbytes + 15)
         self._view = np.frombuffer(self._out, dtype=self.dtype, count=self.count)
 
@@ -210,7 +218,7 @@ class Keystream:
 
     def release(self) -> None:
         """Zero the output buffer (drop keystream material)."""
-        self._out[:] = bytes(len(self._out))
+        np.frombuffer(self._out, dtype=np.uint8).fill(0)
 
 
 def prg_words(seed: bytes, prg_label: bytes, count: int, bits: int) -> np.ndarray:

@@ -6,7 +6,8 @@ body of ``POST /v1/rounds/{r}/masked-input``: ``ceil(d*b/8)`` bytes, never JSON 
 
 Vectorized: entries are processed in blocks of 8 (8 entries x b bits = exactly b
 bytes), so packing is a fixed number (<= 8 * 9) of numpy column operations whatever the
-dimension; byte-aligned widths (b % 8 == 0) are a single strided copy.
+dimension; b = 8, 16, 32 are a plain little-endian cast, other byte-aligned widths a
+single strided copy.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import numpy as np
 
 from secagg.errors import MalformedMessageError
 
-__all__ = ["MIN_BITS", "MAX_BITS", "pack", "packed_size", "unpack", "word_dtype"]
+__all__ = ["MIN_BITS", "MAX_BITS", "pack", "pack_reduced", "packed_size", "unpack", "word_dtype"]
 
 MIN_BITS = 8
 MAX_BITS = 62
+#: Widths whose packed form is exactly a native little-endian integer array.
+_NATIVE = {8: "<u1", 16: "<u2", 32: "<u4"}
 
 
 def _check_bits(bits: int) -> None:
@@ -60,8 +63,21 @@ def pack(values: np.ndarray, bits: int) -> bytes:
     if v.size and int(v.max()) >= (1 << bits):
         i = int(np.argmax(v))
         raise ValueError(f"entry {i} = {int(v[i])} does not fit in {bits} bits")
+    return _pack_words(v, bits)
+
+
+def pack_reduced(values: np.ndarray, bits: int) -> bytes:
+    """:func:`pack` for a 1-D unsigned array already reduced mod ``2^bits`` (for example
+    by ``& (2^bits - 1)``): the same bytes, without the range scans."""
+    _check_bits(bits)
+    return _pack_words(np.asarray(values), bits)
+
+
+def _pack_words(v: np.ndarray, bits: int) -> bytes:
     dim = v.size
     size = packed_size(dim, bits)
+    if bits in _NATIVE:
+        return v.astype(_NATIVE[bits], copy=False).tobytes()
     u = v.astype("<u8", copy=False)
     if bits % 8 == 0:
         nb = bits // 8
@@ -111,6 +127,8 @@ def unpack(
     pad_bits = size * 8 - dim * bits
     if pad_bits and int(raw[-1]) >> (8 - pad_bits):
         raise MalformedMessageError("non-zero padding bits in packed vector")
+    if bits in _NATIVE:
+        return np.frombuffer(data, dtype=_NATIVE[bits], count=dim).astype(dtype)
     if bits % 8 == 0:
         nb = bits // 8
         wide = np.zeros((dim, 8), dtype=np.uint8)

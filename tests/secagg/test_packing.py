@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg import MalformedMessageError, pack, packed_size, unpack
+from secagg.packing import pack_reduced, word_dtype
 
 
 def _reference_pack(values: list[int], bits: int) -> bytes:
@@ -26,6 +27,7 @@ def test_round_trip_every_width(bits: int) -> None:
         data = pack(x, bits)
         assert len(data) == packed_size(dim, bits)
         assert data == _reference_pack(x.tolist(), bits)
+        assert pack_reduced(x.astype(word_dtype(bits)), bits) == data  # the client's path
         y = unpack(data, bits, dim)
         assert y.dtype == np.uint64
         assert np.array_equal(x, y)
