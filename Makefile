@@ -38,7 +38,15 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
-bench: install
+# Flower 1.41 lives in its own venv (its pins clash with ours); only `make bench` needs it.
+FLOWER_VENV := benchmarks/.flower-venv
+
+$(FLOWER_VENV)/.installed:
+	test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install -q 'flwr==1.41.0'
+	touch $@
+
+bench: install $(FLOWER_VENV)/.installed
 	$(PY) -m benchmarks all
 
 lint: install
@@ -46,4 +54,4 @@ lint: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache .mypy_cache .ruff_cache
