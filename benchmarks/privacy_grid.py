@@ -185,9 +185,9 @@ def parse_epsilons(text: str) -> list[float | None]:
             raise ValueError(f"expected ε > 0 or 'inf', got {part.strip()!r}")
         out.append(v)
     uniq: list[float | None] = []
-    for v in out:
-        if v not in uniq:
-            uniq.append(v)
+    for e in out:
+        if e not in uniq:
+            uniq.append(e)
     return uniq
 
 
