@@ -128,9 +128,26 @@
     show(el, Boolean(msg));
   }
 
+  // What the epsilon figures mean for the configured mechanism (mirrors dp.accounting_note).
+  const MECHANISM_CAVEATS = {
+    gaussian: "Mechanism gaussian: the sum of rounded shares is accounted as a Gaussian, " +
+      "a close approximation, not a proof; ddgauss and skellam have proven bounds.",
+    none: "Mechanism none: no noise is added (secure aggregation only), so there is no " +
+      "differential privacy: ε is infinite.",
+  };
+
+  function renderCaveat(s) {
+    const mech = s.config && s.config.dp ? s.config.dp.mechanism : null;
+    const el = $("eps-caveat");
+    const text = mech ? MECHANISM_CAVEATS[mech] : undefined;
+    el.hidden = !text;
+    el.textContent = text || "";
+  }
+
   function renderStatus() {
     const s = state.status;
     if (!s) return;
+    renderCaveat(s);
     const stage = s.training_done ? "finished" : s.stage || "unknown";
     const box = $("status");
     box.dataset.stage = stage;

@@ -91,6 +91,7 @@ class FakeRun:
         self.training_done = False
         self.epsilon = 0.0
         self.epsilon_amplified = 0.0
+        self.mechanism = "ddgauss"
         self.fail_status: str | None = None
         self.uploads: list[tuple[str, str, bytes]] = []
 
@@ -152,7 +153,11 @@ class FakeRun:
                 "registered": 10,
                 "model_version": sum(r["status"] == "done" for r in self.rounds),
                 "task": self.task,
-                "config": {"protocol": {"active": False}, "training": {"task": self.task}},
+                "config": {
+                    "protocol": {"active": False},
+                    "training": {"task": self.task},
+                    "dp": {"mechanism": self.mechanism},
+                },
             }
 
     def current(self) -> dict[str, Any]:
@@ -454,6 +459,21 @@ def test_dashboard_shows_server_errors_and_recovers(browser: Any) -> None:
         _wait_for_error_cleared(page)
         expect(page.locator("#stage-text")).to_contain_text("Waiting for devices")
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+        page.close()
+
+
+def test_dashboard_states_the_caveat_of_the_mechanism(browser: Any) -> None:
+    """A proven mechanism's ε carries no caveat; gaussian's says it is an approximation."""
+    run = FakeRun("fashion")
+    run.add_round(0, "done", 0.5, 1.0)
+    with ServerThread(make_fake_app(run)) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        expect(page.locator("#card-acc")).to_contain_text("50")
+        expect(page.locator("#eps-caveat")).to_be_hidden()
+        run.mechanism = "gaussian"
+        run.bump()
+        expect(page.locator("#eps-caveat")).to_contain_text("approximation, not a proof")
         page.close()
 
 
