@@ -504,6 +504,13 @@ class RoundSession:
             raise DeviceError(
                 f"device {device_id} is not a participant of round {params.round_id}"
             )
+        if int(plan.min_contributors) > int(params.min_survivors):
+            # The share is sized for min_contributors shares, but the protocol would let
+            # the round be unmasked with fewer: the summed noise could fall short.
+            raise DeviceError(
+                f"noise shares sized for {plan.min_contributors} contributors, but the "
+                f"round may be unmasked with {params.min_survivors}"
+            )
         protocol = ClientProtocol(
             params,
             device_id,

@@ -91,6 +91,7 @@ class SimOptions:
     bits: int = 20
     graph: str = "harary"
     dropout: float = 0.0
+    min_survivors: float = 0.0
     seed: int = 0
     json_out: str | None = None
     db: str | None = None
@@ -117,6 +118,8 @@ class SimOptions:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.min_survivors <= 1.0:
+            raise UsageError(f"min_survivors must be in [0, 1], got {self.min_survivors}")
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise UsageError(f"target_epsilon must be > 0, got {self.target_epsilon}")
         if self.stage_timeout is not None and not self.stage_timeout > 0:
@@ -136,7 +139,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "server_lr": (float, int), "partition": (str,), "alpha": (float, int),
     "mechanism": (str,), "noise_multiplier": (float, int), "target_epsilon": (float, int),
     "delta": (float, int), "clip": (float, int), "bits": (int,), "graph": (str,),
-    "dropout": (float, int), "seed": (int,), "json_out": (str,), "db": (str,),
+    "dropout": (float, int), "min_survivors": (float, int), "seed": (int,),
+    "json_out": (str,), "db": (str,),
     "stage_timeout": (float, int), "data_dir": (str,), "active": (bool,),
     "keep_serving": (bool,), "port": (int,),
 }
@@ -222,6 +226,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add("--bits", "bits per entry of the secure sum (modulus 2^bits)", type=int)
     add("--graph", "secagg neighbour graph", choices=("complete", "harary"))
     add("--dropout", "probability that a sampled device vanishes at a random stage", type=float)
+    add("--min-survivors", "fraction of the sampled devices that must survive for a round "
+        "to be unmasked (devices enforce it); noise shares are sized for that many "
+        "(0: the secagg threshold t)", type=float)
     add("--seed", "seed of the partition, model init and dropout schedule", type=int)
     add("--json-out", "write the per-round log (from the server) as JSON here", type=str)
     add("--db", "SQLite file of the server (None: one in a temporary directory)", type=str)
@@ -370,7 +377,8 @@ def resolve_noise(opts: SimOptions, dim: int, threshold: int | None = None) -> f
     """z from --noise-multiplier, from --target-epsilon (calibrated), or the default.
 
     The calibration targets the *amplified* ε (Poisson sampling at q = per_round/clients)
-    after the planned rounds, with noise shares sized for ``threshold`` contributors.
+    after the planned rounds, with noise shares sized for ``threshold`` contributors (t,
+    or the enforced minimum survivor count).
     """
     if opts.mechanism == "none":
         return 0.0
@@ -416,7 +424,8 @@ def build_experiment(opts: SimOptions, noise_multiplier: float, stage_timeout: f
             data_dir=opts.data_dir,
         ),
         protocol=ProtocolConfig(
-            graph=opts.graph, dropout=max(0.1, min(opts.dropout, 0.5)), active=opts.active
+            graph=opts.graph, dropout=max(0.1, min(opts.dropout, 0.5)), active=opts.active,
+            min_survivors=opts.min_survivors,
         ),
         dp=DPConfig(
             mechanism=opts.mechanism,
@@ -529,17 +538,26 @@ class Simulation:
 
     def threshold(self) -> int:
         """The secagg threshold t the server will use for a full round of per_round devices."""
+        return int(self._probe().threshold)
+
+    def min_contributors(self) -> int:
+        """The fewest noise shares an unmasked full round can have: t, or the enforced
+        minimum survivor count (``--min-survivors``) when that is larger. Noise is
+        calibrated for this many contributors."""
+        return int(self._probe().min_survivors)
+
+    def _probe(self) -> Any:
         from secagg import RoundParams
 
         o = self.opts
         try:
-            probe = RoundParams.create(
+            return RoundParams.create(
                 0, tuple(range(o.per_round)), 1, o.bits, graph=o.graph,
                 dropout=max(0.1, min(o.dropout, 0.5)), active=False,
+                min_survivors=o.min_survivors,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return int(probe.threshold)
 
     def preflight(self, experiment: Any, dim: int) -> None:
         """Check that a full round is plannable (threshold, encoding plan) before starting.
@@ -555,9 +573,9 @@ class Simulation:
             probe = RoundParams.create(
                 0, participants, 1, experiment.dp.bits, graph=experiment.protocol.graph,
                 dropout=experiment.protocol.dropout, corrupt=experiment.protocol.corrupt,
-                active=False,
+                active=False, min_survivors=experiment.protocol.min_survivors,
             )
-            EncodingPlan.create(experiment.dp, dim, len(participants), probe.threshold)
+            EncodingPlan.create(experiment.dp, dim, len(participants), probe.min_survivors)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -573,7 +591,7 @@ class Simulation:
             raise UsageError(str(exc)) from None
         data = task.load_data(opts.data_dir)
         dim = model_dim(task, opts.seed)
-        z = resolve_noise(opts, dim, self.threshold())
+        z = resolve_noise(opts, dim, self.min_contributors())
         trainer = Trainer(task)
         # Train once (this traces the model: the first fit is slow) and time a second run:
         # the stage that absorbs local training must fit per_round trainings done one
@@ -597,7 +615,7 @@ class Simulation:
 
     def _warm_encoder(self, trainer: Trainer, z: float, dim: int) -> None:
         with trainer.lock:
-            warm_up_encoder(self._dp_config(z), dim, self.opts.per_round, self.threshold())
+            warm_up_encoder(self._dp_config(z), dim, self.opts.per_round, self.min_contributors())
 
     def _dp_config(self, z: float) -> Any:
         from dp import DPConfig

@@ -262,6 +262,11 @@ class AggregatorProtocol:
         arrived and every secret to rebuild has at least t holders among the survivors.
         Returns the UnmaskRequest (active mode: the one to be signed)."""
         self._close(Stage.MASKED_INPUT, self._u3, self._u2)
+        if len(self._u3) < self.params.min_survivors:
+            raise self._abort(
+                f"round {self.params.round_id} aborted: {len(self._u3)} masked inputs, "
+                f"the round needs {self.params.min_survivors}"
+            )
         t = self.params.threshold
         for u in sorted(self._u2):
             holders = self._n2(u) & self._u3

@@ -372,6 +372,10 @@ class ClientProtocol:
             )
         if len(survivors) < p.threshold:
             raise RefusedError(f"only {len(survivors)} survivors for threshold {p.threshold}")
+        if len(survivors) < p.min_survivors:
+            raise RefusedError(
+                f"only {len(survivors)} survivors; this round needs {p.min_survivors}"
+            )
         return survivors, dropped
 
     def consistency_check(self, request: UnmaskRequest) -> ConsistencyCheck:

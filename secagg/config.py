@@ -26,12 +26,19 @@ class ProtocolConfig:
       privacy holds while fewer than ``t`` of any client's share holders are corrupt.
     - ``active``: add the ConsistencyCheck round and Ed25519 signatures (the active
       adversary variant of Bonawitz et al.; needs the participants' identity keys).
+    - ``min_survivors``: the fraction of the sampled clients whose masked inputs must
+      arrive for the round to be unmasked (0: only the threshold t). Honest clients
+      enforce it: they refuse to unmask a smaller survivor set. DP noise shares are sized
+      for ``max(t, ceil(min_survivors * n))`` contributors, so a value near the expected
+      survival rate adds far less noise than sizing for t (SecAgg+'s t is small), at
+      the price of aborting rounds that lose more devices.
     """
 
     graph: str = "harary"
     dropout: float = 0.1
     corrupt: float = 0.1
     active: bool = False
+    min_survivors: float = 0.0
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -48,6 +55,9 @@ class ProtocolConfig:
             )
         if not isinstance(self.active, bool):
             raise ValueError(f"active must be a bool, got {self.active!r}")
+        m = self.min_survivors
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= 1.0:
+            raise ValueError(f"min_survivors must be a fraction in [0, 1], got {m!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-safe dict of the fields."""
@@ -58,7 +68,7 @@ class ProtocolConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         if not isinstance(d, dict):
             raise ValueError(f"ProtocolConfig.from_dict needs a dict, got {type(d).__name__}")
-        unknown = set(d) - {"graph", "dropout", "corrupt", "active"}
+        unknown = set(d) - {"graph", "dropout", "corrupt", "active", "min_survivors"}
         if unknown:
             raise ValueError(f"unknown ProtocolConfig keys: {sorted(unknown)}")
         return cls(**d)

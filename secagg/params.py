@@ -52,6 +52,10 @@ class RoundParams:
     round outputs the exact sum mod 2^bits of the survivors' inputs when at least t
     survive (and every survivor / dropped client keeps t responsive neighbours);
     otherwise it aborts and reveals nothing.
+
+    ``min_survivors`` m (t <= m <= n; 0 means t): the round is unmasked only if at least
+    m masked inputs arrived. Honest clients refuse to unmask a smaller survivor set, so
+    the bound holds against the server too; DP noise shares may then be sized for m.
     """
 
     round_id: int
@@ -64,6 +68,7 @@ class RoundParams:
     graph_seed: bytes
     active: bool = False
     identity_keys: Mapping[int, bytes] | None = None
+    min_survivors: int = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.round_id) or self.round_id < 0:
@@ -96,6 +101,15 @@ class RoundParams:
         if not _is_int(self.threshold) or not 1 <= self.threshold <= max_t:
             raise ValueError(
                 f"threshold must be an int in [1, {max_t}] (neighbours + 1), got {self.threshold!r}"
+            )
+        if not _is_int(self.min_survivors) or self.min_survivors < 0:
+            raise ValueError(f"min_survivors must be an int >= 0, got {self.min_survivors!r}")
+        if self.min_survivors == 0:
+            object.__setattr__(self, "min_survivors", self.threshold)
+        if not self.threshold <= self.min_survivors <= n:
+            raise ValueError(
+                f"min_survivors must be in [threshold={self.threshold}, {n}], "
+                f"got {self.min_survivors}"
             )
         if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != 32:
             raise ValueError("graph_seed must be 32 bytes")
@@ -133,6 +147,7 @@ class RoundParams:
                 self.graph_seed,
                 self.active,
                 keys,
+                self.min_survivors,
             )
         )
 
@@ -199,6 +214,7 @@ class RoundParams:
             "degree": self.degree,
             "graph_seed": b64encode(self.graph_seed),
             "active": self.active,
+            "min_survivors": self.min_survivors,
             "identity_keys": None
             if self.identity_keys is None
             else {str(k): b64encode(v) for k, v in sorted(self.identity_keys.items())},
@@ -222,7 +238,7 @@ class RoundParams:
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"RoundParams: missing fields {missing}")
-        extra = set(d) - set(required) - {"active", "identity_keys"}
+        extra = set(d) - set(required) - {"active", "identity_keys", "min_survivors"}
         if extra:
             raise ValueError(f"RoundParams: unknown fields {sorted(extra)}")
         participants = d["participants"]
@@ -251,6 +267,7 @@ class RoundParams:
             graph_seed=b64decode(d["graph_seed"], "graph_seed"),
             active=d.get("active", False),
             identity_keys=keys,
+            min_survivors=d.get("min_survivors", 0),
         )
 
     @classmethod
@@ -268,24 +285,30 @@ class RoundParams:
         identity_keys: Mapping[int, bytes] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         config: ProtocolConfig | None = None,
+        min_survivors: float = 0.0,
     ) -> RoundParams:
         """Choose degree and threshold and draw ``graph_seed``.
 
-        ``config`` (a :class:`ProtocolConfig`) overrides ``graph/dropout/corrupt/active``.
+        ``config`` (a :class:`ProtocolConfig`) overrides ``graph/dropout/corrupt/active``
+        and ``min_survivors`` (a fraction of the participants; the count is at least t).
         Complete graph: :func:`complete_threshold`. Harary: :func:`find_harary_params`;
         when no Harary degree below n - 1 meets the bounds (small n), the complete graph
         is used instead (it is the limit of H(n, k) and has the strongest guarantees).
         Participants are sorted; duplicates raise ``ValueError``.
         """
         if config is not None:
-            graph, dropout, corrupt, active = (
+            graph, dropout, corrupt, active, min_survivors = (
                 config.graph,
                 config.dropout,
                 config.corrupt,
                 config.active,
+                config.min_survivors,
             )
         else:
-            ProtocolConfig(graph=graph, dropout=dropout, corrupt=corrupt, active=active)
+            ProtocolConfig(
+                graph=graph, dropout=dropout, corrupt=corrupt, active=active,
+                min_survivors=min_survivors,
+            )
         parts = tuple(sorted(participants))
         if len(set(parts)) != len(parts):
             raise ValueError("participants contain duplicates")
@@ -314,4 +337,5 @@ class RoundParams:
             graph_seed=seed,
             active=active,
             identity_keys=identity_keys,
+            min_survivors=max(threshold, math.ceil(min_survivors * n - 1e-9)),
         )

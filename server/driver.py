@@ -387,9 +387,9 @@ class RoundDriver:
             dp_cfg = dataclasses.replace(dp_cfg, clip=self._clip)
         dim = int(self._weights.size)
         identity = {cid: registered[cid] for cid in sampled} if proto.active else None
-        # RoundParams fixes the threshold t from n, graph and the dropout/corrupt fractions;
-        # the plan sizes every device's noise share for t contributors and gives the encoded
-        # length; the final params carry that length (same t, same graph seed).
+        # RoundParams fixes the threshold t (and the minimum survivor count) from n, graph
+        # and the configured fractions; the plan gives the encoded length; the final params
+        # carry that length (same t, same graph seed).
         provisional = RoundParams.create(
             round_id,
             tuple(sampled),
@@ -401,9 +401,12 @@ class RoundDriver:
             active=proto.active,
             identity_keys=identity,
             random_bytes=self._random_bytes,
+            min_survivors=proto.min_survivors,
         )
+        # Shares are sized for the fewest contributors an unmasked round can have: t, or
+        # the clients' enforced minimum survivor count when one is configured.
         plan = EncodingPlan.create(
-            dp_cfg, dim, n_clients=len(sampled), min_contributors=provisional.threshold
+            dp_cfg, dim, n_clients=len(sampled), min_contributors=provisional.min_survivors
         )
         params = dataclasses.replace(provisional, dim=int(plan.encoded_dim))
         return params, plan
@@ -429,11 +432,11 @@ class RoundDriver:
             raise RuntimeError("accountant missing")
         budget = cfg.epsilon_budget
         if budget is not None and accountant.would_exceed(
-            plan.privacy_event(params.threshold), budget
+            plan.privacy_event(params.min_survivors), budget
         ):
             self._finish(
                 f"the epsilon budget {budget:g} would be exceeded by round {round_id} "
-                f"(worst case {params.threshold} contributors)"
+                f"(worst case {params.min_survivors} contributors)"
             )
             return False
         rnd = _Round(

@@ -110,3 +110,18 @@ def test_summary_says_no_dp_for_mechanism_none(tmp_path: Path) -> None:
     text = "\n".join(summary_lines(result, opts))
     assert "ε = ∞" in text and "no differential privacy" in text
     assert "ε amplified" not in text
+
+
+def test_min_survivors_reaches_the_protocol_and_the_noise_sizing() -> None:
+    """--min-survivors goes into the server's protocol config, and the noise is
+    calibrated for that many contributors (not for the smaller threshold t)."""
+    from clients.simulation import Simulation, build_experiment
+
+    plain = Simulation(SimOptions(task="digits", clients=20, per_round=10))
+    strict = Simulation(SimOptions(task="digits", clients=20, per_round=10, min_survivors=0.8))
+    assert plain.min_contributors() == plain.threshold() < 8
+    assert strict.min_contributors() == 8 and strict.threshold() == plain.threshold()
+    exp = build_experiment(strict.opts, 1.0, 10.0)
+    assert exp.protocol.min_survivors == 0.8
+    with pytest.raises(UsageError, match="min_survivors"):
+        SimOptions(min_survivors=1.5)

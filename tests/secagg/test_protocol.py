@@ -587,3 +587,58 @@ def test_close_out_of_order_is_rejected_without_change() -> None:
     assert np.array_equal(agg.finish(), first)  # idempotent once done
     with pytest.raises(StageError):
         agg.add_unmask(r.clients[0].unmask(r.msgs["request"]))
+
+
+# ---------------------------------------------------------------- minimum survivors
+
+
+def test_min_survivors_defaults_to_threshold_and_round_trips() -> None:
+    params, _ = make_params(6, dim=8, threshold=3)
+    assert params.min_survivors == 3
+    raised = dataclasses.replace(params, min_survivors=5)
+    back = RoundParams.from_dict(raised.to_dict())
+    assert back.min_survivors == 5 and back == raised
+    legacy = {k: v for k, v in raised.to_dict().items() if k != "min_survivors"}
+    assert RoundParams.from_dict(legacy).min_survivors == 3
+    for bad in (2, 7, -1):  # below t, above n, negative
+        with pytest.raises(ValueError, match="min_survivors"):
+            dataclasses.replace(params, min_survivors=bad)
+
+
+def test_create_turns_the_fraction_into_a_count_of_at_least_t() -> None:
+    params = RoundParams.create(0, range(20), 8, 16, graph="harary", min_survivors=0.8)
+    assert params.min_survivors == 16 and params.threshold <= 16
+    assert RoundParams.create(0, range(20), 8, 16, graph="harary").min_survivors == \
+        RoundParams.create(0, range(20), 8, 16, graph="harary").threshold
+    with pytest.raises(ValueError, match="min_survivors"):
+        RoundParams.create(0, range(20), 8, 16, min_survivors=1.5)
+
+
+def test_round_below_min_survivors_aborts_above_it_is_exact() -> None:
+    params, _ = make_params(6, dim=20, threshold=3)
+    params = dataclasses.replace(params, min_survivors=5)
+    inputs = _inputs(params)
+    res = run_round(params, inputs, {1: Stage.MASKED_INPUT})
+    assert res.survivors == (0, 2, 3, 4, 5)
+    assert np.array_equal(res.sum, _expected(inputs, res.survivors, 20))
+    with pytest.raises(AbortError, match="needs 5"):
+        run_round(params, inputs, {1: Stage.MASKED_INPUT, 2: Stage.MASKED_INPUT})
+
+
+def test_client_refuses_to_unmask_fewer_than_min_survivors() -> None:
+    """A server that drops inputs to shrink the noise below what the shares were sized
+    for is refused by the honest clients, even above the threshold t."""
+    r = make_round(6, threshold=3)
+    r.params = dataclasses.replace(r.params, min_survivors=5)
+    for c in r.params.participants:
+        r.clients[c] = ClientProtocol(r.params, c, random_bytes=det_random(b"m%d" % c))
+    r.agg = AggregatorProtocol(r.params)
+    r.advertise()
+    r.share()
+    r.masked()
+    c = r.clients[0]
+    before = fingerprint(c)
+    with pytest.raises(RefusedError, match="needs 5"):
+        c.unmask(UnmaskRequest(r.params.round_id, (0, 2, 3, 4), (), None))
+    assert fingerprint(c) == before
+    assert c.unmask(UnmaskRequest(r.params.round_id, (0, 1, 2, 3, 4, 5), (), None))
