@@ -709,6 +709,11 @@ class Simulation:
                 self.device_errors.append(f"device {device.index}: {exc}")
                 if self.console is not None:
                     self.console.print(f"[red]device {device.index} stopped: {exc}[/red]")
+        except RuntimeError:
+            # httpx refuses requests on the shared client once the simulation has closed
+            # it; a device still long-polling at shutdown just ends.
+            if not self.stop_event.is_set():
+                raise
 
     def _monitor(self, http: httpx.Client) -> None:
         """Follow the server's state by long-poll until training is finished."""
