@@ -374,11 +374,13 @@ def short_keepalive(expiry_s: float) -> Iterator[None]:
 def summarize_rounds(rounds: Sequence[dict[str, Any]], planned: int,
                      status: dict[str, Any]) -> dict[str, Any]:
     """Accuracy, ε and timing from the server's round log (``GET /v1/rounds``)."""
+    from clients.simulation import count  # noqa: PLC0415
+
     done = [r for r in rounds if r.get("status") == "done"]
     curve = [{"round": int(r["round"]), "accuracy": _num(r.get("accuracy")),
               "loss": _num(r.get("loss")), "epsilon": _num(r.get("epsilon")),
               "epsilon_amplified": _num(r.get("epsilon_amplified")),
-              "survivors": _count(r.get("survivors")), "sampled": _count(r.get("sampled"))}
+              "survivors": count(r.get("survivors")), "sampled": count(r.get("sampled"))}
              for r in done]
     accs = [c["accuracy"] for c in curve if c["accuracy"] is not None]
     times = []
@@ -416,17 +418,6 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def _count(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, list | tuple | set | dict):
-        return len(value)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def central_epochs(point: Point, settings: Settings) -> int:
