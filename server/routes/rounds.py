@@ -35,6 +35,13 @@ async def current(
     auth: AuthDep,
     wait: float = Query(0.0, ge=0.0, le=MAX_WAIT, description="long-poll seconds (max 60)"),
     after: int = Query(-1, ge=-1, le=2**62, description="return once version > after"),
+    skip_round: int | None = Query(
+        None,
+        ge=0,
+        le=2**62,
+        description="a device not sampled in this round: ignore its stage changes and "
+        "return once the round is over",
+    ),
 ) -> CurrentRound:
     """The round in flight. With ``wait``, blocks until the state version exceeds ``after``.
 
@@ -43,7 +50,9 @@ async def current(
     device_id = None
     if auth.has_credentials(request):
         device_id = auth.authenticate(request, b"")
-    snap = await driver.wait_for_change(after, wait) if wait > 0 else driver.snapshot()
+    snap = (
+        await driver.wait_for_change(after, wait, skip_round) if wait > 0 else driver.snapshot()
+    )
     return CurrentRound(
         round=snap.round,
         stage=snap.stage,

@@ -217,3 +217,52 @@ def test_register_same_key_twice_keeps_id(app_client: Any, device: Device) -> No
     pk = base64.b64encode(device.key.public_key().public_bytes_raw()).decode()
     r = app_client.post("/v1/devices", json={"public_key": pk})
     assert r.status_code == 200 and r.json() == {"device_id": device.device_id}
+
+
+def test_long_poll_skip_round_ignores_that_rounds_stages(app_client: Any, device: Device) -> None:
+    """A device not sampled in round r asks to sleep through r's stages (``skip_round``):
+    the poll ignores stage changes of round r and returns once r is over; without
+    ``skip_round`` the same change wakes it at once."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    driver = app_client.app.state.driver
+
+    async def scenario() -> list[tuple[str, float]]:
+        base = driver.version
+        saved = driver._round
+        # stand-in for round 7 in flight (only what a snapshot reads)
+        driver._round = SimpleNamespace(
+            round_id=7, deadline=None, rotation_seed=None, participants=(),
+            params=SimpleNamespace(to_dict=dict), plan=SimpleNamespace(to_dict=dict),
+        )
+        try:
+            t0 = time.monotonic()
+            plain = asyncio.create_task(driver.wait_for_change(base, 5.0))
+            skipping = asyncio.create_task(driver.wait_for_change(base, 5.0, skip_round=7))
+            other = asyncio.create_task(driver.wait_for_change(base, 5.0, skip_round=6))
+            await asyncio.sleep(0.05)
+            driver._publish("share_keys")  # a stage change inside round 7
+            out = []
+            for name, task in (("plain", plain), ("other", other)):
+                snap = await asyncio.wait_for(task, 2.0)
+                out.append((f"{name}:{snap.stage}", time.monotonic() - t0))
+            await asyncio.sleep(0.3)
+            assert not skipping.done(), "a stage change of the skipped round woke the poll"
+            driver._round = None
+            driver._publish("done")  # round 7 is over
+            snap = await asyncio.wait_for(skipping, 2.0)
+            out.append((f"skipping:{snap.stage}", time.monotonic() - t0))
+            return out
+        finally:
+            driver._round = saved
+            driver._publish("waiting")
+
+    out = app_client.portal.call(scenario)
+    assert [name for name, _ in out] == ["plain:share_keys", "other:share_keys", "skipping:done"]
+    assert out[-1][1] >= 0.3  # slept through the stage change, well before the 5 s timeout
+    assert out[-1][1] < 4.0
+    # the query parameter is validated like ``after``
+    assert app_client.get("/v1/rounds/current?skip_round=-1").status_code == 422
+    assert device.current(after=-1)["stage"] == "waiting"
