@@ -16,9 +16,11 @@ Two ε per point, as the server reports them:
 
 The *target* ε is what the noise is calibrated for (``SimOptions(target_epsilon=...)``,
 see ``clients.simulation.resolve_noise``): the amplified ε after the planned rounds when
-only the secure-aggregation threshold t of the sampled devices survive. Shares are sized
-for t contributors (DESIGN.md: "DP that survives dropouts"), so with more survivors the
-spent ε is below the target; both are in the table.
+only m of the sampled devices survive, m = max(t, ceil(min_survivors · per_round)) with t
+the secure-aggregation threshold (``--min-survivors``, default 0.9; devices refuse to
+unmask a round with fewer than m inputs). Shares are sized for m contributors (DESIGN.md:
+"DP that survives dropouts"), so with more survivors the spent ε is below the target;
+both are in the table.
 
 Baselines: ε = ∞ is non-private FedAvg through the same pipeline (mechanism ``none``);
 "central" is the same task model trained on the pooled training data with Keras for
@@ -112,6 +114,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
 def _delta(text: str) -> float:
     value = _positive_float(text)
     if value >= 1:
@@ -154,6 +167,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", type=_delta, default=1e-5, help="δ (default: 1e-5)")
     parser.add_argument("--stage-timeout", type=_positive_float, default=None,
                         help="seconds per protocol stage (default: the mode's)")
+    parser.add_argument("--min-survivors", type=_fraction, default=None,
+                        help="fraction of the sampled devices that must survive a round; "
+                        "noise shares are sized for that many (default: 0.9; 0 sizes "
+                        "them for the secagg threshold t)")
     parser.add_argument("--no-central", action="store_true",
                         help="skip the centrally trained baseline")
     parser.add_argument("--fresh", action="store_true", help="ignore cached points")
@@ -179,7 +196,8 @@ def run_suite(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         quick=bool(getattr(args, "quick", False)), task=None, clients=None, per_round=None,
         rounds=None, mechanisms=None, bits=None, epsilons=None, partitions=None, seed=0,
-        delta=1e-5, stage_timeout=None, no_central=False, report_only=False,
+        delta=1e-5, stage_timeout=None, min_survivors=None, no_central=False,
+        report_only=False,
         fresh=bool(getattr(args, "privacy_fresh", False)), out_dir=out_dir,
     )
     return main(ns)
@@ -199,7 +217,8 @@ def main(args: argparse.Namespace) -> int:
         cli.fail_usage("--fresh and --report-only exclude each other")
     if scale.per_round < 2:
         cli.fail_usage(f"--per-round must be >= 2 (secure aggregation), got {scale.per_round}")
-    settings = Settings.for_mode(bool(args.quick))
+    settings = Settings.for_mode(bool(args.quick),
+                                 min_survivors=getattr(args, "min_survivors", None))
     grid = build_grid(scale, settings, seed=args.seed, delta=args.delta,
                       mechanisms=args.mechanisms, bits=args.bits, epsilons=args.epsilons,
                       partitions=args.partitions, central=not args.no_central,
@@ -309,6 +328,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
         target_epsilon=point.epsilon if private else None, delta=point.delta,
         clip=settings.clip, bits=int(point.bits or 20), graph=settings.graph,
         seed=point.seed, stage_timeout=settings.stage_timeout,
+        min_survivors=settings.min_survivors,
     )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp, \

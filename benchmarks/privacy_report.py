@@ -240,13 +240,14 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
         "epochs) epochs, the expected number of passes FedAvg makes over the data; "
         "evaluated with `task.evaluate`.",
         "- **target ε**: what the noise is calibrated for (`SimOptions(target_epsilon=…)`): "
-        "the *amplified* ε after the planned rounds if only t of the sampled devices "
-        "survive (shares are sized for t contributors).",
+        "the *amplified* ε after the planned rounds if only m of the sampled devices "
+        f"survive (shares are sized for m contributors; m = max(t, ⌈{st.min_survivors:g} × "
+        "per_round⌉), the survivors a round needs to be unmasked, `--min-survivors`).",
         "- **spent ε amplified**: the server's accountant, Poisson subsampling at q; valid "
         "only if the adversary does not learn who took part in a round.",
         "- **spent ε**: the server's accountant without amplification; valid even against "
         "this server, which knows whom it sampled.",
-        "- z: the noise multiplier chosen by the calibration (summed noise std z·C for t "
+        "- z: the noise multiplier chosen by the calibration (summed noise std z·C for m "
         "contributors).",
         "",
         "## Grid",
@@ -256,13 +257,18 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
     ]
     t = secagg_threshold(s.per_round, st.graph)
     if t is not None:
+        m = max(t, math.ceil(st.min_survivors * s.per_round - 1e-9))
         lines += [
             f"- Secure aggregation threshold: t = {t} of the {s.per_round} sampled devices "
-            f"({st.graph} graph, 10 % dropout / 10 % corrupt assumed). Each device's noise "
-            "share is sized so that any t shares reach the calibrated noise; with all "
-            f"{s.per_round} surviving, the summed noise std is √({s.per_round}/{t}) = "
-            f"{math.sqrt(s.per_round / t):.2f}× z·C, which is why the spent ε is below "
-            "the target (the price of surviving dropouts without trusting the server).",
+            f"({st.graph} graph, 10 % dropout / 10 % corrupt assumed); minimum survivors "
+            f"m = {m} (`--min-survivors {st.min_survivors:g}`: devices refuse to unmask a "
+            f"round with fewer inputs). Each device's noise share is sized so that any m "
+            f"shares reach the calibrated noise; with all {s.per_round} surviving, the "
+            f"summed noise std is √({s.per_round}/{m}) = "
+            f"{math.sqrt(s.per_round / m):.2f}× z·C, which is why the spent ε is below "
+            "the target (the price of surviving dropouts without trusting the server). "
+            f"Sized for t alone it would be √({s.per_round}/{t}) = "
+            f"{math.sqrt(s.per_round / t):.2f}×.",
         ]
     lines += [f"- {n}" for n in grid.notes]
     if t is not None and not grid.notes:

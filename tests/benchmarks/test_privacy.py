@@ -109,7 +109,8 @@ def test_quick_grid_writes_results_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flag", [
     ["--epsilons", "8,banana"], ["--mechanisms", "laplace"], ["--bits", "7"],
     ["--partitions", "shards"], ["--clients", "0"], ["--delta", "2"],
-    ["--clients", "4", "--per-round", "5"],
+    ["--clients", "4", "--per-round", "5"], ["--min-survivors", "1.5"],
+    ["--min-survivors", "most"],
 ])
 def test_bad_flags_one_line_exit_2(flag: list[str], tmp_path: Path) -> None:
     res = _run(["privacy", "--quick", *flag, "--out-dir", str(tmp_path)], timeout=60)
@@ -130,6 +131,10 @@ def test_parse_epsilons_and_keys() -> None:
     keys = {p.key(s) for p in (a, b, c)}
     assert len(keys) == 3
     assert a.key(s) != a.key(Settings(lr=0.1))  # training settings are part of the key
+    # so is the noise sizing: shares sized for m = 0.9 n or for t are different experiments
+    assert a.key(s) != a.key(Settings(min_survivors=0.0))
+    assert Settings.for_mode(False, min_survivors=0.5).min_survivors == 0.5
+    assert Settings.for_mode(False).min_survivors == Settings().min_survivors == 0.9
     assert all("/" not in k for k in keys)
 
 
