@@ -704,8 +704,8 @@ class Simulation:
             self.stop_event.set()
             for th in threads:
                 th.join(timeout=5.0)
-        rounds = list(http.get("/v1/rounds").json())
-        status = dict(http.get("/v1/status").json())
+        rounds = list(_get_json(http, "/v1/rounds"))
+        status = dict(_get_json(http, "/v1/status"))
         http.close()
         for dev_http in device_https:
             dev_http.close()
@@ -801,7 +801,7 @@ class Simulation:
     ) -> None:
         if rnd in reported:
             return
-        rows = [r for r in http.get("/v1/rounds").json() if r.get("round") == rnd]
+        rows = [r for r in _get_json(http, "/v1/rounds") if r.get("round") == rnd]
         if not rows or rows[-1].get("status") == "running":
             return
         row = rows[-1]
@@ -822,6 +822,21 @@ class Simulation:
         self.stop_event.set()
         if self.server is not None:
             self.server.stop()
+
+
+def _get_json(http: httpx.Client, path: str, attempts: int = 5) -> Any:
+    """GET a public JSON resource, retrying transport errors (the request is idempotent:
+    a connection dropped under load must not end the whole run)."""
+    for attempt in range(attempts):
+        try:
+            resp = http.get(path)
+            resp.raise_for_status()
+            return resp.json()
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _flat_weights(task: Any, seed: int) -> Any:

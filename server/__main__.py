@@ -11,6 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+KEEP_ALIVE_S = 30
+"""Seconds uvicorn keeps an idle keep-alive connection (see ``main``)."""
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -101,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
+        # Idle keep-alive connections stay open longer than any client keeps them (httpx:
+        # 5 s by default, the simulation's devices 2 s), so the server never closes a
+        # connection the client is reusing at that moment ("Server disconnected without
+        # sending a response"). With a thousand devices the event loop can be busy for
+        # seconds, so uvicorn's 5 s default left too small a margin.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     return 0
 

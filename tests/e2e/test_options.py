@@ -125,3 +125,30 @@ def test_min_survivors_reaches_the_protocol_and_the_noise_sizing() -> None:
     assert exp.protocol.min_survivors == 0.8
     with pytest.raises(UsageError, match="min_survivors"):
         SimOptions(min_survivors=1.5)
+
+
+def test_monitor_get_retries_dropped_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulation's reads of the public round log survive a connection the server
+    dropped (transport errors are retried), and give up after the last attempt."""
+    import httpx
+
+    import clients.simulation as sim
+
+    monkeypatch.setattr(sim.time, "sleep", lambda s: None)
+    calls: list[str] = []
+
+    def flaky(failures: int) -> httpx.Client:
+        def handler(request: httpx.Request) -> httpx.Response:
+            calls.append(request.url.path)
+            if len(calls) <= failures:
+                raise httpx.RemoteProtocolError("Server disconnected", request=request)
+            return httpx.Response(200, json=[{"round": 0}])
+
+        return httpx.Client(transport=httpx.MockTransport(handler), base_url="http://t")
+
+    assert sim._get_json(flaky(2), "/v1/rounds") == [{"round": 0}]
+    assert calls == ["/v1/rounds"] * 3
+    calls.clear()
+    with pytest.raises(httpx.RemoteProtocolError):
+        sim._get_json(flaky(10), "/v1/rounds", attempts=4)
+    assert len(calls) == 4
