@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.privacy_grid import Point, Settings, parse_epsilons
-from benchmarks.privacy_report import target_checks
+from benchmarks.privacy_report import baseline_gap_note, target_checks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,3 +167,15 @@ def test_target_checks_pass_and_miss() -> None:
         == "MISS"
     skellam = next(v for k, v in by.items() if k.startswith("skellam 16 bits"))
     assert "-2.00 points" in skellam["measured"]
+
+
+def test_baseline_gap_note_only_when_fedavg_is_far_below_central() -> None:
+    central = {"kind": "central", "status": "ok", "final_accuracy": 0.83}
+    weak = {"kind": "federated", "mechanism": "none", "partition": "iid", "status": "ok",
+            "final_accuracy": 0.29}
+    note = " ".join(baseline_gap_note([central, weak], 10))
+    assert "29.0 %" in note and "83.0 %" in note and "10 rounds" in note
+    close = dict(weak, final_accuracy=0.79)
+    assert baseline_gap_note([central, close], 10) == []
+    assert baseline_gap_note([weak], 10) == []  # no central point: nothing to compare
+    assert baseline_gap_note([central, dict(weak, status="failed: x")], 10) == []
