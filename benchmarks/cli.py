@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+N = TypeVar("N", int, float)
 
 USAGE_ERROR = 2
 
@@ -71,12 +74,18 @@ def neighbors(text: str) -> int | None:
     return value
 
 
+def checked(text: str, convert: Callable[[str], N], ok: Callable[[N], bool], what: str) -> N:
+    """An argparse value: ``convert(text)`` if that works and passes ``ok``, else an
+    ``ArgumentTypeError`` saying "expected <what>" (argparse prints it on one line)."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
 def bits(text: str) -> int:
     """argparse type for ``--bits``: the modulus exponent b, 8..62 (CONTRACT.md)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in 8..62, got {text!r}") from None
-    if not 8 <= value <= 62:
-        raise argparse.ArgumentTypeError(f"expected an integer in 8..62, got {text!r}")
-    return value
+    return checked(text, int, lambda v: 8 <= v <= 62, "an integer in 8..62")
