@@ -215,17 +215,18 @@ def parse_list(text: str, choices: Sequence[str]) -> list[str]:
 
 SCALE_NOTE = (
     "Scale. The default full grid runs the issue's setting: Fashion-MNIST, 1000 clients, "
-    "100 sampled per round (q = 0.1), 10 rounds. Measured on this machine (2 cores, idle, "
+    "100 sampled per round (q = 0.1), 10 rounds. Measured on this machine (2 cores, "
     "2026-11-23), ddgauss at 16 bits, one round through the real pipeline: 63 s before "
     "two fixes to the simulation (every device thread shared one httpx connection pool, "
     "which httpcore scans on each request under a lock; and each device's first "
     "TensorFlow call on its own thread paid a 0.2-0.3 s per-thread set-up, on nearly "
     "every encode), 22 s after them (advertise 3.9 s, share keys 15.7 s, which absorbs "
     "the 100 serialized trainings and encodings, masked input 1.2 s, unmask 0.6 s). A "
-    "point takes about 4-5 min with start-up, so the 29-point grid takes about 2.2 h; it "
-    "is ordered so that a partial run (it resumes from the cache) answers the targets "
-    "first. Session 1 ran 200 clients / 20 per round on a loaded machine (8-10 min per "
-    "round at 1000 / 100 then)."
+    "federated point then takes 3-4.5 min with start-up and registration of the 1000 "
+    "devices, so the 29-point grid takes about 1.5-2 h on 2 cores, not the hour the issue "
+    "asks for; it is ordered so that a partial run (it resumes from the cache) answers "
+    "the targets first. Session 1 had run 200 clients / 20 per round instead (8-10 min "
+    "per round at 1000 / 100 on a loaded machine before the fixes)."
 )
 
 FULL_EPSILONS: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0, 1.0)
