@@ -304,22 +304,22 @@ def _curated(fed: Any, quick: bool) -> tuple[list[Point], str]:
     pts.append(fed("iid", "ddgauss", 12, 8.0))
     pts += [fed("iid", m, 16, 2.0) for m in MECHANISMS]
     pts.append(fed("iid", "skellam", 12, 8.0))
+    # label skew for a subset
+    pts.append(fed("dirichlet", "none", BASELINE_BITS, None))
+    pts += [fed("dirichlet", m, 16, 8.0) for m in MECHANISMS]
     # the rest of the 16-bit curve
     for eps in (16.0, 4.0, 1.0):
         pts += [fed("iid", m, 16, eps) for m in MECHANISMS]
     # other bit widths at two ε
     pts += [fed("iid", m, 20, eps) for eps in (8.0, 2.0) for m in ("ddgauss", "skellam")]
     pts += [fed("iid", m, 12, 2.0) for m in ("ddgauss", "skellam")]
-    # label skew for a subset
-    pts.append(fed("dirichlet", "none", BASELINE_BITS, None))
-    pts += [fed("dirichlet", m, 16, 8.0) for m in MECHANISMS]
     why = ("Full grid, in the order run (most informative first, so that a partial run "
            "still answers the targets): the central baseline; non-private FedAvg (IID); "
            "gaussian, ddgauss, skellam at 16 bits at target ε 8; ddgauss at 12 bits at ε 8; "
-           "the three mechanisms at 16 bits at ε 2; skellam at 12 bits at ε 8; the rest of "
-           "the 16-bit curve (ε 16, 4, 1); ddgauss and skellam at 20 bits at ε 8 and 2 and "
-           "at 12 bits at ε 2; then the Dirichlet(α = 0.5) partition for the baseline and "
-           "the three mechanisms at 16 bits at ε 8.")
+           "the three mechanisms at 16 bits at ε 2; skellam at 12 bits at ε 8; the "
+           "Dirichlet(α = 0.5) partition for the baseline and the three mechanisms at 16 "
+           "bits at ε 8; the rest of the 16-bit curve (ε 16, 4, 1); then ddgauss and "
+           "skellam at 20 bits at ε 8 and 2 and at 12 bits at ε 2.")
     return pts, why
 
 
