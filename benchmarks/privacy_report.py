@@ -294,7 +294,13 @@ def render_markdown(grid: Grid, records: Sequence[dict[str, Any]],
         f"{s.per_round} per round, {s.rounds} rounds). Rows are compared at the same target "
         "ε and partition using final accuracy. Not tuned: a MISS is reported with its "
         "measured figure. Where both sides of a comparison are near chance (10 %), the "
-        "difference is noise of the training run, not a property of the mechanism.",
+        "difference is noise of the training run, not a property of the mechanism. Each "
+        "point is one run: the server samples the devices of every round from the OS "
+        "CSPRNG (not from the seed), so two runs of the same point train on different "
+        "devices, and with few rounds that alone moves the final accuracy by several "
+        "points. Rows whose order contradicts their noise (a smaller ε or fewer bits "
+        "scoring higher) show the size of that spread; a PASS or MISS by a few points is "
+        "within it.",
         "",
     ]
     lines += baseline_gap_note(records, s.rounds)
