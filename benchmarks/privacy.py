@@ -40,12 +40,11 @@ records) and ``.png`` (accuracy against ε; accuracy against round for a few set
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,8 +318,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
         min_survivors=settings.min_survivors,
     )
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp, \
-            short_keepalive(KEEPALIVE_EXPIRY_S):
+    with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp:
         sim = Simulation(opts, workdir=Path(tmp), console=None)
         try:
             result = sim.run()
@@ -344,39 +342,6 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
     rec["finished_reason"] = result.status.get("finished_reason")
     rec.update(summarize_rounds(result.rounds, point.rounds, result.status))
     return rec
-
-
-KEEPALIVE_EXPIRY_S = 2.0
-"""Idle seconds after which the simulation's httpx pool drops a keep-alive connection."""
-
-
-@contextlib.contextmanager
-def short_keepalive(expiry_s: float) -> Iterator[None]:
-    """Work around a device-killing race (see the results' notes): uvicorn closes an idle
-    keep-alive connection after 5 s and httpx keeps one for 5 s by default, so a device
-    request sometimes goes out on a connection the server is closing and fails with
-    "Server disconnected without sending a response" (httpx.RemoteProtocolError).
-    ``clients.device.Device.handle`` does not catch transport errors from protocol
-    requests, so the device thread ends and the device is a dropout in every later round
-    it is sampled for (each costing a full stage deadline). While the simulation runs,
-    ``httpx.Limits`` (which ``clients.simulation`` uses for the devices' shared client)
-    gets a shorter ``keepalive_expiry``, so the client never reuses a connection the
-    server may be closing. Nothing of the protocol changes."""
-    import httpx  # noqa: PLC0415
-
-    original = httpx.Limits
-
-    class _Limits(original):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["keepalive_expiry"] = min(float(kwargs.get("keepalive_expiry") or
-                                                   expiry_s), expiry_s)
-            super().__init__(*args, **kwargs)
-
-    httpx.Limits = _Limits  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        httpx.Limits = original  # type: ignore[misc]
 
 
 def summarize_rounds(rounds: Sequence[dict[str, Any]], planned: int,

@@ -364,16 +364,11 @@ def run_notes(records: Sequence[dict[str, Any]]) -> list[str]:
     out = ["## Run notes", "",
            "- s/round: mean of (finished_at − started_at) over the done rounds in the "
            "server's log; wall time includes server start-up, registration and calibration.",
-           "- Devices lost to transport errors: uvicorn closes an idle keep-alive "
-           "connection after 5 s, httpx keeps one for 5 s, so a device request "
-           "sometimes goes out on a connection the server is closing (\"Server disconnected "
-           "without sending a response\"). `clients.device.Device.handle` does not catch "
-           "transport errors from protocol requests, so that device's thread ends; it is "
-           "a dropout in every later round that samples it, and each such round waits for "
-           "the full stage deadline. The benchmark works around it by giving the "
-           "simulation's httpx pool a 2 s keep-alive expiry while a point runs "
-           "(`benchmarks.privacy.short_keepalive`); points that ran before the workaround, "
-           "or that still lost devices, are listed here."]
+           "- Devices lost: a device whose request fails on the network leaves that "
+           "round (a dropout of the round) and takes part again when sampled later; the "
+           "server keeps idle connections 30 s, longer than the simulation's devices (2 s), "
+           "so that a request never goes out on a connection the server is closing. Points "
+           "where a device thread stopped altogether are listed here."]
     for r in records:
         n = int(r.get("device_errors") or 0)
         if n:
