@@ -409,32 +409,24 @@ class Trainer:
         seed: int,
     ) -> np.ndarray:
         """Return the float32 update ``new - global`` after local epochs on ``(x, y)``."""
-        return self.call(self._train, global_weights, x, y, settings, seed)
-
-    def _train(
-        self,
-        global_weights: np.ndarray,
-        x: np.ndarray,
-        y: np.ndarray,
-        settings: TrainingSettings,
-        seed: int,
-    ) -> np.ndarray:
         from clients.training import train_local
 
-        if self._model is None:
-            self._model = self.task.build_model()
-        delta = train_local(
-            self.task,
-            self._model,
-            global_weights,
-            x,
-            y,
-            settings.local_epochs,
-            settings.batch_size,
-            settings.lr,
-            seed,
-        )
-        return np.asarray(delta, dtype=np.float32)
+        def fit() -> np.ndarray:  # on the worker thread, under the lock
+            if self._model is None:
+                self._model = self.task.build_model()
+            return train_local(
+                self.task,
+                self._model,
+                global_weights,
+                x,
+                y,
+                settings.local_epochs,
+                settings.batch_size,
+                settings.lr,
+                seed,
+            )
+
+        return np.asarray(self.call(fit), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- dropout
