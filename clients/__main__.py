@@ -1,4 +1,5 @@
-"""``python -m clients``: ``run`` (local simulation) or ``device`` (one real device).
+"""``python -m clients``: ``run`` (local simulation), ``device`` (one real device) or
+``export`` (a task's model as trainable TensorFlow Lite, for an on-device app).
 
 With no subcommand it prints help. Bad flags exit with status 2 and a one-line error.
 """
@@ -13,14 +14,14 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with its two subcommands."""
-    from clients import device, simulation
+    from clients import device, export, simulation
 
     parser = simulation.OneLineParser(
         prog="python -m clients",
         description="secagg-dp devices: a local simulation (server + N devices over HTTP on "
         "loopback) or one real device process.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,device}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,device,export}")
     run = sub.add_parser("run", help="train with a loopback server and N devices",
                          description="")
     simulation.build_parser(run)
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("device", help="run one device against a server")
     device.build_parser(dev)
     dev.prog = "python -m clients device"
+    exp = sub.add_parser("export", help="write a task's model as trainable TensorFlow Lite")
+    export.build_parser(exp)
+    exp.prog = "python -m clients export"
     return parser
 
 
@@ -47,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clients import device
 
         return device.main(args[1:])
+    if args[0] == "export":
+        from clients import export
+
+        return export.main(args[1:])
     parser.parse_args(args)  # prints usage and exits 2 on an unknown command
     parser.print_help()
     return 0
