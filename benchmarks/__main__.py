@@ -42,6 +42,7 @@ class Subcommand:
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("cost", "benchmarks.cost", "one secure-aggregation round: time, bytes, exactness"),
     Subcommand("privacy", "benchmarks.privacy", "accuracy against ε through the real pipeline"),
+    Subcommand("audit", "benchmarks.audit", "measured lower bound on ε against the claim"),
 )
 
 ALL_HELP = "every benchmark's full suite (make bench): writes benchmarks/results/"
