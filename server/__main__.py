@@ -1,5 +1,9 @@
 """``python -m server --host H --port P --db PATH [--config FILE] [--log-file FILE]``.
 
+A database records the experiment it was first served with (``server.config``,
+"the experiment a database belongs to"), so ``--db FILE`` alone serves a finished run and
+its dashboard; a ``--config`` that contradicts the database is refused.
+
 Bad flags or configuration: one line on stderr and exit status 2 (no traceback).
 """
 
@@ -9,7 +13,14 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from server.config import AppSettings
+
+T = TypeVar("T")
 
 KEEP_ALIVE_S = 30
 """Seconds uvicorn keeps an idle keep-alive connection (see ``main``)."""
@@ -45,54 +56,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from server.config import AppSettings, ConfigError, ExperimentConfig
+def settings_from_args(args: argparse.Namespace) -> AppSettings:
+    """What ``main`` serves: the experiment resolved against the database, checked.
 
-    try:
-        experiment = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
-    except ConfigError as err:
-        print(f"python -m server: error: {err}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        import dataclasses
+    The database carries its experiment (``server.config.resolve_experiment``): ``--db``
+    alone serves the experiment it recorded, and a ``--config`` must agree with it. Every
+    check runs before anything is written; the experiment is recorded in a new database
+    only once they all passed. Raises ``ConfigError`` with a one-line message.
+    """
+    import dataclasses
 
-        experiment = dataclasses.replace(
-            experiment, server=dataclasses.replace(experiment.server, data_dir=args.data_dir)
-        )
+    from server.config import (
+        AppSettings,
+        ConfigError,
+        ExperimentConfig,
+        record_experiment,
+        resolve_experiment,
+    )
+
+    given = ExperimentConfig.from_toml(args.config) if args.config else None
     db = Path(args.db)
     if not db.parent.exists() and str(db.parent) not in ("", "."):
-        print(
-            f"python -m server: error: database folder does not exist: {str(db.parent)!r}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError(f"database folder does not exist: {str(db.parent)!r}")
     if args.log_file:
         try:
             Path(args.log_file).touch()
         except OSError as err:
-            print(
-                f"python -m server: error: cannot write log file {args.log_file!r}: {err}",
-                file=sys.stderr,
-            )
-            return 2
-    mismatch = _check_db(db, experiment.training.task)
-    if mismatch:
-        print(f"python -m server: error: {mismatch}", file=sys.stderr)
-        return 2
+            raise ConfigError(f"cannot write log file {args.log_file!r}: {err}") from None
+    if db.exists():
+        experiment = _with_store(db, lambda store: resolve_experiment(store, given))
+    else:
+        experiment = given if given is not None else ExperimentConfig()
+    if args.data_dir:
+        experiment = dataclasses.replace(
+            experiment, server=dataclasses.replace(experiment.server, data_dir=args.data_dir)
+        )
     problem = _check_task_data(experiment.training.task, experiment.server.data_dir)
     if problem:
-        print(f"python -m server: error: {problem}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = AppSettings(
+        raise ConfigError(problem)
+    _with_store(db, lambda store: record_experiment(store, experiment))
+    return AppSettings(
         experiment=experiment,
         db_path=db,
         static_dir=Path(args.static_dir) if args.static_dir else None,
         log_file=Path(args.log_file) if args.log_file else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from server.config import ConfigError
+
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as err:
+        print(f"python -m server: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     import uvicorn
 
@@ -128,25 +150,26 @@ def _check_task_data(task_name: str, data_dir: str | None) -> str | None:
     return None
 
 
-def _check_db(db: Path, task: str) -> str | None:
-    """Refuse a database that belongs to another task (before importing TensorFlow)."""
-    if not db.exists():
-        return None
+def _with_store(db: Path, use: Callable[[Any], T]) -> T:
+    """Open the database for ``use(store)`` and close it; failures become ``ConfigError``.
+
+    Runs before TensorFlow is imported and before the app opens the store itself.
+    """
+    import sqlite3
+
+    from server.config import ConfigError
     from server.store import Store, StoreError
 
     try:
         store = Store(db)
     except StoreError as err:
-        return str(err)
+        raise ConfigError(str(err)) from None
     try:
-        stored = store.get_meta("task")
-    except Exception as err:  # a corrupt file: say so in one line
-        return f"cannot read database {str(db)!r}: {err}"
+        return use(store)
+    except sqlite3.DatabaseError as err:  # a corrupt file: say so in one line
+        raise ConfigError(f"cannot read database {str(db)!r}: {err}") from None
     finally:
         store.close()
-    if stored is not None and stored != task:
-        return f"database {str(db)!r} belongs to task {stored!r}, not {task!r}"
-    return None
 
 
 if __name__ == "__main__":

@@ -296,3 +296,119 @@ class AppSettings:
             object.__setattr__(self, "static_dir", Path(self.static_dir))
         if self.log_file is not None:
             object.__setattr__(self, "log_file", Path(self.log_file))
+
+
+# -- the experiment a database belongs to ---------------------------------------------
+
+EXPERIMENT_META_KEY = "experiment"
+"""Key in the store's ``meta`` table under which a database records its experiment."""
+
+OPERATIONAL_FIELDS: frozenset[str] = frozenset(
+    f"server.{name}"
+    for name in (
+        "stage_timeout",
+        "registration_timeout",
+        "max_body_bytes",
+        "max_json_bytes",
+        "max_upload_bytes",
+        "rate_limit_per_s",
+        "rate_limit_burst",
+        "auth_window_s",
+        "max_consecutive_aborts",
+        "data_dir",
+    )
+)
+"""Fields that say how one server process serves, not what the experiment is.
+
+They change neither the model nor the privacy accounting, so a later ``--config`` may set
+them differently on the same database (its values are used; the record keeps the first).
+Every other field, including any added later, defines the experiment: the model, the
+sampling, the noise and the accountant that turned past rounds into ε.
+"""
+
+
+def experiment_differences(recorded: ExperimentConfig, given: ExperimentConfig) -> list[str]:
+    """The experiment-defining fields on which ``given`` differs from ``recorded``.
+
+    Each entry reads ``"dp.mechanism 'ddgauss' (database: 'none')"``; fields in
+    :data:`OPERATIONAL_FIELDS` are ignored.
+    """
+    out: list[str] = []
+    old, new = recorded.to_dict(), given.to_dict()
+    for section in ExperimentConfig._SECTIONS:
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in list(a) + [k for k in b if k not in a]:
+            name = f"{section}.{key}"
+            if name in OPERATIONAL_FIELDS or a.get(key) == b.get(key):
+                continue
+            out.append(f"{name} {b.get(key)!r} (database: {a.get(key)!r})")
+    return out
+
+
+def recorded_experiment(store: Any) -> ExperimentConfig | None:
+    """The experiment recorded in ``store`` (a ``server.store.Store``), or None.
+
+    Raises ConfigError if the record cannot be read as an experiment of this version.
+    """
+    raw = store.get_meta(EXPERIMENT_META_KEY)
+    if raw is None:
+        return None
+    try:
+        return ExperimentConfig.from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(
+            f"database {str(store.path)!r} records an experiment this version cannot use: {err}"
+        ) from None
+
+
+def resolve_experiment(store: Any, given: ExperimentConfig | None) -> ExperimentConfig:
+    """The experiment to serve ``store`` with; reads only (see :func:`record_experiment`).
+
+    - The database records an experiment: without ``given`` that experiment is served; a
+      ``given`` one must agree with it on every field outside :data:`OPERATIONAL_FIELDS`
+      (then ``given`` is served, operational values included).
+    - It records none but has served before (databases from before the record; the
+      driver writes ``task`` into ``meta``): ``given`` is required and must have that task.
+    - A new database: ``given``, or the default experiment.
+
+    Why: a database's rounds were charged to an accountant for one mechanism, sampling
+    and noise, and its models have one task's shape; serving it with another experiment
+    would print ε for noise that was never added, or fail deep in start-up. Raises
+    :class:`ConfigError` with a one-line message.
+    """
+    where = repr(str(store.path))
+    recorded = recorded_experiment(store)
+    if recorded is not None:
+        if given is None:
+            return recorded
+        diffs = experiment_differences(recorded, given)
+        if diffs:
+            more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+            raise ConfigError(
+                f"--config contradicts the experiment recorded in database {where}: "
+                f"{', '.join(diffs[:4])}{more}; serve the database without --config, "
+                "or start a new experiment with a new --db"
+            )
+        return given
+    task = store.get_meta("task")
+    if task is None:
+        return given if given is not None else ExperimentConfig()
+    if given is None:
+        raise ConfigError(
+            f"database {where} (task {task!r}) was made before databases recorded their "
+            "experiment: pass the --config it was run with"
+        )
+    if task != given.training.task:
+        raise ConfigError(f"database {where} belongs to task {task!r}, not {given.training.task!r}")
+    return given
+
+
+def record_experiment(store: Any, experiment: ExperimentConfig) -> None:
+    """Record ``experiment`` in ``store`` unless it already records one.
+
+    Call it with what :func:`resolve_experiment` returned, once start-up checks passed: the
+    first record is kept for the life of the database (a later run may differ only in
+    :data:`OPERATIONAL_FIELDS`, and those are not written back).
+    """
+    if store.get_meta(EXPERIMENT_META_KEY) is None:
+        store.set_meta(EXPERIMENT_META_KEY, experiment.to_dict())
