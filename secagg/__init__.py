@@ -10,6 +10,7 @@ long as ``t`` survive; otherwise the round aborts and reveals nothing.
 Public API (binding, see CONTRACT.md): :class:`RoundParams`, :class:`ClientProtocol`,
 :class:`AggregatorProtocol`, :class:`Stage`, the message classes, the errors,
 :func:`pack` / :func:`unpack` / :func:`packed_size`, :func:`find_harary_params`,
+:class:`ClientPolicy` (a device's local limits on the rounds it joins),
 :func:`run_round` / :class:`RoundResult` and :class:`ProtocolConfig`.
 """
 
@@ -21,6 +22,7 @@ from secagg.errors import (
     DuplicateMessageError,
     MalformedMessageError,
     NotParticipantError,
+    PolicyError,
     ProtocolError,
     RefusedError,
     RoundMismatchError,
@@ -39,6 +41,7 @@ from secagg.messages import (
 )
 from secagg.packing import pack, packed_size, unpack
 from secagg.params import RoundParams
+from secagg.policy import ClientPolicy
 from secagg.runner import RoundResult, run_round
 from secagg.stage import Stage
 
@@ -46,12 +49,14 @@ __all__ = [
     "AbortError",
     "AdvertiseKeys",
     "AggregatorProtocol",
+    "ClientPolicy",
     "ClientProtocol",
     "ConsistencyCheck",
     "DuplicateMessageError",
     "MalformedMessageError",
     "MaskedInput",
     "NotParticipantError",
+    "PolicyError",
     "ProtocolConfig",
     "ProtocolError",
     "RefusedError",

@@ -24,9 +24,27 @@ Every ``add_*`` validates completely before touching state, so a rejected messag
 (:class:`~secagg.errors.ProtocolError`) leaves the aggregator unchanged. ``close_*`` and
 :meth:`finish` raise :class:`~secagg.errors.AbortError` and discard the running sum
 when fewer than t parties remain (or some secret cannot be rebuilt): nothing revealed.
+
+One misbehaving client drops itself, not the round:
+
+- AdvertiseKeys with an X25519 key of small order (its agreements are all zero) is
+  refused in :meth:`add_advertise`, so its neighbours never see it.
+- In :meth:`finish`, when more than t shares of a secret arrived, the extra ones are
+  used: a random linear check (:func:`secagg.shamir.shares_consistent`, one inner
+  product per secret, with a check vector drawn from ``random_bytes`` after every share
+  is in) detects any wrong share while at least t are right, and syndrome decoding
+  (:func:`secagg.shamir.find_wrong_shares`) names up to floor((m - t) / 2) wrong ones.
+  Their senders are excluded from the whole reconstruction (:attr:`excluded_senders`)
+  and every secret is rebuilt from the others' shares. A rebuilt s^SK is also checked
+  against its s^PK. With exactly t shares a wrong share of b_u cannot be detected (any
+  t points fit a polynomial of degree t - 1) and yields a wrong sum; a wrong share of
+  s^SK is detected by the s^PK check but cannot be located, so the round aborts.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,6 +59,7 @@ from secagg.crypto import (
     Keystream,
     ed25519_verify,
     x25519_agree,
+    x25519_check_public,
     x25519_private_key,
     x25519_public_from_private,
 )
@@ -63,17 +82,33 @@ from secagg.messages import (
 )
 from secagg.packing import unpack
 from secagg.params import RoundParams
-from secagg.shamir import ShamirError, reconstruct_bytes
+from secagg.shamir import (
+    PRIME,
+    SECRET_BYTES,
+    ShamirError,
+    check_vector,
+    decode_share,
+    find_wrong_shares,
+    reconstruct,
+    shares_consistent,
+)
 from secagg.stage import Stage
 
 __all__ = ["AggregatorProtocol"]
 
 
 class AggregatorProtocol:
-    """The server's state machine for one round (see module docstring)."""
+    """The server's state machine for one round (see module docstring).
 
-    def __init__(self, params: RoundParams) -> None:
+    ``random_bytes`` (default: the OS CSPRNG) draws the random consistency check of
+    the returned shares in :meth:`finish`; it must be unpredictable to the clients."""
+
+    def __init__(
+        self, params: RoundParams, *, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
         self.params = params
+        self._random_bytes = random_bytes
+        self._excluded: tuple[int, ...] = ()
         self._stage = Stage.ADVERTISE_KEYS
         self._keys: dict[int, AdvertiseKeys] = {}
         self._cts: dict[int, dict[int, bytes]] = {}
@@ -111,6 +146,12 @@ class AggregatorProtocol:
     def unmask_dropped(self) -> tuple[int, ...]:
         """U2 \\ U3: dropped clients whose pairwise masks are in the sum (s^SK rebuilt)."""
         return tuple(sorted(self._u2 - self._u3)) if self._request is not None else ()
+
+    @property
+    def excluded_senders(self) -> tuple[int, ...]:
+        """Unmask senders whose shares were found wrong in :meth:`finish` and were left
+        out of the reconstruction (their own inputs stay in the sum)."""
+        return self._excluded
 
     def dropouts_by_stage(self) -> dict[str, list[int]]:
         """Stage value -> ids that went missing at that stage (for the round log)."""
@@ -184,12 +225,16 @@ class AggregatorProtocol:
     # ------------------------------------------------------------------ round 0
 
     def add_advertise(self, msg: AdvertiseKeys) -> None:
-        """Accept a client's public keys (active mode: verify its signature)."""
+        """Accept a client's public keys (active mode: verify its signature). A key of
+        small order is refused (:class:`MalformedMessageError`): relayed, it would make
+        every neighbour fail in ShareKeys; refused, only its sender is out."""
         sender = self._check(msg, AdvertiseKeys, Stage.ADVERTISE_KEYS, None)
         if sender in self._keys:
             raise DuplicateMessageError(f"client {sender} already advertised keys")
         if msg.c_pk == msg.s_pk:
             raise MalformedMessageError(f"client {sender} advertised equal c_pk and s_pk")
+        x25519_check_public(msg.c_pk, f"c_pk of client {sender}")
+        x25519_check_public(msg.s_pk, f"s_pk of client {sender}")
         if self.params.active:
             if msg.signature is None or self.params.identity_keys is None:
                 raise SignatureError(f"keys of {sender} are not signed")
@@ -332,46 +377,37 @@ class AggregatorProtocol:
         want_sk = n2 - self._u3
         if set(msg.self_mask_shares) != want_b or set(msg.secret_key_shares) != want_sk:
             raise MalformedMessageError(f"shares of {sender} do not match its neighbours")
+        for peer, share in (*msg.self_mask_shares.items(), *msg.secret_key_shares.items()):
+            try:
+                decode_share(share)
+            except ShamirError as err:
+                raise MalformedMessageError(f"share of {sender} for {peer}: {err}") from err
         self._shares[sender] = msg
 
     def finish(self) -> np.ndarray:
         """Rebuild the secrets, strip every remaining mask, return the sum (np.uint64,
-        length dim) mod 2^b of the survivors' inputs. Aborts (discarding the running
-        sum) if fewer than t shares exist for some secret or a share is corrupt."""
+        length dim) mod 2^b of the survivors' inputs. Wrong shares found with the extra
+        shares exclude their senders (:attr:`excluded_senders`; module docstring).
+        Aborts (discarding the running sum) if some secret has fewer than t shares from
+        the remaining senders or its wrong shares cannot be located."""
         if self._stage == Stage.DONE and self._result is not None:
             return self._result.copy()
         self._close(Stage.UNMASK, set(self._shares), self._unmask_senders())
         p = self.params
-        t = p.threshold
-        b_holders: dict[int, dict[int, bytes]] = {u: {} for u in self._u3}
-        sk_holders: dict[int, dict[int, bytes]] = {u: {} for u in self._u2 - self._u3}
-        for v, msg in self._shares.items():
-            for u, share in msg.self_mask_shares.items():
-                b_holders[u][v + 1] = share
-            for u, share in msg.secret_key_shares.items():
-                sk_holders[u][v + 1] = share
-        seeds: list[tuple[bytes, bytes, int]] = []  # (seed, label, sign: -1 subtract, +1 add)
+        raw = self._random_bytes(40)
+        if not isinstance(raw, bytes) or len(raw) != 40:
+            raise ValueError("random_bytes(40) must return 40 bytes")
+        rho = int.from_bytes(raw, "little") % PRIME
+        excluded: set[int] = set()
         try:
-            for u in sorted(b_holders):
-                b_u = reconstruct_bytes(b_holders[u], t)
-                seeds.append((b_u, self_label(p.round_id, u), -1))
-            for u in sorted(sk_holders):
-                s_sk = reconstruct_bytes(sk_holders[u], t)
-                if x25519_public_from_private(s_sk) != self._keys[u].s_pk:
-                    raise ShamirError(f"rebuilt s_sk of {u} does not match its s_pk")
-                s_key = x25519_private_key(s_sk)
-                for v in sorted(self._n2(u) & self._u3):
-                    dh = x25519_agree(s_key, self._keys[v].s_pk)
-                    # v added +PRG(s_uv) if v < u else -PRG(s_uv): undo it
-                    seeds.append(
-                        (
-                            pair_seed(dh, p.round_id, u, v),
-                            pair_label(p.round_id, u, v),
-                            -1 if v < u else 1,
-                        )
-                    )
+            while True:  # each pass either finishes or excludes at least one more sender
+                seeds, wrong = self._rebuild(rho, excluded)
+                if not wrong:
+                    break
+                excluded |= wrong
         except (ShamirError, MalformedMessageError) as err:
             raise self._abort(f"round {p.round_id} aborted in unmasking: {err}") from err
+        self._excluded = tuple(sorted(excluded))
         total = self._sum
         if total is None:  # pragma: no cover
             raise StageError("no running sum")
@@ -389,3 +425,69 @@ class AggregatorProtocol:
         self._shares.clear()
         self._stage = Stage.DONE
         return self._result.copy()
+
+    def _rebuild(
+        self, rho: int, excluded: set[int]
+    ) -> tuple[list[tuple[bytes, bytes, int]], set[int]]:
+        """One reconstruction pass without the shares of ``excluded`` senders. Returns the
+        mask seeds (seed, PRG label, -1 subtract / +1 add) and the senders whose shares
+        were found wrong in this pass (non-empty: the caller runs another pass)."""
+        p = self.params
+        t = p.threshold
+        b_holders: dict[int, dict[int, int]] = {u: {} for u in self._u3}
+        sk_holders: dict[int, dict[int, int]] = {u: {} for u in self._u2 - self._u3}
+        for v, msg in self._shares.items():
+            if v in excluded:
+                continue
+            for u, share in msg.self_mask_shares.items():
+                b_holders[u][v + 1] = decode_share(share)
+            for u, share in msg.secret_key_shares.items():
+                sk_holders[u][v + 1] = decode_share(share)
+        vectors: dict[tuple[int, ...], tuple[int, ...]] = {}
+        wrong: set[int] = set()
+
+        def rebuild(shares: dict[int, int], what: str) -> tuple[int, int]:
+            if len(shares) < t:
+                raise ShamirError(
+                    f"{what} has {len(shares)} shares from trusted holders, threshold {t}"
+                )
+            if len(shares) > t:
+                xs = tuple(sorted(shares))
+                vec = vectors.get(xs)
+                if vec is None:
+                    vec = vectors[xs] = check_vector(xs, t, rho)
+                if not shares_consistent([shares[x] for x in xs], vec):
+                    bad = find_wrong_shares(shares, t)
+                    wrong.update(x - 1 for x in bad)
+                    shares = {x: y for x, y in shares.items() if x not in bad}
+            value = reconstruct(shares, t)
+            if value >= 1 << (8 * SECRET_BYTES):
+                raise ShamirError(f"rebuilt {what} is not a 32-byte secret")
+            return value, len(shares)
+
+        seeds: list[tuple[bytes, bytes, int]] = []
+        for u in sorted(b_holders):
+            b_u, _ = rebuild(b_holders[u], f"b_u of client {u}")
+            seeds.append((b_u.to_bytes(SECRET_BYTES, "little"), self_label(p.round_id, u), -1))
+        for u in sorted(sk_holders):
+            value, used = rebuild(sk_holders[u], f"s_sk of client {u}")
+            s_sk = value.to_bytes(SECRET_BYTES, "little")
+            if x25519_public_from_private(s_sk) != self._keys[u].s_pk:
+                hint = (
+                    "exactly t shares: a wrong one cannot be located"
+                    if used == t
+                    else "more wrong shares than can be located"
+                )
+                raise ShamirError(f"rebuilt s_sk of {u} does not match its s_pk ({hint})")
+            s_key = x25519_private_key(s_sk)
+            for v in sorted(self._n2(u) & self._u3):
+                dh = x25519_agree(s_key, self._keys[v].s_pk)
+                # v added +PRG(s_uv) if v < u else -PRG(s_uv): undo it
+                seeds.append(
+                    (
+                        pair_seed(dh, p.round_id, u, v),
+                        pair_label(p.round_id, u, v),
+                        -1 if v < u else 1,
+                    )
+                )
+        return seeds, wrong

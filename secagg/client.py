@@ -16,6 +16,12 @@ it knows (it sent its own input; survivor and dropped sets are disjoint; at leas
 survivors; every neighbour that shared keys is accounted for; in active mode the set
 signed by at least t clients in the ConsistencyCheck).
 
+Before anything else the client checks the round against its local policy
+(:class:`~secagg.policy.ClientPolicy`: threshold against its own corrupt-client
+assumption, the split-view bound in active mode, cohort, graph, bits, minimum
+survivors) and, in active mode, the round's identity keys against keys it pinned
+itself; a round outside it raises :class:`~secagg.errors.PolicyError`.
+
 A method that raises :class:`~secagg.errors.ProtocolError` leaves the client unchanged
 (the caller may retry with a correct message); :class:`~secagg.errors.AbortError` moves
 it to ``Stage.ABORTED``.
@@ -43,6 +49,7 @@ from secagg.crypto import (
     hkdf_sha256,
     label,
     x25519_agree,
+    x25519_check_public,
     x25519_keypair,
     x25519_private_key,
 )
@@ -66,6 +73,7 @@ from secagg.messages import (
 )
 from secagg.packing import pack_reduced
 from secagg.params import RoundParams
+from secagg.policy import ClientPolicy
 from secagg.shamir import SHARE_BYTES, split_bytes
 from secagg.stage import Stage
 
@@ -129,7 +137,16 @@ def self_label(round_id: int, u: int) -> bytes:
 
 
 class ClientProtocol:
-    """One device's state machine for one round (see module docstring)."""
+    """One device's state machine for one round (see module docstring).
+
+    ``policy``: the rounds this device accepts (None: :class:`ClientPolicy` defaults).
+    ``pinned_identity_keys``: participant id -> raw Ed25519 identity key, learned by the
+    device independently of this round (at registration or from a signed roster); in
+    active mode the round's ``identity_keys`` must agree with them for every
+    participant. Raises :class:`PolicyError` for a round outside the policy, and
+    ``ValueError`` if ``client_id`` is not a participant or ``signing_key`` does not
+    match its identity key.
+    """
 
     def __init__(
         self,
@@ -138,9 +155,15 @@ class ClientProtocol:
         *,
         signing_key: Ed25519PrivateKey | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        policy: ClientPolicy | None = None,
+        pinned_identity_keys: Mapping[int, bytes] | None = None,
     ) -> None:
         if not params.is_participant(client_id):
             raise ValueError(f"client {client_id} is not a participant of round {params.round_id}")
+        policy = ClientPolicy() if policy is None else policy
+        if not isinstance(policy, ClientPolicy):
+            raise TypeError(f"policy must be a ClientPolicy, got {type(policy).__name__}")
+        policy.check(params, pinned_identity_keys)
         if params.active:
             if signing_key is None:
                 raise ValueError("active mode needs the client's Ed25519 signing_key")
@@ -213,8 +236,9 @@ class ClientProtocol:
         """Share b_u and s_u^SK (t-of-(|keys|+1)) with the neighbours whose keys arrived.
 
         Raises :class:`ProtocolError` for a non-neighbour, another round, a sender
-        mismatch or (active mode) a bad signature; :class:`AbortError` if fewer than t
-        parties (self included) remain."""
+        mismatch, a key of small order (an honest server refuses those at advertise) or
+        (active mode) a bad signature; :class:`AbortError` if fewer than t parties (self
+        included) remain."""
         self._expect(Stage.SHARE_KEYS)
         p = self.params
         peers: dict[int, tuple[bytes, bytes]] = {}
@@ -235,6 +259,8 @@ class ClientProtocol:
                 raise NotParticipantError(f"client {cid} is not a neighbour of {self.client_id}")
             if msg.c_pk == msg.s_pk:
                 raise MalformedMessageError(f"client {cid} advertised equal c_pk and s_pk")
+            x25519_check_public(msg.c_pk, f"c_pk of client {cid}")
+            x25519_check_public(msg.s_pk, f"s_pk of client {cid}")
             if p.active:
                 if msg.signature is None or p.identity_keys is None:
                     raise SignatureError(f"keys of {cid} are not signed")

@@ -55,6 +55,7 @@ __all__ = [
     "prg_nonce",
     "prg_words",
     "x25519_agree",
+    "x25519_check_public",
     "x25519_keypair",
     "x25519_private_key",
     "x25519_public_from_private",
@@ -121,6 +122,30 @@ def x25519_agree(private: bytes | X25519PrivateKey, public_raw: bytes) -> bytes:
         return key.exchange(X25519PublicKey.from_public_bytes(public_raw))
     except ValueError as err:
         raise MalformedMessageError(f"X25519 agreement failed: {err}") from err
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_key() -> X25519PrivateKey:
+    # Any fixed scalar works: X25519 clamps it to a multiple of the cofactor 8, so its
+    # product with a point of small order is the identity (all-zero output) and with any
+    # other point is not. The key is public and used for nothing else.
+    return X25519PrivateKey.from_private_bytes(
+        hashlib.sha256(PROTOCOL_LABEL + b"|x25519-small-order-probe").digest()
+    )
+
+
+def x25519_check_public(public_raw: bytes, what: str = "X25519 public key") -> None:
+    """Reject a public key of small order (RFC 7748 Sec. 6.1: the shared secret with it
+    is all zero whatever the other key, so it carries no secret), including non-canonical
+    encodings of such points. ``cryptography`` refuses the all-zero agreement; one
+    agreement with a fixed public probe key finds them. Raises
+    :class:`MalformedMessageError` naming ``what``."""
+    if not isinstance(public_raw, bytes) or len(public_raw) != KEY_BYTES:
+        raise MalformedMessageError(f"{what} must be {KEY_BYTES} bytes")
+    try:
+        _probe_key().exchange(X25519PublicKey.from_public_bytes(public_raw))
+    except ValueError as err:
+        raise MalformedMessageError(f"{what} is a point of small order: {err}") from err
 
 
 def hkdf_sha256(

@@ -8,7 +8,9 @@ parsing messages (see CONTRACT.md, "Status codes"):
   Subclasses say why: :class:`MalformedMessageError` (400), :class:`NotParticipantError`
   (403), :class:`RoundMismatchError` (404 / 409), :class:`StageError` and
   :class:`DuplicateMessageError` (409), :class:`SignatureError` (401 / 400),
-  :class:`RefusedError` (an honest client refusing a request that could unmask an input).
+  :class:`RefusedError` (an honest client refusing a request that could unmask an input)
+  and its subclass :class:`PolicyError` (a device refusing a round whose parameters or
+  identity keys fall outside its local :class:`~secagg.policy.ClientPolicy`).
 - :class:`AbortError`: the round cannot finish with the privacy guarantee intact (fewer
   than ``t`` parties remain, or reconstruction failed). Nothing is revealed and the
   object moves to ``Stage.ABORTED``.
@@ -21,6 +23,7 @@ __all__ = [
     "DuplicateMessageError",
     "MalformedMessageError",
     "NotParticipantError",
+    "PolicyError",
     "ProtocolError",
     "RefusedError",
     "RoundMismatchError",
@@ -64,6 +67,12 @@ class SignatureError(ProtocolError):
 
 class RefusedError(ProtocolError):
     """An honest client refuses an unmasking request that contradicts what it knows."""
+
+
+class PolicyError(RefusedError):
+    """A device refuses a round: its parameters (threshold, cohort, graph, bits, mode,
+    minimum survivors) or identity keys fall outside the device's local policy. The
+    message names the value and the rule it breaks."""
 
 
 class AbortError(SecAggError):

@@ -29,6 +29,17 @@ three. Evaluated in log space with ``math.lgamma`` (exact tails by summation, no
 normal approximation). It reproduces Google's published table exactly, e.g. n = 1000:
 (30, 17) at 5 % corrupt / 5 % dropout, (48, 27) at 10/10, (88, 36) at 10/30 (see
 tests/secagg/test_graph.py for all nine entries).
+
+Active adversary (``active=True``): a server that lies about who survived can show the
+survivor set S to some of a target's share holders and S minus the target to others
+(the split-view attack), collecting shares of b_u from the first group and of s_u^SK
+from the second. Condition 1b is replaced by ``2t > (k + 1) + c``, where c is the
+corrupt-neighbour bound of 1b (:func:`corrupt_neighbour_bound`: more than c corrupt
+neighbours happens with probability <= 2^-(sigma+1) / n per client) and k + 1 counts
+the target's own share; :func:`secagg.params.split_view_floor` has the derivation. It
+implies ``t > c``. (Google's finder uses ``2t > k + c`` for SEMI_MALICIOUS_SERVER
+because its clients keep no share of their own secrets; here the owner keeps one and
+reveals its own b_u share when shown S, so one more is needed.)
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secagg.crypto import label, prg_nonce
 
-__all__ = ["find_harary_params", "harary_neighbours", "ring_order"]
+__all__ = ["corrupt_neighbour_bound", "find_harary_params", "harary_neighbours", "ring_order"]
 
 _EPS = 1e-12  # guards floor(rate * n) against binary rounding of e.g. 0.1 * 1000
 
@@ -73,32 +84,66 @@ def _log_sum_exp(values: Sequence[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
+def _rate_count(name: str, rate: float, n: int) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+    return math.floor(rate * n + _EPS)
+
+
+def corrupt_neighbour_bound(n: int, corrupt: float, k: int, sigma: float = 40) -> int:
+    """The most corrupt neighbours a client has, except with probability at most
+    ``2^-(sigma+1) / n``: the smallest c with ``P[HG(n, floor(corrupt*n), k) > c]``
+    below that bound (the neighbours of a client on the randomly permuted ring are a
+    uniform k-subset of the other clients; sampling from all n is the finder's slightly
+    conservative convention). Used by the finder (condition 1b) and by devices, which
+    recompute it from their own corrupt-fraction assumption (:class:`ClientPolicy`)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
+        raise ValueError(f"k must be an int in [0, {n - 1}], got {k!r}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    pmf = _log_hypergeom_pmf(n, _rate_count("corrupt", corrupt, n), k)
+    bound = -(sigma + 1) * math.log(2) - math.log(n)
+    for c in range(k + 1):
+        if _log_sum_exp(pmf[c + 1 :]) <= bound:
+            return c
+    return k  # pragma: no cover - the tail past k is empty
+
+
 def find_harary_params(
-    n: int, dropout: float, corrupt: float, sigma: float = 40, eta: float = 20
+    n: int,
+    dropout: float,
+    corrupt: float,
+    sigma: float = 40,
+    eta: float = 20,
+    *,
+    active: bool = False,
 ) -> tuple[int, int]:
     """Smallest Harary degree ``k`` and a threshold ``t`` for ``n`` clients such that
     privacy fails with probability < 2^-sigma and the round fails (too few surviving
     neighbours) with probability < 2^-eta, against a fraction ``corrupt`` of clients
-    colluding with a semi-honest server and a fraction ``dropout`` of dropouts.
+    colluding with the server and a fraction ``dropout`` of dropouts.
 
-    Raises ``ValueError`` if the inputs are out of range or no ``k < n - 1`` works (small
-    n with large rates: use the complete graph then).
+    ``active=False``: a semi-honest server (conditions 1a, 1b, 2 of the module
+    docstring). ``active=True``: a server that may lie about the survivor set; t must
+    also defeat the split-view attack, ``2t > k + 1 + c`` with c the corrupt-neighbour
+    bound (module docstring). Raises ``ValueError`` if the inputs are out of range or no
+    ``k < n - 1`` works (small n with large rates: use the complete graph then).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 3:
         raise ValueError(f"n must be an int >= 3, got {n!r}")
-    for name, rate in (("dropout", dropout), ("corrupt", corrupt)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+    n_corrupt = _rate_count("corrupt", corrupt, n)
+    n_dropped = _rate_count("dropout", dropout, n)
     if dropout + corrupt > 0.9:
         raise ValueError(f"dropout + corrupt must be <= 0.9, got {dropout} + {corrupt}")
     if sigma <= 0 or eta <= 0:
         raise ValueError(f"sigma and eta must be > 0, got {sigma}, {eta}")
-    n_corrupt = math.floor(corrupt * n + _EPS)
-    n_dropped = math.floor(dropout * n + _EPS)
+    if not isinstance(active, bool):
+        raise ValueError(f"active must be a bool, got {active!r}")
     n_bad = n_corrupt + n_dropped
     n_alive = n - n_dropped
     log_sec = -(sigma + 1) * math.log(2)  # per event
-    log_sec_client = log_sec - math.log(n)
     log_fail_client = -eta * math.log(2) - math.log(n)
     lg = math.lgamma
     for k in range(2, n - 1, 2):
@@ -114,19 +159,16 @@ def find_harary_params(
             )
             if log_disconnect >= log_sec:
                 continue
-        corrupt_pmf = _log_hypergeom_pmf(n, n_corrupt, k)
-        t_min = k + 1
-        for t in range(1, k + 1):
-            if _log_sum_exp(corrupt_pmf[t:]) <= log_sec_client:
-                t_min = t
-                break
-        t_min = max(t_min, 2)
+        c = corrupt_neighbour_bound(n, corrupt, k, sigma)
+        t_min = max(c + 1, 2)
+        if active:
+            t_min = max(t_min, (k + 1 + c) // 2 + 1)
         alive_pmf = _log_hypergeom_pmf(n, n_alive, k)
         if t_min <= k and _log_sum_exp(alive_pmf[:t_min]) <= log_fail_client:
             return k, t_min
     raise ValueError(
         f"no Harary degree k < n - 1 meets the bounds for n={n}, dropout={dropout}, "
-        f"corrupt={corrupt}; use the complete graph"
+        f"corrupt={corrupt}, active={active}; use the complete graph"
     )
 
 

@@ -8,6 +8,36 @@ ConsistencyCheck round and Ed25519 signatures (long-term identity keys registere
 beforehand, a PKI) stop a server from showing different survivor sets to different
 clients. The parameters themselves are public; ``graph_seed`` is public randomness
 drawn by the server after the participants are fixed.
+
+The split-view attack and the active-mode threshold (:func:`split_view_floor`)
+-------------------------------------------------------------------------------
+Signatures make every honest client commit to ONE survivor set, but a lying server may
+show different sets to different clients. Take a target u whose masked input arrived.
+Its b_u shares are held by h clients: u itself and its neighbours (h = k + 1 on H(n, k),
+h = n on the complete graph); an honest holder reveals a b_u share when shown a set S
+with u in it. Its s_u^SK shares are held by the same clients, and a neighbour reveals
+one when shown S' = S minus u (u "dropped"); u never reveals its own. Let c of u's
+neighbours be corrupt: they sign any set and hand both shares to the server.
+
+The server shows S to a group A of honest clients and S' to a disjoint group B (an
+honest client signs one set and refuses to unmask any other). It needs t shares of each
+secret:  b_u: |A ∩ N(u)| + [u ∈ A] + c >= t  and  s_u^SK: |B ∩ N(u)| + c >= t,
+with |A ∩ N(u)| + |B ∩ N(u)| <= k - c honest neighbours. Adding the two,
+``2t <= (k - c) + 1 + 2c = h + c`` whenever the split works, and conversely any
+t with 2t <= h + c is met by putting max(0, t - 1 - c) honest neighbours and u in A and
+the rest in B. Each view must also carry t valid consistency signatures by its own
+survivors; on a Harary graph the server recruits non-neighbours for that, so only the
+share count binds; on the complete graph every participant is a neighbour and the same
+count (u signs S) gives the same bound. Hence active rounds need
+
+    2t > h + c,  i.e.  t >= floor((h + c) / 2) + 1,
+
+with c the corrupt-neighbour bound: floor(corrupt * n) on the complete graph (every
+corrupt client is a neighbour) and, on H(n, k), the statistical bound of
+:func:`secagg.graph.corrupt_neighbour_bound`. With c = 0 the condition (2t > h) is a
+property of the parameters alone and :class:`RoundParams` enforces it; the bound with c
+is enforced by :meth:`RoundParams.create` (with the configured corrupt fraction) and by
+each device (:class:`secagg.policy.ClientPolicy`, with its own assumption).
 """
 
 from __future__ import annotations
@@ -19,26 +49,41 @@ from dataclasses import dataclass
 from typing import Any
 
 from secagg.config import GRAPHS, ProtocolConfig
-from secagg.graph import find_harary_params, harary_neighbours
+from secagg.graph import corrupt_neighbour_bound, find_harary_params, harary_neighbours
 from secagg.messages import b64decode, b64encode
 from secagg.packing import MAX_BITS, MIN_BITS, word_dtype
 
-__all__ = ["RoundParams", "complete_threshold"]
+__all__ = ["RoundParams", "complete_threshold", "split_view_floor"]
 
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def split_view_floor(holders: int, corrupt_holders: int) -> int:
+    """Smallest threshold that defeats the split-view attack (module docstring):
+    ``floor((holders + corrupt_holders) / 2) + 1``, i.e. the least t with
+    ``2t > holders + corrupt_holders``. ``holders`` counts every holder of a client's
+    b_u shares, the client included (k + 1 on H(n, k), n on the complete graph)."""
+    for name, v in (("holders", holders), ("corrupt_holders", corrupt_holders)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    return (holders + corrupt_holders) // 2 + 1
+
+
 def complete_threshold(n: int, dropout: float, corrupt: float, active: bool = False) -> int:
     """Threshold for the complete graph: ``max(2, floor(2n/3) + 1)``, lowered to
-    ``floor(n(1 - dropout))`` when that still exceeds the corrupt clients (and n/2 in
-    active mode), so that the expected survivors can finish; at most ``n``."""
+    ``floor(n(1 - dropout))`` when that still exceeds the corrupt clients (and, in active
+    mode, the split-view floor ``2t > n + floor(corrupt * n)``), so that the expected
+    survivors can finish; at most ``n``. In active mode the floor wins over liveness:
+    when ``n(1 - dropout)`` is below it the round needs more survivors than expected."""
     if n <= 1:
         return 1
+    n_corrupt = math.floor(corrupt * n + 1e-9)
     t = max(2, 2 * n // 3 + 1)
     cap = math.floor(n * (1.0 - dropout) + 1e-9)
-    floor_ = max(2, math.floor(corrupt * n + 1e-9) + 1, n // 2 + 1 if active else 0)
+    floor_ = max(2, n_corrupt + 1, split_view_floor(n, n_corrupt) if active else 0)
+    t = max(t, floor_)
     if cap >= floor_:
         t = min(t, cap)
     return min(t, n)
@@ -130,6 +175,14 @@ class RoundParams:
             missing = [c for c in self.participants if c not in self.identity_keys]
             if missing:
                 raise ValueError(f"identity_keys missing for participants {missing[:10]}")
+            holders = n if self.graph == "complete" else int(self.degree or 0) + 1
+            floor_t = split_view_floor(holders, 0)
+            if self.threshold < floor_t:
+                raise ValueError(
+                    f"active mode needs threshold >= {floor_t} (2t > {holders} share "
+                    f"holders) even with no corrupt client, got {self.threshold}: a server "
+                    "could split the holders into two groups of t and unmask an input"
+                )
         object.__setattr__(self, "_cache", {})
         object.__setattr__(self, "_members", frozenset(self.participants))
 
@@ -167,6 +220,56 @@ class RoundParams:
     def n(self) -> int:
         """Number of participants."""
         return len(self.participants)
+
+    @property
+    def share_holders(self) -> int:
+        """How many clients hold shares of one client's secrets, the client included:
+        ``n`` on the complete graph, ``degree + 1`` on a Harary graph."""
+        return self.n if self.graph == "complete" else int(self.degree or 0) + 1
+
+    def corrupt_holder_bound(self, corrupt: float, sigma: float = 40) -> int:
+        """The most corrupt share holders (neighbours) one client has if a fraction
+        ``corrupt`` of the participants collude with the server: ``floor(corrupt * n)``
+        on the complete graph (capped at n - 1), the statistical bound of
+        :func:`secagg.graph.corrupt_neighbour_bound` (failure <= 2^-(sigma+1) / n per
+        client) on a Harary graph."""
+        if isinstance(corrupt, bool) or not isinstance(corrupt, (int, float)) or not (
+            0.0 <= corrupt < 1.0
+        ):
+            raise ValueError(f"corrupt must be in [0, 1), got {corrupt!r}")
+        if self.n < 2:
+            return 0
+        if self.graph == "complete":
+            return min(math.floor(corrupt * self.n + 1e-9), self.n - 1)
+        return corrupt_neighbour_bound(self.n, float(corrupt), int(self.degree or 0), sigma)
+
+    def threat_model_violation(self, corrupt: float, sigma: float = 40) -> str | None:
+        """Why these parameters do not protect an honest client's input against a
+        server colluding with a fraction ``corrupt`` of the participants, or None.
+
+        Checks ``t >= 2`` (t = 1 makes every share the secret), ``t > c`` (c corrupt
+        holders must not reach t on their own) and, in active mode, the split-view
+        condition ``2t > holders + c`` (module docstring); c is
+        :meth:`corrupt_holder_bound`."""
+        t = self.threshold
+        if self.n >= 2 and t < 2:
+            return f"threshold {t} < 2: a single share reveals the secret"
+        c = self.corrupt_holder_bound(corrupt, sigma)
+        if self.n >= 2 and t <= c:
+            return (
+                f"threshold {t} <= {c}, the corrupt share holders expected at "
+                f"corrupt={corrupt}: they could rebuild a secret on their own"
+            )
+        if self.active:
+            need = split_view_floor(self.share_holders, c)
+            if t < need:
+                return (
+                    f"active threshold {t} < {need}: with {self.share_holders} share holders "
+                    f"and up to {c} corrupt ones (corrupt={corrupt}) a lying server can split "
+                    "the holders into two views of t and unmask an input (needs 2t > "
+                    "holders + corrupt holders)"
+                )
+        return None
 
     def is_participant(self, cid: int) -> bool:
         """Whether ``cid`` was sampled for this round."""
@@ -291,9 +394,12 @@ class RoundParams:
 
         ``config`` (a :class:`ProtocolConfig`) overrides ``graph/dropout/corrupt/active``
         and ``min_survivors`` (a fraction of the participants; the count is at least t).
-        Complete graph: :func:`complete_threshold`. Harary: :func:`find_harary_params`;
-        when no Harary degree below n - 1 meets the bounds (small n), the complete graph
-        is used instead (it is the limit of H(n, k) and has the strongest guarantees).
+        Complete graph: :func:`complete_threshold`. Harary: :func:`find_harary_params`
+        (``active=True`` in active mode: the split-view bound); when no Harary degree
+        below n - 1 meets the bounds (small n), the complete graph is used instead (it is
+        the limit of H(n, k) and has the strongest guarantees). The result is checked
+        with :meth:`threat_model_violation` at ``corrupt``: parameters that would let the
+        server (with that many colluding clients) unmask an input raise ``ValueError``.
         Participants are sorted; duplicates raise ``ValueError``.
         """
         if config is not None:
@@ -316,7 +422,9 @@ class RoundParams:
         degree: int | None = None
         if graph == "harary":
             try:
-                k, t = find_harary_params(n, dropout, corrupt) if n >= 3 else (0, 0)
+                k, t = (
+                    find_harary_params(n, dropout, corrupt, active=active) if n >= 3 else (0, 0)
+                )
             except ValueError:
                 k = 0
             if 2 <= k <= n - 2:
@@ -326,7 +434,7 @@ class RoundParams:
         if graph == "complete":
             threshold = complete_threshold(n, dropout, corrupt, active)
         seed = random_bytes(32)
-        return cls(
+        params = cls(
             round_id=round_id,
             participants=parts,
             dim=dim,
@@ -339,3 +447,7 @@ class RoundParams:
             identity_keys=identity_keys,
             min_survivors=max(threshold, math.ceil(min_survivors * n - 1e-9)),
         )
+        why = params.threat_model_violation(corrupt)
+        if why is not None:
+            raise ValueError(f"no safe parameters for n={n}, graph={graph}: {why}")
+        return params

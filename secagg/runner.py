@@ -22,6 +22,7 @@ from secagg.aggregator import AggregatorProtocol
 from secagg.client import ClientProtocol
 from secagg.errors import AbortError
 from secagg.params import RoundParams
+from secagg.policy import ClientPolicy
 from secagg.stage import Stage
 
 __all__ = ["RoundResult", "run_round"]
@@ -62,12 +63,15 @@ def run_round(
     *,
     random_bytes: Callable[[int], bytes] = os.urandom,
     signing_keys: Mapping[int, Ed25519PrivateKey] | None = None,
+    policy: ClientPolicy | None = None,
 ) -> RoundResult:
     """Run one round in process. ``dropouts[cid] = Stage.X``: cid vanishes before
     sending its stage-X message (Stage.CONSISTENCY_CHECK in passive mode means "before
     Unmasking"). A client that aborts on its own (too few neighbours left) counts as a
     dropout. Raises :class:`AbortError` if the round aborts (nothing is revealed).
-    ``signing_keys`` (client -> Ed25519 key) is required in active mode."""
+    ``signing_keys`` (client -> Ed25519 key) is required in active mode. ``policy``: every
+    client's :class:`ClientPolicy` (None: the defaults); a round outside it raises
+    :class:`~secagg.errors.PolicyError` before any message is sent."""
     dropouts = dict(dropouts or {})
     for cid, stage in dropouts.items():
         if not params.is_participant(cid):
@@ -120,6 +124,7 @@ def run_round(
             c,
             signing_key=None if signing_keys is None else signing_keys[c],
             random_bytes=random_bytes,
+            policy=policy,
         )
         for c in params.participants
     }

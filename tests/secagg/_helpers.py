@@ -9,8 +9,13 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secagg import AggregatorProtocol, ClientProtocol, RoundParams
+from secagg import AggregatorProtocol, ClientPolicy, ClientProtocol, RoundParams
 from secagg.crypto import ed25519_public_bytes
+
+#: Policy for tests of the protocol's mechanics on tiny hand-made rounds (2 clients,
+#: low thresholds): no corrupt-client assumption, no threshold fraction. Only t >= 2
+#: and, in active mode, 2t > share holders (RoundParams itself) still apply.
+MECHANICS = ClientPolicy(min_threshold_fraction=0.0, corrupt=0.0, min_cohort=2)
 
 
 def det_random(seed: bytes = b"test"):
@@ -114,6 +119,7 @@ def make_round(n: int = 5, dim: int = 33, bits: int = 20, seed: int = 0, **kw: A
             c,
             signing_key=None if signing is None else signing[c],
             random_bytes=det_random(b"client%d" % c),
+            policy=MECHANICS,
         )
         for c in params.participants
     }

@@ -32,7 +32,7 @@ from secagg import (
     unpack,
 )
 
-from ._helpers import det_random, fingerprint, make_params, make_round, walk
+from ._helpers import MECHANICS, det_random, fingerprint, make_params, make_round, walk
 
 STAGES = [
     Stage.ADVERTISE_KEYS,
@@ -141,9 +141,9 @@ def test_random_dropouts_give_exact_sum_or_clean_abort(
     degree = None
     if graph == "harary":
         degree = data.draw(st.sampled_from([k for k in range(2, n, 2)]))
-        threshold = data.draw(st.integers(1, degree + 1))
+        threshold = data.draw(st.integers(2, degree + 1))
     else:
-        threshold = data.draw(st.integers(1, n))
+        threshold = data.draw(st.integers(2, n))
     params, _ = make_params(n, dim=11, bits=bits, graph=graph, degree=degree, threshold=threshold)
     schedule = data.draw(
         st.dictionaries(st.sampled_from(params.participants), st.sampled_from(STAGES), max_size=n)
@@ -151,7 +151,9 @@ def test_random_dropouts_give_exact_sum_or_clean_abort(
     inputs = _inputs(params, n * 100 + bits)
     full = sum(1 for c in params.participants if c not in schedule)
     try:
-        res = run_round(params, inputs, schedule, random_bytes=det_random(bytes([n, bits])))
+        res = run_round(
+            params, inputs, schedule, random_bytes=det_random(bytes([n, bits])), policy=MECHANICS
+        )
     except AbortError:
         if graph == "complete":
             assert full < threshold  # complete graph: t fully alive clients always finish
@@ -470,7 +472,7 @@ def test_ciphertext_from_another_round_is_rejected() -> None:
 
 
 def test_active_mode_round_with_dropouts() -> None:
-    params, signing = make_params(6, dim=30, threshold=3, active=True)
+    params, signing = make_params(7, dim=30, threshold=4, active=True)
     inputs = _inputs(params)
     res = run_round(
         params,
@@ -478,7 +480,7 @@ def test_active_mode_round_with_dropouts() -> None:
         {1: Stage.CONSISTENCY_CHECK, 2: Stage.UNMASK, 3: Stage.MASKED_INPUT},
         signing_keys=signing,
     )
-    assert res.survivors == (0, 1, 2, 4, 5)
+    assert res.survivors == (0, 1, 2, 4, 5, 6)
     assert np.array_equal(res.sum, _expected(inputs, res.survivors, 20))
 
 
@@ -557,14 +559,14 @@ def test_pack_of_masked_vector_matches_wire_size() -> None:
 @settings(max_examples=10, deadline=None)
 @given(n=st.integers(3, 7), data=st.data())
 def test_active_mode_random_dropouts(n: int, data: st.DataObject) -> None:
-    threshold = data.draw(st.integers(2, n))
+    threshold = data.draw(st.integers(n // 2 + 1, n))  # 2t > n: no split view
     params, signing = make_params(n, dim=9, bits=16, threshold=threshold, active=True)
     schedule = data.draw(
         st.dictionaries(st.sampled_from(params.participants), st.sampled_from(STAGES), max_size=n)
     )
     inputs = _inputs(params, n)
     try:
-        res = run_round(params, inputs, schedule, signing_keys=signing)
+        res = run_round(params, inputs, schedule, signing_keys=signing, policy=MECHANICS)
     except AbortError:
         # complete graph: t clients that send every message always finish the round
         assert sum(1 for c in params.participants if c not in schedule) < threshold

@@ -1,0 +1,311 @@
+"""Attacks from the security review (issue 11), written as an adversary would run them.
+
+Each test drives the real sans-I/O objects. The server is the attacker: it relays
+messages as it likes, keeps every message it receives and may read the state of the
+clients it corrupted. The tests pass when the attack is refused (or fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from secagg import (
+    AggregatorProtocol,
+    ClientProtocol,
+    ProtocolError,
+    RoundParams,
+    UnmaskRequest,
+    unpack,
+)
+from secagg.client import consistency_message, pair_label, pair_seed, self_label
+from secagg.crypto import Keystream, ed25519_public_bytes, ed25519_sign, x25519_agree
+from secagg.shamir import ShamirError, reconstruct_bytes
+
+from ._helpers import det_random
+
+
+class AttackFailed(Exception):
+    """The attacker could not collect what it needs."""
+
+
+def _identities(ids: Iterable[int]) -> tuple[dict[int, Ed25519PrivateKey], dict[int, bytes]]:
+    signing = {c: Ed25519PrivateKey.generate() for c in ids}
+    return signing, {c: ed25519_public_bytes(k) for c, k in signing.items()}
+
+
+def _inputs(params: RoundParams) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {
+        c: rng.integers(0, params.modulus, params.dim, dtype=np.uint64) for c in params.participants
+    }
+
+
+def split_view_attack(
+    params: RoundParams,
+    clients: dict[int, ClientProtocol],
+    signing: dict[int, Ed25519PrivateKey],
+    inputs: dict[int, np.ndarray],
+    target: int,
+    corrupt: Iterable[int] = (),
+) -> np.ndarray:
+    """The split-view attack on the ConsistencyCheck; returns the target's input.
+
+    Every client sends its masked input. The server shows the survivor set S (target
+    included) to one group of the target's neighbours and S minus the target (target
+    "dropped") to the others. Each group sees valid signatures on its own set: honest
+    clients sign the one set they are shown, the corrupt ones sign both. The first group
+    reveals shares of the target's b_u, the second shares of its s^SK; corrupt neighbours
+    hand over both. With t of each the server strips both masks of y_target.
+    """
+    corrupt = set(corrupt)
+    rid, t = params.round_id, params.threshold
+    agg = AggregatorProtocol(params)  # an honest relay for the first stages
+    adverts = {c: cl.advertise_keys() for c, cl in clients.items()}
+    for m in adverts.values():
+        agg.add_advertise(m)
+    keys = agg.close_advertise()
+    for c in keys:
+        agg.add_share_keys(clients[c].share_keys(keys[c]))
+    cts = agg.close_share_keys()
+    masked = {c: clients[c].masked_input(cts[c], inputs[c]) for c in cts}
+    y_target = masked[target].data  # the server keeps it instead of only summing it
+
+    honest_nbrs = [v for v in params.neighbours(target) if v not in corrupt]
+    others = [
+        v for v in params.participants if v != target and v not in corrupt and v not in honest_nbrs
+    ]
+    # the split that needs the fewest honest neighbours on the b_u side: the target's
+    # own share and the corrupt neighbours' shares count there already
+    n_corrupt_nbrs = len(corrupt & params.neighbour_set(target))
+    need_a = max(0, t - 1 - n_corrupt_nbrs)
+    group_a = [target, *honest_nbrs[:need_a], *others[: len(others) // 2]]
+    group_b = [*honest_nbrs[need_a:], *others[len(others) // 2 :]]
+
+    everyone = tuple(params.participants)
+    view_a = UnmaskRequest(rid, everyone, (), None)
+    view_b = UnmaskRequest(rid, tuple(c for c in everyone if c != target), (target,), None)
+
+    def signatures(view: UnmaskRequest, group: list[int]) -> dict[int, bytes]:
+        sigs = {}
+        for c in group:
+            try:
+                sigs[c] = clients[c].consistency_check(view).signature
+            except ProtocolError:
+                continue
+        for c in corrupt:
+            if c in view.survivors:
+                sigs[c] = ed25519_sign(signing[c], consistency_message(rid, c, view.survivors))
+        return dict(sorted(sigs.items()))
+
+    signed_a = dataclasses.replace(view_a, signatures=signatures(view_a, group_a))
+    signed_b = dataclasses.replace(view_b, signatures=signatures(view_b, group_b))
+    b_shares: dict[int, bytes] = {}
+    sk_shares: dict[int, bytes] = {}
+    for c in group_a:
+        try:
+            out = clients[c].unmask(signed_a)
+        except ProtocolError:
+            continue
+        if target in out.self_mask_shares:
+            b_shares[c + 1] = out.self_mask_shares[target]
+    for c in group_b:
+        try:
+            out = clients[c].unmask(signed_b)
+        except ProtocolError:
+            continue
+        if target in out.secret_key_shares:
+            sk_shares[c + 1] = out.secret_key_shares[target]
+    for c in corrupt & params.neighbour_set(target):
+        b_shares[c + 1] = clients[c]._held_b[target]
+        sk_shares[c + 1] = clients[c]._held_sk[target]
+    if len(b_shares) < t or len(sk_shares) < t:
+        raise AttackFailed(f"{len(b_shares)} shares of b_u, {len(sk_shares)} of s_sk, t = {t}")
+    try:
+        b_u = reconstruct_bytes(b_shares, t)
+        s_sk = reconstruct_bytes(sk_shares, t)
+    except ShamirError as err:
+        raise AttackFailed(str(err)) from err
+    dtype = params.word_dtype
+    y = unpack(y_target, params.bits, params.dim, dtype)
+    ks = Keystream(params.dim, dtype)
+    y -= ks.fill(b_u, self_label(rid, target))
+    for v in params.neighbours(target):
+        seed = pair_seed(x25519_agree(s_sk, adverts[v].s_pk), rid, target, v)
+        mask = ks.fill(seed, pair_label(rid, target, v))
+        if target < v:
+            y -= mask
+        else:
+            y += mask
+    return (y & dtype(params.modulus - 1)).astype(np.uint64)
+
+
+def _active_round(params: RoundParams, signing: dict[int, Ed25519PrivateKey], **kw: object):
+    return {
+        c: ClientProtocol(
+            params, c, signing_key=signing[c], random_bytes=det_random(b"a%d" % c), **kw
+        )  # type: ignore[arg-type]
+        for c in params.participants
+    }
+
+
+# ---------------------------------------------------------------- finding 1: Harary
+
+
+def test_split_view_attack_on_harary_defaults_fails() -> None:
+    """n = 20 on defaults (10 % dropout, 10 % corrupt): before the fix (k, t) = (6, 3)
+    and the attack recovered the target's input exactly with every device honest."""
+    signing, identity = _identities(range(20))
+    params = RoundParams.create(
+        3,
+        range(20),
+        16,
+        16,
+        graph="harary",
+        active=True,
+        identity_keys=identity,
+        random_bytes=det_random(b"g"),
+    )
+    assert params.graph == "harary"
+    inputs = _inputs(params)
+    clients = _active_round(params, signing)
+    with pytest.raises(AttackFailed):
+        split_view_attack(params, clients, signing, inputs, target=0)
+
+
+# ---------------------------------------------------------------- finding 2: complete graph
+
+
+def test_split_view_attack_on_complete_graph_with_corrupt_clients_fails() -> None:
+    """Complete graph, active, 30 % corrupt: before the fix t = n/2 + 1 = 6 of 10, and
+    3 corrupt clients (signing both views) let the split through."""
+    signing, identity = _identities(range(10))
+    params = RoundParams.create(
+        1,
+        range(10),
+        8,
+        16,
+        graph="complete",
+        dropout=0.4,
+        corrupt=0.3,
+        active=True,
+        identity_keys=identity,
+        random_bytes=det_random(b"c"),
+    )
+    inputs = _inputs(params)
+    clients = _active_round(params, signing)
+    with pytest.raises(AttackFailed):
+        split_view_attack(params, clients, signing, inputs, target=0, corrupt=(7, 8, 9))
+
+
+# ---------------------------------------------------------------- finding 4: low-order keys
+
+# X25519 points of small order (RFC 7748 Sec. 6 / Wycheproof): every agreement with them
+# gives the all-zero secret.
+LOW_ORDER = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+]
+
+
+@pytest.mark.parametrize("which", ["c_pk", "s_pk"])
+@pytest.mark.parametrize("point", LOW_ORDER)
+def test_low_order_key_drops_only_its_sender(which: str, point: bytes) -> None:
+    """A client advertising a small-order X25519 key is refused at advertise; the round
+    finishes without it. Before the fix the key was relayed and every neighbour failed
+    in share-keys."""
+    from ._helpers import make_round
+
+    r = make_round(6, dim=12, threshold=4)
+    advs = {c: cl.advertise_keys() for c, cl in r.clients.items()}
+    bad = dataclasses.replace(advs[5], **{which: point})
+    with pytest.raises(ProtocolError):
+        r.agg.add_advertise(bad)
+    for c in range(5):
+        r.agg.add_advertise(advs[c])
+    keys = r.agg.close_advertise()
+    assert 5 not in keys
+    for c in keys:
+        r.agg.add_share_keys(r.clients[c].share_keys(keys[c]))
+    cts = r.agg.close_share_keys()
+    for c in cts:
+        r.agg.add_masked_input(r.clients[c].masked_input(cts[c], r.inputs[c]))
+    req = r.agg.close_masked_input()
+    for c in req.survivors:
+        r.agg.add_unmask(r.clients[c].unmask(req))
+    expected = sum(r.inputs[c].astype(object) for c in range(5)) % r.params.modulus
+    assert np.array_equal(r.agg.finish(), expected.astype(np.uint64))
+
+
+# ---------------------------------------------------------------- findings 4 and 5: bad shares
+
+
+def _to_unmask(n: int, threshold: int, dropped: tuple[int, ...]):
+    from ._helpers import make_round
+
+    r = make_round(n, dim=12, threshold=threshold)
+    r.advertise()
+    r.share()
+    r.masked([c for c in r.params.participants if c not in dropped])
+    r.add_masked()
+    req = r.agg.close_masked_input()
+    shares = {c: r.clients[c].unmask(req) for c in req.survivors}
+    return r, req, shares
+
+
+def _flip(share: bytes) -> bytes:
+    return bytes([share[0] ^ 1]) + share[1:]
+
+
+def _expected_sum(r, survivors) -> np.ndarray:
+    total = sum(r.inputs[c].astype(object) for c in survivors) % r.params.modulus
+    return total.astype(np.uint64)
+
+
+def test_wrong_secret_key_share_excludes_its_sender_not_the_round() -> None:
+    """Before the fix one wrong s^SK share aborted the whole round."""
+    r, req, shares = _to_unmask(8, 5, dropped=(7,))
+    liar = 2
+    msg = shares[liar]
+    shares[liar] = dataclasses.replace(msg, secret_key_shares={7: _flip(msg.secret_key_shares[7])})
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    assert np.array_equal(r.agg.finish(), _expected_sum(r, req.survivors))
+
+
+def test_wrong_self_mask_share_is_detected_and_excluded() -> None:
+    """Before the fix a wrong share of b_u went unnoticed and a wrong sum came out."""
+    r, req, shares = _to_unmask(8, 5, dropped=())
+    liar = 3
+    msg = shares[liar]
+    forged = dict(msg.self_mask_shares)
+    forged[0] = _flip(forged[0])
+    shares[liar] = dataclasses.replace(msg, self_mask_shares=forged)
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    assert np.array_equal(r.agg.finish(), _expected_sum(r, req.survivors))
+
+
+# ---------------------------------------------------------------- finding 3: device policy
+
+
+def test_device_refuses_threshold_one() -> None:
+    """t = 1: every share is the secret itself. Before the fix the device took it."""
+    params = RoundParams(
+        round_id=1,
+        participants=tuple(range(5)),
+        dim=4,
+        bits=16,
+        threshold=1,
+        graph="complete",
+        degree=None,
+        graph_seed=bytes(32),
+    )
+    with pytest.raises(ProtocolError, match="threshold"):
+        ClientProtocol(params, 0)
