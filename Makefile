@@ -46,7 +46,18 @@ $(FLOWER_VENV)/.installed:
 	$(FLOWER_VENV)/bin/pip install -q 'flwr==1.41.0'
 	touch $@
 
-bench: install $(FLOWER_VENV)/.installed
+# pfl-research and Flower's Ray simulation, the external baselines of `benchmarks sim`, each
+# in its own venv too; their pins live in benchmarks/baselines.py (the stamp records them).
+PFL_VENV     := benchmarks/.pfl-venv
+FLWRSIM_VENV := benchmarks/.flwrsim-venv
+
+$(PFL_VENV)/.installed: | $(STAMP)
+	PYTHON=$(PYTHON) $(PY) -m benchmarks.baselines setup pfl
+
+$(FLWRSIM_VENV)/.installed: | $(STAMP)
+	PYTHON=$(PYTHON) $(PY) -m benchmarks.baselines setup flwrsim
+
+bench: install $(FLOWER_VENV)/.installed $(PFL_VENV)/.installed $(FLWRSIM_VENV)/.installed
 	$(PY) -m benchmarks all
 
 lint: install
@@ -54,4 +65,4 @@ lint: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOWER_VENV) $(PFL_VENV) $(FLWRSIM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,240 @@
+"""The simulation-speed workload, shared by the external baselines' harnesses.
+
+``python -m benchmarks sim`` compares our engines with pfl-research and with Flower's
+Ray simulation. Those two run in their own venvs (``benchmarks/.pfl-venv``,
+``benchmarks/.flwrsim-venv``) because their pins clash with ours, so their harnesses
+(``pfl_harness.py``, ``flower_sim_harness.py``) cannot import this repository's packages.
+This module is what they share instead: it imports only the standard library and numpy
+at import time, and TensorFlow only inside the functions that build or run a model, so
+each harness gets the one workload definition from one place:
+
+- data: the Debian Fashion-MNIST IDX files, read with the project's own IDX parser
+  (``clients/tasks/idx.py``, loaded by file path: it imports gzip and numpy only), scaled
+  to [0, 1] exactly as ``clients.tasks.fashion`` does;
+- partition: IID shards, ``devices`` x ``per_device`` distinct training examples from a
+  seeded permutation (benchmark data split, not a secret: numpy is fine here);
+- model: the same Keras architecture as ``FashionTask.build_model`` (56,714 parameters;
+  ``tests/benchmarks/test_baselines.py`` checks the two agree layer by layer);
+- the compiled-step floor: the cohort's examples through one compiled SGD step per
+  batch, on one stream, in the harness's own TensorFlow, so each baseline's seconds per
+  round can be read against the same machine's floor at the same moment;
+- the result line: one ``BENCH_RESULT {json}`` line on stdout, parsed by
+  ``benchmarks/baselines.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IDX_MODULE_PATH = REPO_ROOT / "clients" / "tasks" / "idx.py"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_PARAMS = 56_714
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def _idx_module() -> ModuleType:
+    """The project's IDX reader, loaded from its file (no package import, no TF)."""
+    spec = importlib.util.spec_from_file_location("_secagg_dp_idx", IDX_MODULE_PATH)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the IDX reader from {IDX_MODULE_PATH}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_fashion(
+    data_dir: Path | str = FASHION_DIR,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)``: float32 images in [0, 1] of shape
+    (N, 28, 28, 1) and int64 labels, as ``clients.tasks.fashion`` loads them."""
+    directory = Path(data_dir)
+    missing = [name for name in FASHION_FILES.values() if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST files missing in {directory}: {missing} "
+            "(apt-get install dataset-fashion-mnist; nothing is downloaded)"
+        )
+    read_idx = _idx_module().read_idx
+    raw = {key: read_idx(directory / name) for key, name in FASHION_FILES.items()}
+    out: list[np.ndarray] = []
+    for split in ("train", "test"):
+        out.append((raw[f"x_{split}"].astype(np.float32) / 255.0)[..., None])
+        out.append(raw[f"y_{split}"].astype(np.int64))
+    return out[0], out[1], out[2], out[3]
+
+
+def iid_shards(n_examples: int, devices: int, per_device: int, seed: int) -> np.ndarray:
+    """``(devices, per_device)`` indices of distinct examples from a seeded permutation."""
+    if devices < 1 or per_device < 1:
+        raise ValueError(f"need devices >= 1 and per_device >= 1, got {devices}, {per_device}")
+    if devices * per_device > n_examples:
+        raise ValueError(
+            f"{devices} devices x {per_device} examples exceed the {n_examples} available"
+        )
+    perm = np.random.default_rng(seed).permutation(n_examples)
+    return perm[: devices * per_device].reshape(devices, per_device)
+
+
+def build_fashion_cnn(seed: int = 0) -> Any:
+    """The ``fashion`` task's CNN (uncompiled), rebuilt with this venv's Keras.
+
+    Conv(16, 3x3) -> MaxPool -> Conv(32, 3x3) -> MaxPool -> Dense(64) -> Dense(10 logits),
+    Glorot-uniform kernels seeded like ``clients.tasks.base.seeded_initializers``.
+    """
+    import tensorflow as tf
+
+    counter = iter(range(10_000))
+
+    def init() -> Any:
+        return tf.keras.initializers.GlorotUniform(seed=seed * 10_000 + next(counter))
+
+    layers = tf.keras.layers
+    return tf.keras.Sequential(
+        [
+            layers.Input((28, 28, 1)),
+            layers.Conv2D(16, 3, activation="relu", kernel_initializer=init()),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, activation="relu", kernel_initializer=init()),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu", kernel_initializer=init()),
+            layers.Dense(10, kernel_initializer=init()),
+        ],
+        name="fashion_cnn",
+    )
+
+
+def count_params(model: Any) -> int:
+    """Number of trainable scalars."""
+    return int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
+
+
+def check_params(model: Any) -> int:
+    """Raise if the rebuilt model is not the 56,714-parameter ``fashion`` CNN."""
+    n = count_params(model)
+    if n != FASHION_PARAMS:
+        raise RuntimeError(
+            f"rebuilt model has {n} parameters, the fashion CNN has {FASHION_PARAMS}"
+        )
+    return n
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    """Top-1 accuracy of a logits model on ``(x, y)``, in batches, inference mode."""
+    correct = 0
+    for start in range(0, len(x), batch):
+        logits = np.asarray(model(x[start : start + batch], training=False))
+        correct += int(np.sum(np.argmax(logits, axis=1) == y[start : start + batch]))
+    return correct / len(x)
+
+
+def make_sgd_step(model: Any, lr: float) -> Any:
+    """One compiled SGD step on ``model``'s variables, in place (mean softmax CE)."""
+    import tensorflow as tf
+
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = list(model.trainable_variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, variables)
+        for v, g in zip(variables, grads, strict=True):
+            v.assign_sub(lr * g)
+        return loss
+
+    return step
+
+
+def compiled_floor(
+    x: np.ndarray,
+    y: np.ndarray,
+    shards: np.ndarray,
+    *,
+    cohort: int,
+    epochs: int,
+    batch: int,
+    lr: float,
+    reps: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Seconds for one cohort's local training through a compiled step, on one stream.
+
+    One model, built once; per device: assign the global weights in place, run
+    ``epochs`` x ceil(per_device / batch) compiled steps, add the delta to a running
+    sum. No framework, no sampling machinery, no transport: the cost that any simulator
+    of this workload must pay, measured by this venv's TensorFlow at this moment.
+    One untimed warm-up pass traces the step, then ``reps`` timed passes (median).
+    """
+    import tensorflow as tf
+
+    model = build_fashion_cnn(seed)
+    check_params(model)
+    step = make_sgd_step(model, lr)
+    variables = list(model.trainable_variables)
+    start_weights = [tf.identity(v) for v in variables]
+    sums = [tf.Variable(tf.zeros_like(v)) for v in variables]
+    rng = np.random.default_rng(seed + 1)
+    per_device = shards.shape[1]
+
+    def one_pass() -> float:
+        chosen = rng.choice(len(shards), size=cohort, replace=False)
+        t0 = time.perf_counter()
+        for s in sums:
+            s.assign(tf.zeros_like(s))
+        for dev in chosen:
+            idx = shards[dev]
+            xd, yd = x[idx], y[idx]
+            for v, w in zip(variables, start_weights, strict=True):
+                v.assign(w)
+            for _ in range(epochs):
+                for b in range(0, per_device, batch):
+                    step(xd[b : b + batch], yd[b : b + batch])
+            for s, v, w in zip(sums, variables, start_weights, strict=True):
+                s.assign_add(v - w)
+        float(tf.reduce_sum(sums[0]))  # wait for the last device's work
+        return time.perf_counter() - t0
+
+    one_pass()
+    times = [one_pass() for _ in range(max(1, reps))]
+    return {"seconds": statistics.median(times), "times": times, "reps": len(times)}
+
+
+def median_after_warmup(times: list[float], warmup: int) -> float:
+    """Median of the round times after the first ``warmup`` rounds."""
+    timed = times[warmup:]
+    if not timed:
+        raise ValueError(f"{len(times)} round times and {warmup} warm-up rounds: nothing timed")
+    return statistics.median(timed)
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print the one result line that ``benchmarks/baselines.py`` parses."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(record, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def machine_load() -> list[float]:
+    """1, 5 and 15-minute load averages (other work may share this machine)."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            return [float(v) for v in fh.read().split()[:3]]
+    except OSError:
+        return []
