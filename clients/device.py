@@ -229,7 +229,9 @@ class ServerClient:
 
         if self.device_id is None:
             raise DeviceError("device is not registered yet; cannot sign requests")
-        headers = sign_request(self.signing_key, self.device_id, method, path_with_query, body)
+        headers = sign_request(
+            self.signing_key, self.device_id, method, path_with_query, body, audience=self.base_url
+        )
         return {str(k): str(v) for k, v in headers.items()}
 
     # -- API

@@ -15,11 +15,17 @@ Wire format (CONTRACT.md, "HTTP API v1")::
     X-Timestamp:  unix seconds (integer)
     X-Nonce:      32 lowercase hex characters (16 random bytes from the OS CSPRNG)
     X-Signature:  base64 Ed25519 signature over
-        b"secagg-dp/v1\\n" + METHOD + "\\n" + path_with_query + "\\n" + timestamp + "\\n"
-        + nonce + "\\n" + sha256(body).hexdigest()
+        b"secagg-dp/v2\\n" + METHOD + "\\n" + audience + "\\n" + device_id + "\\n"
+        + path_with_query + "\\n" + timestamp + "\\n" + nonce + "\\n"
+        + sha256(body).hexdigest()
 
-The signature binds the method, the exact path and query (so it cannot be moved to another
-route or round), the body digest, and a fresh (timestamp, nonce) pair. The verifier rejects
+The signature binds the method, the audience (the origin of the server the device meant
+to talk to, ``scheme://host[:port]``, see :func:`normalize_audience`), the claimed device
+id, the exact path and query (so it cannot be moved to another route or round), the body
+digest, and a fresh (timestamp, nonce) pair. Binding the device id means a request
+cannot be replayed under another id that registered the same public key (replay caches
+are kept per device); binding the audience means a request made for one server does not
+verify at another server where the device registered the same key. The verifier rejects
 timestamps outside a window and the server remembers nonces for that window, so a captured
 request cannot be replayed (:class:`NonceCache`).
 """
@@ -34,6 +40,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
@@ -53,6 +60,7 @@ __all__ = [
     "HEADER_NONCE",
     "HEADER_SIGNATURE",
     "canonical_request",
+    "normalize_audience",
     "sign_request",
     "verify_request",
     "parse_public_key",
@@ -60,7 +68,7 @@ __all__ = [
     "public_key_bytes",
 ]
 
-DOMAIN = b"secagg-dp/v1\n"
+DOMAIN = b"secagg-dp/v2\n"
 HEADER_DEVICE_ID = "X-Device-Id"
 HEADER_TIMESTAMP = "X-Timestamp"
 HEADER_NONCE = "X-Nonce"
@@ -96,12 +104,50 @@ def parse_public_key(raw: bytes) -> Ed25519PublicKey:
         raise AuthError(f"not an Ed25519 public key: {err}") from err
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_audience(url: str) -> str:
+    """The origin ``scheme://host[:port]`` of ``url`` in one canonical spelling: scheme
+    and host lower-case, the default port (80 / 443) dropped, path, query and fragment
+    ignored. Device and server both normalize, so ``http://Host:80/`` and
+    ``http://host`` are the same audience. Raises ``ValueError`` for anything that is not
+    an http(s) URL with a host (user info is refused)."""
+    if not isinstance(url, str) or not url or len(url) > _MAX_HEADER or "\n" in url:
+        raise ValueError(f"audience must be an http(s) URL, got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"audience must be an http(s) URL, got {url!r}: {err}") from err
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
+        raise ValueError(f"audience must be an http(s) URL with a host, got {url!r}")
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
+
+
 def canonical_request(
-    method: str, path: str, timestamp: int | str, nonce: str, body: bytes
+    method: str,
+    path: str,
+    timestamp: int | str,
+    nonce: str,
+    body: bytes,
+    *,
+    device_id: int,
+    audience: str,
 ) -> bytes:
-    """The exact bytes that are signed (see the module docstring)."""
+    """The exact bytes that are signed (see the module docstring); ``audience`` is
+    normalized with :func:`normalize_audience`."""
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise ValueError(f"device_id must be an int >= 0, got {device_id!r}")
     digest = hashlib.sha256(body).hexdigest()
-    text = f"{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{digest}"
+    aud = normalize_audience(audience)
+    text = f"{method.upper()}\n{aud}\n{device_id}\n{path}\n{timestamp}\n{nonce}\n{digest}"
     return DOMAIN + text.encode("utf-8")
 
 
@@ -113,12 +159,15 @@ def sign_request(
     body: bytes = b"",
     now: float | None = None,
     nonce: str | None = None,
+    *,
+    audience: str,
 ) -> dict[str, str]:
     """Headers that authenticate one request of ``device_id`` signed with ``key``.
 
     ``path`` is the path with its query string exactly as sent (``/v1/rounds/3/keys`` or
-    ``/v1/rounds/current?wait=30&after=4``). ``now`` and ``nonce`` are injectable for
-    tests; by default the clock and 16 bytes of the OS CSPRNG are used.
+    ``/v1/rounds/current?wait=30&after=4``). ``audience`` is the server's URL as the
+    device addresses it (its base URL; only the origin counts). ``now`` and ``nonce`` are
+    injectable for tests; by default the clock and 16 bytes of the OS CSPRNG are used.
     """
     if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
         raise ValueError(f"device_id must be an int >= 0, got {device_id!r}")
@@ -126,7 +175,9 @@ def sign_request(
     nonce = os.urandom(16).hex() if nonce is None else nonce
     if not _NONCE_RE.match(nonce):
         raise ValueError(f"nonce must be 32 lowercase hex characters, got {nonce!r}")
-    signature = key.sign(canonical_request(method, path, ts, nonce, body))
+    signature = key.sign(
+        canonical_request(method, path, ts, nonce, body, device_id=device_id, audience=audience)
+    )
     return {
         HEADER_DEVICE_ID: str(device_id),
         HEADER_TIMESTAMP: str(ts),
@@ -162,15 +213,25 @@ def verify_request(
     body: bytes,
     now: float,
     window: float,
+    *,
+    audience: str,
 ) -> tuple[int, str]:
     """Check a request's signature and freshness; return ``(timestamp, nonce)``.
 
-    Raises :class:`AuthError` when a header is missing or malformed, the timestamp is
-    more than ``window`` seconds from ``now`` (either direction), or the signature does
-    not verify under ``public_key``. Replay detection (nonce reuse) is the caller's job
-    with a :class:`NonceCache`, because it needs state across requests.
+    ``audience`` is the origin this server answers at (:func:`normalize_audience`); the
+    device id signed is the request's ``X-Device-Id``, so ``public_key`` must be the key
+    registered for that id. Raises :class:`AuthError` when a header is missing or
+    malformed, the timestamp is more than ``window`` seconds from ``now`` (either
+    direction), or the signature does not verify under ``public_key`` (also when it was
+    made for another device id or another audience). Replay detection (nonce reuse) is
+    the caller's job with a :class:`NonceCache`, because it needs state across requests.
     """
     pub = public_key if isinstance(public_key, Ed25519PublicKey) else parse_public_key(public_key)
+    device_id = parse_device_id(headers)
+    try:
+        aud = normalize_audience(audience)
+    except ValueError as err:
+        raise AuthError(f"server audience is misconfigured: {err}") from err
     ts_raw = _header(headers, HEADER_TIMESTAMP)
     if not ts_raw.isascii() or not ts_raw.isdigit() or len(ts_raw) > 12:
         raise AuthError(f"{HEADER_TIMESTAMP} must be integer unix seconds, got {ts_raw!r}")
@@ -190,7 +251,10 @@ def verify_request(
     if not _METHOD_RE.match(method.upper()):
         raise AuthError(f"unsupported method {method!r}")
     try:
-        pub.verify(signature, canonical_request(method, path, ts_raw, nonce, body))
+        pub.verify(
+            signature,
+            canonical_request(method, path, ts_raw, nonce, body, device_id=device_id, audience=aud),
+        )
     except InvalidSignature as err:
         raise AuthError("signature does not verify") from err
     return ts, nonce

@@ -18,6 +18,7 @@ from secagg.auth import (
     HEADER_DEVICE_ID,
     AuthError,
     NonceCache,
+    normalize_audience,
     parse_device_id,
     parse_public_key,
     verify_request,
@@ -38,8 +39,25 @@ def path_with_query(request: Request) -> str:
     return f"{path}?{query}" if query else path
 
 
+def request_audience(request: Request) -> str:
+    """The origin the request was addressed to (scheme and Host header), normalized; the
+    audience a device signs (``secagg.auth``) must equal it unless
+    :attr:`Authenticator.audience` pins the server's public origin (set that behind a
+    proxy that rewrites Host or terminates TLS, and to refuse requests signed for
+    another server that are relayed here with their Host header intact)."""
+    host = request.headers.get("host", "")
+    try:
+        return normalize_audience(f"{request.url.scheme}://{host}")
+    except ValueError as err:
+        raise AuthError(f"cannot tell which server the request was meant for: {err}") from err
+
+
 class Authenticator:
     """Verifies signed requests against the registered public keys."""
+
+    #: The server's public origin (``https://host[:port]``) that signed requests must name;
+    #: None: the origin each request was addressed to (:func:`request_audience`).
+    audience: str | None = None
 
     def __init__(
         self,
@@ -85,6 +103,7 @@ class Authenticator:
             body,
             now,
             self.window,
+            audience=self.audience or request_audience(request),
         )
         self.nonces.check_and_add(device_id, nonce, ts, now)
         wait = self.buckets.take(("device", device_id))

@@ -1,4 +1,5 @@
-"""secagg.auth: signatures bind method, path, body, time and nonce; replays are refused."""
+"""secagg.auth: signatures bind method, audience, device id, path, body, time and nonce;
+replays are refused."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from secagg.auth import (
     NonceCache,
     ReplayError,
     canonical_request,
+    normalize_audience,
     public_key_bytes,
     sign_request,
     verify_request,
@@ -17,6 +19,7 @@ from secagg.auth import (
 
 NOW = 1_700_000_000.0
 NONCE = "0123456789abcdef0123456789abcdef"
+AUD = "https://agg.example:8443"
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +28,18 @@ def key() -> Ed25519PrivateKey:
 
 
 def test_roundtrip(key: Ed25519PrivateKey) -> None:
-    h = sign_request(key, 7, "POST", "/v1/rounds/3/keys", b"{}", now=NOW, nonce=NONCE)
+    h = sign_request(key, 7, "POST", "/v1/rounds/3/keys", b"{}", now=NOW, nonce=NONCE, audience=AUD)
     assert h["X-Device-Id"] == "7" and h["X-Nonce"] == NONCE and h["X-Timestamp"] == str(int(NOW))
     ts, nonce = verify_request(
-        public_key_bytes(key), h, "POST", "/v1/rounds/3/keys", b"{}", NOW + 5, 120
+        public_key_bytes(key), h, "POST", "/v1/rounds/3/keys", b"{}", NOW + 5, 120, audience=AUD
     )
     assert (ts, nonce) == (int(NOW), NONCE)
 
 
 def test_canonical_form_is_the_contract() -> None:
-    msg = canonical_request("get", "/v1/x?a=1", 12, NONCE, b"")
+    msg = canonical_request("get", "/v1/x?a=1", 12, NONCE, b"", device_id=7, audience=AUD)
     assert msg == (
-        b"secagg-dp/v1\nGET\n/v1/x?a=1\n12\n" + NONCE.encode() + b"\n"
+        b"secagg-dp/v2\nGET\nhttps://agg.example:8443\n7\n/v1/x?a=1\n12\n" + NONCE.encode() + b"\n"
         b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
 
@@ -53,23 +56,25 @@ def test_canonical_form_is_the_contract() -> None:
 def test_any_change_breaks_the_signature(
     key: Ed25519PrivateKey, method: str, path: str, body: bytes
 ) -> None:
-    h = sign_request(key, 7, "POST", "/v1/rounds/3/keys", b"{}", now=NOW, nonce=NONCE)
+    h = sign_request(key, 7, "POST", "/v1/rounds/3/keys", b"{}", now=NOW, nonce=NONCE, audience=AUD)
     with pytest.raises(AuthError, match="does not verify"):
-        verify_request(public_key_bytes(key), h, method, path, body, NOW, 120)
+        verify_request(public_key_bytes(key), h, method, path, body, NOW, 120, audience=AUD)
 
 
 def test_other_key_fails(key: Ed25519PrivateKey) -> None:
-    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW)
+    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW, audience=AUD)
     other = public_key_bytes(Ed25519PrivateKey.generate())
     with pytest.raises(AuthError):
-        verify_request(other, h, "GET", "/v1/model", b"", NOW, 120)
+        verify_request(other, h, "GET", "/v1/model", b"", NOW, 120, audience=AUD)
 
 
 @pytest.mark.parametrize("skew", [-121, 121, 10_000])
 def test_stale_or_future_timestamp(key: Ed25519PrivateKey, skew: float) -> None:
-    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW)
+    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW, audience=AUD)
     with pytest.raises(AuthError, match="window"):
-        verify_request(public_key_bytes(key), h, "GET", "/v1/model", b"", NOW + skew, 120)
+        verify_request(
+            public_key_bytes(key), h, "GET", "/v1/model", b"", NOW + skew, 120, audience=AUD
+        )
 
 
 @pytest.mark.parametrize(
@@ -85,33 +90,33 @@ def test_stale_or_future_timestamp(key: Ed25519PrivateKey, skew: float) -> None:
     ],
 )
 def test_malformed_headers(key: Ed25519PrivateKey, header: str, value: str) -> None:
-    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW)
+    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW, audience=AUD)
     h[header] = value
     with pytest.raises(AuthError):
-        verify_request(public_key_bytes(key), h, "GET", "/v1/model", b"", NOW, 120)
+        verify_request(public_key_bytes(key), h, "GET", "/v1/model", b"", NOW, 120, audience=AUD)
 
 
 def test_missing_header(key: Ed25519PrivateKey) -> None:
-    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW)
+    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW, audience=AUD)
     del h["X-Signature"]
     with pytest.raises(AuthError, match="missing"):
-        verify_request(public_key_bytes(key), h, "GET", "/v1/model", b"", NOW, 120)
+        verify_request(public_key_bytes(key), h, "GET", "/v1/model", b"", NOW, 120, audience=AUD)
 
 
 def test_bad_public_key() -> None:
     with pytest.raises(AuthError, match="32 raw bytes"):
-        verify_request(b"short", {}, "GET", "/", b"", NOW, 120)
+        verify_request(b"short", {}, "GET", "/", b"", NOW, 120, audience=AUD)
 
 
 def test_sign_rejects_bad_inputs(key: Ed25519PrivateKey) -> None:
     with pytest.raises(ValueError, match="device_id"):
-        sign_request(key, -1, "GET", "/", b"")
+        sign_request(key, -1, "GET", "/", b"", audience=AUD)
     with pytest.raises(ValueError, match="nonce"):
-        sign_request(key, 1, "GET", "/", b"", nonce="zz")
+        sign_request(key, 1, "GET", "/", b"", nonce="zz", audience=AUD)
 
 
 def test_fresh_nonces_differ(key: Ed25519PrivateKey) -> None:
-    nonces = {sign_request(key, 1, "GET", "/", b"")["X-Nonce"] for _ in range(50)}
+    nonces = {sign_request(key, 1, "GET", "/", b"", audience=AUD)["X-Nonce"] for _ in range(50)}
     assert len(nonces) == 50
 
 
@@ -123,3 +128,47 @@ def test_nonce_cache_refuses_replay_then_forgets() -> None:
         cache.check_and_add(1, NONCE, NOW, NOW + 1)
     cache.check_and_add(1, "f" * 32, NOW, NOW + 100)  # prunes the old entries
     assert len(cache) == 1
+
+
+def test_signature_does_not_transfer_to_another_device_id(key: Ed25519PrivateKey) -> None:
+    """The same public key registered twice (ids 1 and 2): a request of device 1 must not
+    verify as device 2, whose replay cache has never seen its nonce. Before the device id
+    was signed it did."""
+    h = sign_request(key, 1, "POST", "/v1/rounds/3/keys", b"{}", now=NOW, audience=AUD)
+    h["X-Device-Id"] = "2"
+    with pytest.raises(AuthError, match="does not verify"):
+        verify_request(
+            public_key_bytes(key), h, "POST", "/v1/rounds/3/keys", b"{}", NOW, 120, audience=AUD
+        )
+
+
+@pytest.mark.parametrize(
+    "other", ["https://agg.example", "http://agg.example:8443", "https://other.example:8443"]
+)
+def test_signature_does_not_transfer_to_another_server(key: Ed25519PrivateKey, other: str) -> None:
+    h = sign_request(key, 1, "GET", "/v1/model", b"", now=NOW, audience=AUD)
+    with pytest.raises(AuthError, match="does not verify"):
+        verify_request(public_key_bytes(key), h, "GET", "/v1/model", b"", NOW, 120, audience=other)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://testserver", "http://testserver"),
+        ("HTTP://TestServer:80/", "http://testserver"),
+        ("https://h.example:443/api/v1?x=1", "https://h.example"),
+        ("https://h.example:8443", "https://h.example:8443"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+    ],
+)
+def test_audience_is_the_normalized_origin(url: str, origin: str) -> None:
+    assert normalize_audience(url) == origin
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "testserver", "ftp://h", "http://", "http://u:p@h", "http://h:99999", "http://h\n"]
+)
+def test_audience_rejects_non_origins(bad: str) -> None:
+    with pytest.raises(ValueError, match="audience"):
+        normalize_audience(bad)

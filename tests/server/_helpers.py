@@ -70,6 +70,7 @@ class Device:
 
     def headers(self, method: str, path: str, body: bytes = b"", **kw: Any) -> dict[str, str]:
         assert self.device_id is not None
+        kw.setdefault("audience", str(self.http.base_url))
         return sign_request(self.key, self.device_id, method, path, body, **kw)
 
     def get(self, path: str, **kw: Any) -> httpx.Response:

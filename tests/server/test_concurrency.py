@@ -31,12 +31,13 @@ class AsyncDevice:
         self.id = int(r.json()["device_id"])
 
     async def get(self, path: str) -> Any:
-        r = await self.http.get(path, headers=sign_request(self.key, self.id, "GET", path))
+        h = sign_request(self.key, self.id, "GET", path, audience=str(self.http.base_url))
+        r = await self.http.get(path, headers=h)
         assert r.status_code == 200, r.text
         return r.json()
 
     async def post(self, path: str, body: bytes, ctype: str) -> None:
-        h = sign_request(self.key, self.id, "POST", path, body)
+        h = sign_request(self.key, self.id, "POST", path, body, audience=str(self.http.base_url))
         h["Content-Type"] = ctype
         r = await self.http.post(path, content=body, headers=h)
         assert r.status_code == 202, r.text
