@@ -203,7 +203,7 @@ def parse_harness_output(framework: str, stdout: str, stderr: str, returncode: i
         "round_times": raw.get("round_times"),
         "floor_seconds": floor,
         "ratio_to_floor": ratio,
-        "load": raw.get("load_before_floor"),
+        "load": raw.get("load_after_rounds"),
         "raw": raw,
     }
     record["notes"] = _notes(record)

@@ -207,6 +207,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
     from flwr.simulation import run_simulation
 
+    x_train, y_train, x_test, y_test = wl.load_fashion(args.data_dir)
+    shards = wl.iid_shards(len(x_train), args.devices, args.per_device, args.seed)
+    load_start = wl.machine_load()
+    floor, floor_before = None, []
+    if args.floor_reps > 0:  # measured before and after the rounds (see CompiledFloor)
+        floor = wl.CompiledFloor(
+            x_train, y_train, shards, cohort=args.cohort, epochs=args.epochs,
+            batch=args.batch, lr=args.lr, seed=args.seed,
+        )
+        floor_before = floor.measure(args.floor_reps)
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
     run_simulation(
@@ -232,7 +242,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"rounds with fewer than {args.cohort} replies: {RUN['replies']}; "
             f"first client error: {RUN['errors'][0] if RUN['errors'] else 'none'}"
         )
-    x_train, y_train, x_test, y_test = wl.load_fashion(args.data_dir)
     model = wl.build_fashion_cnn(args.seed)
     model.set_weights(RUN["final_arrays"])
     record: dict[str, Any] = {
@@ -257,16 +266,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "devices": args.devices, "per_device": args.per_device, "cohort": args.cohort,
             "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
         },
-        "load_before_floor": wl.machine_load(),
+        "load_start": load_start,
+        "load_after_rounds": wl.machine_load(),
     }
-    if args.floor_reps > 0:
-        shards = wl.iid_shards(len(x_train), args.devices, args.per_device, args.seed)
-        floor = wl.compiled_floor(
-            x_train, y_train, shards, cohort=args.cohort, epochs=args.epochs,
-            batch=args.batch, lr=args.lr, reps=args.floor_reps, seed=args.seed,
-        )
-        record["floor_seconds"] = floor["seconds"]
-        record["floor_times"] = floor["times"]
+    if floor is not None:
+        record.update(wl.floor_fields(floor_before, floor.measure(args.floor_reps)))
     record["load_end"] = wl.machine_load()
     return record
 

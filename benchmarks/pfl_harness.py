@@ -147,6 +147,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             self._last = now
             return False, Metrics()
 
+    load_start = wl.machine_load()
+    floor, floor_before = None, []
+    if args.floor_reps > 0:  # measured before and after the rounds (see CompiledFloor)
+        floor = wl.CompiledFloor(
+            x_train, y_train, shards, cohort=args.cohort, epochs=args.epochs,
+            batch=args.batch, lr=args.lr, seed=args.seed,
+        )
+        floor_before = floor.measure(args.floor_reps)
     timer = RoundTimer()
     t0 = time.perf_counter()
     FederatedAveraging().run(
@@ -187,15 +195,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "devices": args.devices, "per_device": args.per_device, "cohort": args.cohort,
             "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
         },
-        "load_before_floor": wl.machine_load(),
+        "load_start": load_start,
+        "load_after_rounds": wl.machine_load(),
     }
-    if args.floor_reps > 0:
-        floor = wl.compiled_floor(
-            x_train, y_train, shards, cohort=args.cohort, epochs=args.epochs,
-            batch=args.batch, lr=args.lr, reps=args.floor_reps, seed=args.seed,
-        )
-        record["floor_seconds"] = floor["seconds"]
-        record["floor_times"] = floor["times"]
+    if floor is not None:
+        record.update(wl.floor_fields(floor_before, floor.measure(args.floor_reps)))
     record["load_end"] = wl.machine_load()
     return record
 

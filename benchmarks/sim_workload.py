@@ -15,9 +15,10 @@ each harness gets the one workload definition from one place:
   seeded permutation (benchmark data split, not a secret: numpy is fine here);
 - model: the same Keras architecture as ``FashionTask.build_model`` (56,714 parameters;
   ``tests/benchmarks/test_baselines.py`` checks the two agree layer by layer);
-- the compiled-step floor: the cohort's examples through one compiled SGD step per
-  batch, on one stream, in the harness's own TensorFlow, so each baseline's seconds per
-  round can be read against the same machine's floor at the same moment;
+- the compiled floor: the cohort's examples through one compiled local update per
+  device (``CompiledFloor``), on one stream, in the harness's own TensorFlow, so each
+  baseline's seconds per round can be read against the same machine's floor at the same
+  moment;
 - the result line: one ``BENCH_RESULT {json}`` line on stdout, parsed by
   ``benchmarks/baselines.py``.
 """
@@ -163,58 +164,73 @@ def make_sgd_step(model: Any, lr: float) -> Any:
     return step
 
 
-def compiled_floor(
-    x: np.ndarray,
-    y: np.ndarray,
-    shards: np.ndarray,
-    *,
-    cohort: int,
-    epochs: int,
-    batch: int,
-    lr: float,
-    reps: int,
-    seed: int,
-) -> dict[str, Any]:
-    """Seconds for one cohort's local training through a compiled step, on one stream.
+class CompiledFloor:
+    """Seconds for one cohort's local training through a compiled update, on one stream.
 
-    One model, built once; per device: assign the global weights in place, run
-    ``epochs`` x ceil(per_device / batch) compiled steps, add the delta to a running
-    sum. No framework, no sampling machinery, no transport: the cost that any simulator
-    of this workload must pay, measured by this venv's TensorFlow at this moment.
-    One untimed warm-up pass traces the step, then ``reps`` timed passes (median).
+    One model, built once. Per device, ONE ``tf.function`` call does the whole local
+    update: assign the global weights in place, run ``epochs`` x ceil(per_device /
+    batch) SGD steps (unrolled at trace time: shard sizes are fixed), add the delta to
+    a running sum. No framework, no sampling machinery, no transport: the cost that any
+    simulator of this workload must pay, measured by this venv's TensorFlow. The first
+    pass traces the function and is not timed. A harness measures :meth:`measure`
+    before and after its rounds, so a load that drifts during the run shows up in the
+    floor too (the machine may be shared).
     """
-    import tensorflow as tf
 
-    model = build_fashion_cnn(seed)
-    check_params(model)
-    step = make_sgd_step(model, lr)
-    variables = list(model.trainable_variables)
-    start_weights = [tf.identity(v) for v in variables]
-    sums = [tf.Variable(tf.zeros_like(v)) for v in variables]
-    rng = np.random.default_rng(seed + 1)
-    per_device = shards.shape[1]
+    def __init__(self, x: np.ndarray, y: np.ndarray, shards: np.ndarray, *, cohort: int,
+                 epochs: int, batch: int, lr: float, seed: int) -> None:
+        import tensorflow as tf
 
-    def one_pass() -> float:
-        chosen = rng.choice(len(shards), size=cohort, replace=False)
-        t0 = time.perf_counter()
-        for s in sums:
-            s.assign(tf.zeros_like(s))
-        for dev in chosen:
-            idx = shards[dev]
-            xd, yd = x[idx], y[idx]
-            for v, w in zip(variables, start_weights, strict=True):
+        self._tf = tf
+        self.x, self.y, self.shards, self.cohort = x, y, shards, cohort
+        self.model = build_fashion_cnn(seed)
+        check_params(self.model)
+        variables = list(self.model.trainable_variables)
+        self._global = [tf.Variable(v) for v in variables]
+        self._sums = [tf.Variable(tf.zeros_like(v)) for v in variables]
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        per_device = shards.shape[1]
+        model, glob, sums = self.model, self._global, self._sums
+
+        @tf.function
+        def local_update(xd: Any, yd: Any) -> None:
+            for v, w in zip(variables, glob, strict=True):
                 v.assign(w)
             for _ in range(epochs):
                 for b in range(0, per_device, batch):
-                    step(xd[b : b + batch], yd[b : b + batch])
-            for s, v, w in zip(sums, variables, start_weights, strict=True):
+                    with tf.GradientTape() as tape:
+                        loss = loss_fn(yd[b : b + batch], model(xd[b : b + batch], training=True))
+                    grads = tape.gradient(loss, variables)
+                    for v, g in zip(variables, grads, strict=True):
+                        v.assign_sub(lr * g)
+            for s, v, w in zip(sums, variables, glob, strict=True):
                 s.assign_add(v - w)
-        float(tf.reduce_sum(sums[0]))  # wait for the last device's work
+
+        self._local_update = local_update
+        self._rng = np.random.default_rng(seed + 1)
+        self._pass()  # trace
+
+    def _pass(self) -> float:
+        tf = self._tf
+        chosen = self._rng.choice(len(self.shards), size=self.cohort, replace=False)
+        t0 = time.perf_counter()
+        for s in self._sums:
+            s.assign(tf.zeros_like(s))
+        for dev in chosen:
+            idx = self.shards[dev]
+            self._local_update(self.x[idx], self.y[idx])
+        float(tf.reduce_sum(self._sums[0]))  # wait for the last device's work
         return time.perf_counter() - t0
 
-    one_pass()
-    times = [one_pass() for _ in range(max(1, reps))]
-    return {"seconds": statistics.median(times), "times": times, "reps": len(times)}
+    def measure(self, reps: int) -> list[float]:
+        """``reps`` timed passes of a whole cohort."""
+        return [self._pass() for _ in range(max(1, reps))]
+
+
+def floor_fields(before: list[float], after: list[float]) -> dict[str, Any]:
+    """The floor's fields of a result record: the median of all passes, and each side."""
+    return {"floor_seconds": statistics.median(before + after), "floor_before": before,
+            "floor_after": after}
 
 
 def median_after_warmup(times: list[float], warmup: int) -> float:

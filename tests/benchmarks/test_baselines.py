@@ -20,7 +20,7 @@ from benchmarks import sim_workload as wl
 def result_line(**fields: object) -> str:
     record = {"ok": True, "version": "0.6.0", "rounds": 5, "warmup": 2,
               "seconds_per_round": 1.5, "accuracy": 0.4, "floor_seconds": 1.2,
-              "round_times": [3.0, 2.0, 1.5, 1.4, 1.6], "load_before_floor": [1.0, 0.5, 0.2],
+              "round_times": [3.0, 2.0, 1.5, 1.4, 1.6], "load_after_rounds": [1.0, 0.5, 0.2],
               "tensorflow": "2.21.0", "keras": "tf_keras 2.21.0"}
     record.update(fields)
     return wl.RESULT_PREFIX + json.dumps(record)
@@ -187,3 +187,28 @@ def test_harness_data_is_the_fashion_tasks_data() -> None:
     np.testing.assert_array_equal(y_train, data.y_train)
     np.testing.assert_array_equal(x_train, data.x_train)
     assert x_train.shape == (60_000, 28, 28, 1)
+
+
+def test_compiled_floor_sums_the_same_deltas_as_a_plain_sgd_loop() -> None:
+    """The floor does the whole workload (every device's full local update), not less."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=40).astype(np.int64)
+    shards = wl.iid_shards(40, 4, 10, seed=1)
+    floor = wl.CompiledFloor(x, y, shards, cohort=4, epochs=2, batch=4, lr=0.05, seed=0)
+    assert all(t > 0 for t in floor.measure(1))
+    got = [s.numpy() for s in floor._sums]
+
+    model = wl.build_fashion_cnn(seed=0)
+    step = wl.make_sgd_step(model, 0.05)
+    start = model.get_weights()
+    want = [np.zeros_like(w) for w in start]
+    for dev in range(4):  # cohort = all 4 devices; the order does not change the sum
+        model.set_weights(start)
+        xd, yd = x[shards[dev]], y[shards[dev]]
+        for _ in range(2):
+            for b in range(0, 10, 4):
+                step(xd[b : b + 4], yd[b : b + 4])
+        want = [acc + w - s for acc, w, s in zip(want, model.get_weights(), start, strict=True)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
