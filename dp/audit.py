@@ -73,6 +73,11 @@ from dp.config import DPConfig, DPConfigError
 from dp.encoding import Decoder, Encoder, EncodingPlan
 from dp.mechanisms import get_mechanism
 
+try:  # TODO(SecureRng): import unconditionally once dp.prng is committed
+    from dp.prng import SecureRng as _SecureRng
+except ImportError:  # pragma: no cover
+    _SecureRng = None  # type: ignore[assignment,misc]
+
 __all__ = [
     "SECURE_SUM",
     "CanarySet",
@@ -242,31 +247,38 @@ def _public_rng(seed: int | None, *labels: int) -> np.random.Generator:
 
 
 class _DeviceRandomness:
-    """The randomness each simulated device hands its `Encoder` (rounding and noise).
+    """The secret randomness of the simulated devices (their rounding and noise).
 
-    TODO(SecureRng): once `dp.prng.SecureRng` lands, one
-    `SecureRng.for_simulation(seed, "audit", *labels, row)` per device (or
-    `SecureRng.from_os()` when seed is None). Today the encoder takes a numpy generator;
-    it is seeded from the OS when no seed is given.
+    One `dp.prng.SecureRng` per batch of devices: the rows of one `encode_batch` call
+    draw from it in turn, so their draws are independent (the keystream moves on) and
+    the audit pays for one key set-up per batch, not per device. With a seed it is
+    `SecureRng.for_simulation(seed, "dp.audit", *labels, batch)` (reproducible, not
+    secret: fine for an audit, where the attacker is the auditor's own test); without
+    one, `SecureRng.from_os()`.
     """
 
     def __init__(self, seed: int | None, *labels: int) -> None:
-        self._gen = _public_rng(seed, 0x5EC, *labels)
+        self._seed, self._labels, self._batch = seed, labels, 0
 
-    def for_rows(self, count: int) -> list[Any]:
-        return [self._gen] * count
+    def next_batch(self) -> Any:
+        self._batch += 1
+        if _SecureRng is None:  # encoder of before dp.prng: numpy generator, seeded
+            return _public_rng(self._seed, 0x5EC, *self._labels, self._batch)
+        if self._seed is None:
+            return _SecureRng.from_os()
+        return _SecureRng.for_simulation(self._seed, "dp.audit", *self._labels, self._batch)
 
 
-def _encode_rows(encoder: Encoder, updates: np.ndarray, rngs: Sequence[Any]) -> np.ndarray:
+def _encode_rows(encoder: Encoder, updates: np.ndarray, rng: Any) -> np.ndarray:
     """(m, dim) updates, one device each -> (m, encoded_dim) uint64, through the real
-    encoder (`encode_batch` when the encoder has it)."""
+    encoder (`encode_batch`, every row drawing from `rng` in turn)."""
     batch = getattr(encoder, "encode_batch", None)
     if batch is not None:
-        encoded, _ = batch(updates, rngs)
+        encoded, _ = batch(updates, [rng] * updates.shape[0])
         return np.asarray(encoded, dtype=np.uint64)
     out = np.empty((updates.shape[0], encoder.plan.encoded_dim), dtype=np.uint64)
     for i, row in enumerate(updates):
-        out[i], _ = encoder.encode(row, rngs[i])
+        out[i], _ = encoder.encode(row, rng)
     return out
 
 
@@ -410,7 +422,7 @@ def audit_round(
             updates = np.zeros((c * s, dim))
             if world:
                 updates[::s] = canary  # device 0 of every trial is the canary device
-            sums = _modular_sums(_encode_rows(encoder, updates, rand.for_rows(c * s)), c, used)
+            sums = _modular_sums(_encode_rows(encoder, updates, rand.next_batch()), c, used)
             for j in range(c):
                 out[start + j] = float(decoder.decode(sums[j], s).total @ direction)
         return out
@@ -528,7 +540,7 @@ def one_run_epsilon_lower_bound(
     for _ in range(60):  # eps_max: the tail term alone reaches the level
         mid = 0.5 * (lo_t + hi_t)
         lo_t, hi_t = (mid, hi_t) if tail(mid) < level else (lo_t, mid)
-    grid = np.linspace(0.0, hi_t, 201)
+    grid = np.linspace(0.0, hi_t, 51)
     rejected = [float(e) for e in grid if one_run_p_value(m, r, v, float(e), delta) < level]
     best = max(rejected)
     step = float(grid[1] - grid[0])
@@ -695,7 +707,7 @@ def pipeline_update_sum(
         summed = np.zeros(used.encoded_dim, dtype=np.uint64)
         for start in range(0, s, _ROWS_PER_BATCH):
             part = updates[start:start + _ROWS_PER_BATCH]
-            enc = _encode_rows(encoder, part, rand.for_rows(part.shape[0]))
+            enc = _encode_rows(encoder, part, rand.next_batch())
             summed = summed + _modular_sums(enc, 1, used)[0]
         total += decoder.decode(summed % np.uint64(used.modulus), s).total
     return PipelineRun(update_sum=total, epsilon_claim=claimed_epsilon(plan, s, rounds),
