@@ -26,7 +26,7 @@ from starlette.types import Scope
 from server.config import AppSettings
 from server.driver import RoundDriver
 from server.errors import install_handlers
-from server.limits import BodySizeLimit
+from server.limits import BodySizeLimit, RequestLimits
 from server.model import ModelService
 from server.routes import dashboard, devices, model, predict, rounds
 from server.security import Authenticator
@@ -86,6 +86,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
                 cfg.server.rate_limit_per_s,
                 cfg.server.rate_limit_burst,
             )
+            app.state.limits = RequestLimits()
             log.info(
                 "server ready: task %s, %d planned rounds, db %s",
                 cfg.training.task,
@@ -97,7 +98,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             yield
             await driver.stop()
         finally:
-            for name in ("driver", "auth", "models", "store"):
+            for name in ("driver", "auth", "limits", "models", "store"):
                 setattr(app.state, name, None)
             store.close()
             if handler is not None:

@@ -13,11 +13,12 @@ from fastapi import Depends, Request
 from server.config import AppSettings
 from server.driver import RoundDriver
 from server.errors import ApiError
+from server.limits import RequestLimits
 from server.model import ModelService
 from server.security import Authenticator
 from server.store import Store
 
-__all__ = ["StoreDep", "DriverDep", "ModelsDep", "AuthDep", "SettingsDep"]
+__all__ = ["StoreDep", "DriverDep", "ModelsDep", "AuthDep", "SettingsDep", "LimitsDep"]
 
 
 def _state(request: Request, name: str) -> object:
@@ -47,8 +48,13 @@ def get_settings(request: Request) -> AppSettings:
     return _state(request, "settings")  # type: ignore[return-value]
 
 
+def get_limits(request: Request) -> RequestLimits:
+    return _state(request, "limits")  # type: ignore[return-value]
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 DriverDep = Annotated[RoundDriver, Depends(get_driver)]
 ModelsDep = Annotated[ModelService, Depends(get_models)]
 AuthDep = Annotated[Authenticator, Depends(get_auth)]
 SettingsDep = Annotated[AppSettings, Depends(get_settings)]
+LimitsDep = Annotated[RequestLimits, Depends(get_limits)]

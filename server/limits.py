@@ -1,4 +1,4 @@
-"""Request limits: body size (413 before the body is read), per-device rate (429).
+"""Request limits: body size (413 before the body is read), rate and concurrency (429).
 
 Size is enforced twice: :class:`BodySizeLimit` (pure ASGI middleware, outermost) refuses a
 declared ``Content-Length`` above the route's limit at once and counts streamed bytes for
@@ -8,10 +8,14 @@ without caching it on the request object (a masked input must not outlive its re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.requests import Request
@@ -19,7 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import ApiError
 
-__all__ = ["BodySizeLimit", "TokenBuckets", "read_body"]
+__all__ = [
+    "BodySizeLimit",
+    "ConcurrencyLimiter",
+    "RequestLimits",
+    "TokenBuckets",
+    "read_body",
+]
 
 
 class _TooLarge(Exception):
@@ -130,27 +140,137 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 class TokenBuckets:
-    """A token bucket per key (device id or client address): ``rate`` per s, ``burst`` max."""
+    """A token bucket per key (device id or client address): ``rate`` per s, ``burst`` max.
+
+    The table is bounded: past ``max_keys`` keys the least recently used bucket is evicted
+    (LRU), never the whole table. Evicting a bucket hands its key a fresh burst; that is
+    exactly what happens anyway to a key idle for ``burst / rate`` seconds, so the eviction
+    is lossless as long as ``max_keys`` distinct keys do not all arrive within that time.
+    An attacker who makes that happen needs ``max_keys`` distinct keys (addresses or
+    registered devices), and every one of them already had its own fresh burst, so it
+    gains nothing; a key in active use is recently used and is evicted last. (The old
+    table cleared every bucket at once when it grew past its size, which gave every
+    limited key, the attacker's included, a fresh burst.)
+    """
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
     ) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"rate must be a finite number > 0, got {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ValueError(f"burst must be an int >= 1, got {burst!r}")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys must be an int >= 1, got {max_keys!r}")
         self.rate = float(rate)
         self.burst = float(burst)
+        self.max_keys = max_keys
         self._clock = clock
-        self._buckets: dict[Any, tuple[float, float]] = {}
+        self._buckets: OrderedDict[Any, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, key: Any) -> float | None:
         """Take one token; return None if allowed, else the seconds to wait."""
         now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return None
-            self._buckets[key] = (tokens, now)
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
-            return (1.0 - tokens) / self.rate
+            old = self._buckets.pop(key, None)
+            tokens, last = old if old is not None else (self.burst, now)
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[key] = (tokens, now)  # re-inserted last: most recently used
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        return None if allowed else (1.0 - tokens) / self.rate
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class ConcurrencyLimiter:
+    """At most ``per_key`` requests in flight per key and ``total`` in all (non-blocking).
+
+    Used for long-polls: a long-poll holds a connection and a coroutine for up to a minute,
+    so without a bound one client could open thousands. :meth:`slot` refuses with 429 at
+    once instead of queueing (a queued long-poll would hold the connection all the same).
+    Single event loop: no lock needed, the counters change only between awaits.
+    """
+
+    def __init__(self, per_key: int, total: int, what: str = "requests") -> None:
+        if isinstance(per_key, bool) or not isinstance(per_key, int) or per_key < 1:
+            raise ValueError(f"per_key must be an int >= 1, got {per_key!r}")
+        if isinstance(total, bool) or not isinstance(total, int) or total < per_key:
+            raise ValueError(f"total must be an int >= per_key ({per_key}), got {total!r}")
+        self.per_key = per_key
+        self.total = total
+        self.what = what
+        self._in_flight: dict[Any, int] = {}
+        self._count = 0
+
+    def in_flight(self, key: Any = None) -> int:
+        return self._count if key is None else self._in_flight.get(key, 0)
+
+    @asynccontextmanager
+    async def slot(self, key: Any, retry_after: float = 1.0) -> AsyncIterator[None]:
+        """Hold one slot of ``key`` for the body of the ``async with``; 429 if none is free."""
+        held = self._in_flight.get(key, 0)
+        if held >= self.per_key or self._count >= self.total:
+            scope = "from this client" if held >= self.per_key else "in total"
+            raise ApiError(
+                429,
+                f"too many concurrent {self.what} {scope} (limit "
+                f"{self.per_key if held >= self.per_key else self.total}); retry shortly",
+                headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+            )
+        self._in_flight[key] = held + 1
+        self._count += 1
+        try:
+            yield
+        finally:
+            self._count -= 1
+            left = self._in_flight.get(key, 1) - 1
+            if left <= 0:
+                self._in_flight.pop(key, None)
+            else:
+                self._in_flight[key] = left
+
+
+class RequestLimits:
+    """Per-app limits that are not per-request: concurrent long-polls and body uploads.
+
+    - ``device_polls``: long-polls in flight per authenticated device (a device needs one).
+    - ``anon_polls``: unauthenticated long-polls in flight per client address and in total
+      (the dashboard needs one per open page).
+    - ``uploads``: masked-input bodies read at the same time. Each is ``packed_size(d, b)``
+      bytes; bounding how many are in memory at once keeps the server's memory O(d), not
+      O(n * d), however many devices upload together (the rest wait before their body is
+      read; uvicorn stops reading their sockets meanwhile, so the bytes stay in the kernel).
+    """
+
+    def __init__(
+        self,
+        device_polls: int = 4,
+        anon_polls_per_host: int = 16,
+        anon_polls_total: int = 1024,
+        uploads: int = 4,
+    ) -> None:
+        if isinstance(uploads, bool) or not isinstance(uploads, int) or uploads < 1:
+            raise ValueError(f"uploads must be an int >= 1, got {uploads!r}")
+        self.device_polls = ConcurrencyLimiter(device_polls, 1 << 30, "long-polls")
+        self.anon_polls = ConcurrencyLimiter(
+            anon_polls_per_host, anon_polls_total, "unauthenticated long-polls"
+        )
+        self.upload_slots = uploads
+        self._uploads: asyncio.Semaphore | None = None
+
+    @property
+    def uploads(self) -> asyncio.Semaphore:
+        """Created on first use, inside the running event loop."""
+        if self._uploads is None:
+            self._uploads = asyncio.Semaphore(self.upload_slots)
+        return self._uploads

@@ -2,8 +2,24 @@
 
 Every device request after registration is signed with the device's long-term Ed25519 key.
 Unknown device or bad/missing signature or stale timestamp -> 401; a reused nonce -> 409;
-a device above its request rate -> 429. Rate limiting happens after the signature check,
-so nobody can exhaust an honest device's budget by sending requests in its name.
+a device above its request rate or its nonce quota -> 429.
+
+Order of the checks, and why (threat: one device, or anyone on the network, must not be
+able to lock other devices out):
+
+1. signature and timestamp window (401): nobody can act in another device's name;
+2. replay check, read only (409): a captured request replayed by a third party costs its
+   device nothing, not even a rate-limit token;
+3. the device's token bucket (429): refused requests store nothing;
+4. the nonce is stored, in SQLite (``Store.record_nonce``), under a *per-device* quota
+   (429 past it). Only the device itself can fill its quota, and only for itself; a full
+   quota never turns into a 401 for anybody. The store survives a restart, so a request
+   captured before a crash cannot be replayed after it either; rows expire with the
+   timestamp window.
+
+A request refused with 429 leaves no nonce behind, so it could be replayed within the
+window; that replay is the device's own signed request, which it was about to resend
+anyway, and every round-bound message is refused a second time by the round state (409).
 """
 
 from __future__ import annotations
@@ -17,7 +33,7 @@ from starlette.requests import Request
 from secagg.auth import (
     HEADER_DEVICE_ID,
     AuthError,
-    NonceCache,
+    ReplayError,
     normalize_audience,
     parse_device_id,
     parse_public_key,
@@ -27,7 +43,7 @@ from server.errors import ApiError
 from server.limits import TokenBuckets
 from server.store import Store
 
-__all__ = ["Authenticator", "path_with_query"]
+__all__ = ["Authenticator", "default_nonce_quota", "path_with_query"]
 
 
 def path_with_query(request: Request) -> str:
@@ -52,8 +68,24 @@ def request_audience(request: Request) -> str:
         raise AuthError(f"cannot tell which server the request was meant for: {err}") from err
 
 
+def default_nonce_quota(rate: float, burst: int, window: float) -> int:
+    """Nonces one device can have stored at once when it sends at its full rate.
+
+    A nonce is kept until its timestamp + ``window``; the timestamp may lie up to
+    ``window`` in the future, so a nonce lives at most ``2 * window`` seconds, during which
+    the token bucket lets through at most ``burst + rate * 2 * window`` requests. The quota
+    is therefore never the binding limit for a device that respects its rate; it bounds
+    the storage per device independently of the rate settings.
+    """
+    return int(burst + math.ceil(rate * 2.0 * window))
+
+
+def _retry_after(wait: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(wait)))}
+
+
 class Authenticator:
-    """Verifies signed requests against the registered public keys."""
+    """Verifies signed requests against the registered public keys (see module docstring)."""
 
     #: The server's public origin (``https://host[:port]``) that signed requests must name;
     #: None: the origin each request was addressed to (:func:`request_audience`).
@@ -66,13 +98,21 @@ class Authenticator:
         rate: float,
         burst: int,
         clock: Callable[[], float] = time.time,
+        *,
+        nonce_quota: int | None = None,
+        max_buckets: int = 100_000,
     ) -> None:
+        if not (math.isfinite(window) and window > 0):
+            raise ValueError(f"window must be a finite number of seconds > 0, got {window!r}")
+        quota = default_nonce_quota(rate, burst, window) if nonce_quota is None else nonce_quota
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
+            raise ValueError(f"nonce_quota must be an int >= 1, got {nonce_quota!r}")
         self.store = store
-        self.window = window
-        self.nonces = NonceCache(window)
-        self.buckets = TokenBuckets(rate, burst)
+        self.window = float(window)
+        self.nonce_quota = quota
+        self.buckets = TokenBuckets(rate, burst, max_keys=max_buckets)
         # many simulated devices share one address: a looser bucket per address
-        self.anon_buckets = TokenBuckets(rate * 10, burst * 10)
+        self.anon_buckets = TokenBuckets(rate * 10, burst * 10, max_keys=max_buckets)
         self._clock = clock
         self._keys: dict[int, object] = {}
 
@@ -105,23 +145,39 @@ class Authenticator:
             self.window,
             audience=self.audience or request_audience(request),
         )
-        self.nonces.check_and_add(device_id, nonce, ts, now)
+        if self.store.nonce_seen(device_id, nonce, now):
+            raise ReplayError(f"nonce {nonce} of device {device_id} was already used")
         wait = self.buckets.take(("device", device_id))
         if wait is not None:
             raise ApiError(
                 429,
                 f"device {device_id} exceeds its request rate; retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers=_retry_after(wait),
+            )
+        verdict = self.store.record_nonce(
+            device_id, nonce, float(ts) + self.window, now, self.nonce_quota
+        )
+        if verdict.outcome == "replay":  # pragma: no cover - a race with the check above
+            raise ReplayError(f"nonce {nonce} of device {device_id} was already used")
+        if verdict.outcome == "quota":
+            raise ApiError(
+                429,
+                f"device {device_id} has {self.nonce_quota} requests in the "
+                f"{self.window:g} s authentication window; retry in {verdict.retry_after:.0f} s",
+                headers=_retry_after(verdict.retry_after),
             )
         return device_id
 
+    def client_host(self, request: Request) -> str:
+        return request.client.host if request.client else "?"
+
     def limit_anonymous(self, request: Request) -> None:
         """Rate limit an unauthenticated route per client address (registration, predict)."""
-        host = request.client.host if request.client else "?"
+        host = self.client_host(request)
         wait = self.anon_buckets.take(host)
         if wait is not None:
             raise ApiError(
                 429,
                 f"too many requests from {host}; retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers=_retry_after(wait),
             )

@@ -9,7 +9,9 @@ honest-but-curious and must not learn individual updates; the store therefore ho
 - ``rounds``: the round log (sampled ids, survivors, dropouts per stage, accuracy, loss, ε,
   timings, status) plus the round's public encoding plan and survivor count, from which the
   privacy accountant is rebuilt after a restart;
-- ``meta``: small key/value facts (task name, model dimension, sampling rate).
+- ``meta``: small key/value facts (task name, model dimension, sampling rate);
+- ``nonces``: (device id, request nonce, expiry) of authenticated requests still inside
+  the timestamp window, so that a request replayed after a restart is refused too.
 
 It never holds a device's vector, masked or not: masked inputs are folded into a running
 sum in memory by ``secagg.AggregatorProtocol`` and the request body is dropped.
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Store", "StoredModel", "StoreError"]
+__all__ = ["NonceVerdict", "Store", "StoredModel", "StoreError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -56,11 +58,33 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS nonces (
+    device_id INTEGER NOT NULL,
+    nonce TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (device_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces(expires_at);
 """
+
+#: prune expired nonces after this many insertions
+_NONCE_PRUNE_EVERY = 2048
 
 
 class StoreError(RuntimeError):
     """The database does not match what this server expects (e.g. another task's model)."""
+
+
+@dataclass(frozen=True)
+class NonceVerdict:
+    """What :meth:`Store.record_nonce` did: ``"stored"``, ``"replay"`` or ``"quota"``.
+
+    For ``"quota"``, ``retry_after`` is the number of seconds until the device's oldest
+    remembered nonce expires (and a slot frees up).
+    """
+
+    outcome: str
+    retry_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,7 @@ class Store:
             self._conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"cannot open database {str(self.path)!r}: {err}") from err
+        self._nonce_inserts = 0
 
     def close(self) -> None:
         with self._lock:
@@ -147,6 +172,65 @@ class Store:
     def device_count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+
+    # -- request nonces -----------------------------------------------------------------
+    def nonce_seen(self, device_id: int, nonce: str, now: float) -> bool:
+        """Whether ``(device_id, nonce)`` is remembered and not yet expired."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM nonces WHERE device_id = ? AND nonce = ? AND expires_at >= ?",
+                (device_id, nonce, now),
+            ).fetchone()
+        return row is not None
+
+    def record_nonce(
+        self, device_id: int, nonce: str, expires_at: float, now: float, quota: int
+    ) -> NonceVerdict:
+        """Remember a request nonce until ``expires_at``, at most ``quota`` per device.
+
+        The quota is per device, so one device that sends (or has sent in its name, with
+        its key) too many requests only ever refuses its own: others keep authenticating.
+        Expired rows do not count and are deleted every few thousand insertions.
+        """
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT expires_at FROM nonces WHERE device_id = ? AND nonce = ?",
+                (device_id, nonce),
+            ).fetchone()
+            if row is not None and float(row[0]) >= now:
+                return NonceVerdict("replay")
+            n, oldest = c.execute(
+                "SELECT COUNT(*), MIN(expires_at) FROM nonces "
+                "WHERE device_id = ? AND expires_at >= ?",
+                (device_id, now),
+            ).fetchone()
+            if int(n) >= quota:
+                return NonceVerdict("quota", max(0.0, float(oldest) - now))
+            c.execute(
+                "INSERT OR REPLACE INTO nonces(device_id, nonce, expires_at) VALUES (?, ?, ?)",
+                (device_id, nonce, float(expires_at)),
+            )
+            self._nonce_inserts += 1
+            if self._nonce_inserts % _NONCE_PRUNE_EVERY == 0:
+                c.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+        return NonceVerdict("stored")
+
+    def prune_nonces(self, now: float) -> int:
+        """Delete every nonce that expired before ``now``; return how many."""
+        with self._tx() as c:
+            cur = c.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+        return int(cur.rowcount)
+
+    def nonce_count(self, device_id: int | None = None) -> int:
+        """Remembered nonces (of one device, or of all), expired ones included."""
+        with self._lock:
+            if device_id is None:
+                row = self._conn.execute("SELECT COUNT(*) FROM nonces").fetchone()
+            else:
+                row = self._conn.execute(
+                    "SELECT COUNT(*) FROM nonces WHERE device_id = ?", (device_id,)
+                ).fetchone()
+        return int(row[0])
 
     # -- models -------------------------------------------------------------------------
     def save_model(

@@ -1,7 +1,15 @@
-"""Public read routes: the global model, its metadata, the round log and the status."""
+"""Public read routes: the global model, its metadata, the round log and the status.
+
+Nothing here names a device. The round log the store keeps has the sampled, survivor and
+dropout ids of every round (the server knows them), but the public log replaces each of
+those lists by its length: sampling amplification of ε assumes an observer does not know
+who took part, and these routes are open to anyone (:func:`public_round`).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
@@ -47,12 +55,76 @@ async def get_model_meta(driver: DriverDep, models: ModelsDep) -> ModelMeta:
     )
 
 
+#: round-log fields that hold device ids: published as counts
+_ID_LISTS = ("sampled", "survivors", "participants", "contributed")
+#: round-log fields that hold a mapping of stage -> device ids: published as stage -> count
+_ID_MAPS = ("dropouts",)
+#: free-text fields that are published (with any device id scrubbed)
+_TEXT = ("status", "graph", "metric", "abort_reason", "mechanism", "accountant", "note")
+_IDS_IN_TEXT = re.compile(r"\b(clients?|devices?|senders?|ids?)\s*\[?[\d,\s]*\d\]?", re.I)
+_LIST_IN_TEXT = re.compile(r"\[[\d,\s]+\]")
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        return len(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _scrub(text: str) -> str:
+    text = _IDS_IN_TEXT.sub(lambda m: f"{m.group(1)} (id withheld)", text)
+    return _LIST_IN_TEXT.sub("[ids withheld]", text)
+
+
+def _numeric_map(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(v, int | float | type(None)) and not isinstance(v, bool) for v in value.values()
+    )
+
+
+def public_round(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The public form of one round-log record: counts instead of device ids.
+
+    An allow-list, not a deny-list: numbers, booleans and null pass; the id lists become
+    counts (``sampled``, ``survivors``: ints; ``dropouts``: stage -> int); free text passes
+    only for known fields, with ids scrubbed (abort reasons may name a client); a mapping
+    passes only if all its values are numbers (``timings``); any other list or mapping,
+    present or added later, is left out until someone decides it is public.
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in _ID_LISTS:
+            out[key] = _count(value)
+        elif key in _ID_MAPS:
+            out[key] = (
+                {str(k): _count(v) for k, v in value.items()}
+                if isinstance(value, Mapping)
+                else _count(value)
+            )
+        elif isinstance(value, str):
+            if key in _TEXT:
+                out[key] = _scrub(value)
+        elif value is None or isinstance(value, bool | int | float):
+            out[key] = value
+        elif _numeric_map(value):
+            out[key] = dict(value)
+    return out
+
+
 @router.get("/rounds")
 async def get_rounds(
     store: StoreDep, limit: int | None = Query(None, ge=1, le=100_000)
 ) -> list[dict[str, Any]]:
-    """The round log: one object per round (done, aborted or running)."""
-    return store.rounds(limit)
+    """The public round log: one object per round (done, aborted or running).
+
+    ``sampled`` and ``survivors`` are counts and ``dropouts`` maps a stage to a count:
+    who took part is not published (see :func:`public_round`).
+    """
+    return [public_round(r) for r in store.rounds(limit)]
 
 
 @router.get("/status", response_model=Status)

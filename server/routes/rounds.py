@@ -3,6 +3,12 @@
 Every route under ``/v1/rounds/{r}/`` is authenticated (secagg.auth). JSON control messages
 are secagg ``to_dict()`` payloads; the masked input is a raw octet-stream body that is added
 to the running sum inside the request and never stored, logged or kept.
+
+Who took part is not public. Sampling amplification of ε assumes an observer does not
+know which devices took part in a round, so ``GET /v1/rounds/current`` gives the round's
+parameters (participant list, identity keys, graph seed), its encoding plan and rotation
+seed only to a request signed by a device sampled in that round. Everybody else, signed or
+not, gets the public state: round id, stage, version, deadline and model version.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Path, Query, Request
 
 from secagg import Stage
-from server.deps import AuthDep, DriverDep, SettingsDep
+from server.deps import AuthDep, DriverDep, LimitsDep, SettingsDep
 from server.errors import ApiError
 from server.limits import parse_json_object, read_body
 from server.schemas import MESSAGE_SCHEMA, Accepted, CiphertextsResponse, CurrentRound, KeysResponse
@@ -33,6 +39,7 @@ async def current(
     request: Request,
     driver: DriverDep,
     auth: AuthDep,
+    limits: LimitsDep,
     wait: float = Query(0.0, ge=0.0, le=MAX_WAIT, description="long-poll seconds (max 60)"),
     after: int = Query(-1, ge=-1, le=2**62, description="return once version > after"),
     skip_round: int | None = Query(
@@ -45,24 +52,36 @@ async def current(
 ) -> CurrentRound:
     """The round in flight. With ``wait``, blocks until the state version exceeds ``after``.
 
-    Authentication is optional; an authenticated device learns whether it is sampled.
+    Authentication is optional. A request signed by a device sampled in the round gets
+    ``sampled: true`` and the round's ``params`` (participants, threshold, graph, identity
+    keys), ``plan`` and ``rotation_seed``; any other request gets those as null.
+
+    Long-polls are bounded: a few in flight per device, and per client address (and in
+    total) for unsigned ones, which also pass the per-address rate limit; past that, 429.
     """
     device_id = None
     if auth.has_credentials(request):
         device_id = auth.authenticate(request, b"")
-    snap = (
-        await driver.wait_for_change(after, wait, skip_round) if wait > 0 else driver.snapshot()
-    )
+        limiter, key = limits.device_polls, ("device", device_id)
+    else:
+        auth.limit_anonymous(request)
+        limiter, key = limits.anon_polls, ("host", auth.client_host(request))
+    if wait > 0:
+        async with limiter.slot(key):
+            snap = await driver.wait_for_change(after, wait, skip_round)
+    else:
+        snap = driver.snapshot()
+    sampled = device_id is not None and device_id in snap.participants
     return CurrentRound(
         round=snap.round,
         stage=snap.stage,
         version=snap.version,
         deadline=snap.deadline,
-        sampled=device_id is not None and device_id in snap.participants,
-        params=snap.params,
-        plan=snap.plan,
+        sampled=sampled,
+        params=snap.params if sampled else None,
+        plan=snap.plan if sampled else None,
         rotation_seed=None
-        if snap.rotation_seed is None
+        if snap.rotation_seed is None or not sampled
         else base64.b64encode(snap.rotation_seed).decode("ascii"),
         model_version=snap.model_version,
     )
@@ -135,18 +154,28 @@ async def get_shares(
     },
 )
 async def post_masked_input(
-    request: Request, driver: DriverDep, auth: AuthDep, settings: SettingsDep, r: int = RoundId
+    request: Request,
+    driver: DriverDep,
+    auth: AuthDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
+    r: int = RoundId,
 ) -> Accepted:
-    """Masked input (octet-stream). Added to the running sum here; never stored or logged."""
+    """Masked input (octet-stream). Added to the running sum here; never stored or logged.
+
+    Only a few bodies are read at a time (``RequestLimits.uploads``): the others wait
+    before their body is read, so the server's memory stays O(d) with n devices uploading.
+    """
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/octet-stream":
         raise ApiError(415, "masked input must be sent as application/octet-stream")
     size = driver.masked_input_size(r)
     limit = size if size is not None else settings.experiment.server.max_json_bytes
-    body = await read_body(request, limit)
-    device_id = auth.authenticate(request, body)
-    await driver.submit_masked_input(r, device_id, body)
-    del body
+    async with limits.uploads:
+        body = await read_body(request, limit)
+        device_id = auth.authenticate(request, body)
+        await driver.submit_masked_input(r, device_id, body)
+        del body
     return Accepted(round=r, stage="masked_input")
 
 

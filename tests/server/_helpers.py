@@ -125,11 +125,13 @@ def wait_stage(
 def encode_update(state: dict[str, Any], seed: int) -> np.ndarray:
     """A small random update encoded with the round's DP plan (what a device would send)."""
     from dp import Encoder, EncodingPlan
+    from dp.prng import SecureRng
 
     plan = EncodingPlan.from_dict(state["plan"])
     rng = np.random.default_rng(seed)
     update = rng.normal(0.0, 0.01, size=plan.dim).astype(np.float32)
-    x, _ = Encoder(plan, base64.b64decode(state["rotation_seed"])).encode(update, rng)
+    noise = SecureRng.for_simulation(seed, "tests/server encode_update")
+    x, _ = Encoder(plan, base64.b64decode(state["rotation_seed"])).encode(update, noise)
     return np.asarray(x)
 
 
@@ -158,6 +160,12 @@ def run_round(
     silent = silent or {}
     lead = devices[0]
     state = wait_stage(lead, {"advertise_keys"})
+    # only a device sampled in the round is shown its parameters
+    for d in devices:
+        mine = d.current()
+        if mine["sampled"] and mine["round"] == state["round"]:
+            state = mine
+            break
     params = RoundParams.from_dict(state["params"])
     rid = params.round_id
     by_id = {d.device_id: d for d in devices}
