@@ -332,6 +332,17 @@
     }
   }
 
+  // Stages before a device's masked input is in the sum. A device that goes silent later
+  // (consistency check, unmask) already contributed: it is a survivor, not a dropout.
+  const PRE_INPUT = ["advertise_keys", "share_keys", "masked_input"];
+  function droppedBeforeInput(d) {
+    if (!d) return 0;
+    if (Array.isArray(d) || isNum(d)) return count(d);
+    return PRE_INPUT.reduce((s, k) => s + count(d[k]), 0);
+  }
+
+  /* One bar per settled round that adds up to its cohort: sampled = contributed + dropped
+   * (done rounds), or dropped + the rest whose inputs were discarded (aborted rounds). */
   function participationChart(id, rounds) {
     const svg = $(id);
     const rows = rounds.filter((r) => r.status === "done" || r.status === "aborted");
@@ -339,12 +350,16 @@
     if (!rows.length) { while (svg.firstChild) svg.removeChild(svg.firstChild); return; }
     const data = rows.map((r) => {
       const sampled = count(r.sampled);
-      const drop = dropoutCount(r.dropouts);
-      const surv = r.status === "done" ? count(r.survivors) : 0;
-      return { round: r.round, status: r.status, sampled, drop, surv, other: Math.max(0, sampled - drop - surv) };
+      const late = dropoutCount(r.dropouts) - droppedBeforeInput(r.dropouts);
+      if (r.status === "done") {
+        const surv = Math.min(sampled, count(r.survivors));
+        return { round: r.round, status: r.status, sampled, surv, drop: sampled - surv, other: 0, late };
+      }
+      const drop = Math.min(sampled, droppedBeforeInput(r.dropouts));
+      return { round: r.round, status: r.status, sampled, surv: 0, drop, other: sampled - drop, late };
     });
     const xMin = Math.min(...data.map((d) => d.round)), xMax = Math.max(...data.map((d) => d.round));
-    const yMax = Math.max(1, ...data.map((d) => Math.max(d.sampled, d.surv + d.drop + d.other)));
+    const yMax = Math.max(1, ...data.map((d) => d.sampled));
     const f = frame(svg, {
       xMin: xMin - 0.6, xMax: xMax + 0.6, yMin: 0, yMax: yMax * 1.05, xLabel: "round", yLabel: "devices",
     });
@@ -362,7 +377,10 @@
         base += v;
       }
       const title = svgEl("title", {}, g);
-      title.textContent = `Round ${d.round} (${d.status}): ${d.sampled} sampled, ${d.surv} survivors, ${d.drop} dropouts`;
+      const lateText = d.late > 0 ? `; ${d.late} went silent after contributing (still survivors)` : "";
+      title.textContent = d.status === "done"
+        ? `Round ${d.round} (done): ${d.sampled} sampled = ${d.surv} contributed + ${d.drop} dropped${lateText}`
+        : `Round ${d.round} (aborted): ${d.sampled} sampled = ${d.drop} dropped + ${d.other} whose inputs were discarded`;
       if (d.status === "aborted") {
         const t = svgEl("text", { x: f.xs(d.round), y: f.ys(base) - 4, "text-anchor": "middle", class: "abort-mark" }, g);
         t.textContent = "✕";
