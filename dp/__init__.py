@@ -8,14 +8,26 @@ rounds, charged with what the survivors' noise actually guaranteed). See
 
 from dp.accounting import (
     ACCOUNTANTS,
+    ADD_REMOVE,
+    REPLACE_ONE,
+    ZERO_OUT,
     EpsilonReport,
     PrivacyAccountant,
     calibrate_noise,
+    corrupt_count,
     epsilon_for,
     epsilon_report,
     subsampled_rdp,
+    wbk_subsampled_rdp,
 )
-from dp.config import INTEGER_RDP_ORDERS, RDP_ORDERS, DPConfig, DPConfigError
+from dp.config import (
+    FINE_RDP_ORDERS,
+    INTEGER_RDP_ORDERS,
+    RDP_ORDERS,
+    SAMPLINGS,
+    DPConfig,
+    DPConfigError,
+)
 from dp.encoding import (
     DecodedSum,
     Decoder,
@@ -23,12 +35,21 @@ from dp.encoding import (
     EncodeReport,
     EncodingPlan,
     RoundPrivacy,
+    rounding_bias_bound,
     update_clip,
 )
 from dp.mechanisms import MECHANISM_REGISTRY, NoiseMechanism, accounting_note, get_mechanism
 
 __all__ = [
     "ACCOUNTANTS",
+    "ADD_REMOVE",
+    "FINE_RDP_ORDERS",
+    "REPLACE_ONE",
+    "SAMPLINGS",
+    "ZERO_OUT",
+    "corrupt_count",
+    "rounding_bias_bound",
+    "wbk_subsampled_rdp",
     "DPConfig",
     "DPConfigError",
     "DecodedSum",

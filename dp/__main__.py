@@ -1,7 +1,12 @@
 """`python -m dp epsilon|calibrate ...`: the accountant from the command line.
 
 Every figure printed comes from `dp.accounting` (the same code the server charges
-rounds with). Bad values give one line on stderr and exit code 2; never a traceback.
+rounds with), with the adjacency it holds under. `--sampling poisson|fixed` is the
+sampling the amplified figure is proven for (fixed-size needs `--clients N`, the
+population); `--corrupt F` is the colluding fraction of each cohort whose noise shares
+are not counted (default 0.1, the protocol's default threat model; `--sampling poisson
+--corrupt 0` gives the figures from before both existed). Bad values give one line on
+stderr and exit code 2; never a traceback.
 """
 
 from __future__ import annotations
@@ -14,21 +19,36 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from dp.accounting import ACCOUNTANTS, calibrate_noise, epsilon_report
-from dp.config import MECHANISMS, DPConfigError
+from dp.accounting import ACCOUNTANTS, EpsilonReport, calibrate_noise, epsilon_report
+from dp.config import MECHANISMS, SAMPLINGS, DPConfigError
 from dp.mechanisms import accounting_note
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up noise
 
 EXIT_USAGE = 2
+#: The protocol's default corrupt fraction (secagg.ProtocolConfig.corrupt).
+DEFAULT_CORRUPT = 0.1
 
-_ASSUMPTIONS = {
-    "epsilon": "no sampling amplification: valid even if the server knows who took part",
-    "epsilon_amplified": (
-        "Poisson sampling amplification: valid only if the adversary does not learn "
-        "who took part in a round"
-    ),
-}
+
+def _assumptions(rep: EpsilonReport) -> dict[str, str]:
+    """What each figure assumes, for the text output and the JSON."""
+    if rep.sample_rate >= 1:
+        amp = "no sampling (q = 1): the same figure as without amplification"
+    elif rep.sampling == "poisson":
+        amp = (
+            f"Poisson sampling amplification at q={rep.sample_rate:g}: valid only if the "
+            "adversary does not learn who took part in a round"
+        )
+    else:
+        amp = (
+            f"fixed-size sampling amplification, {round(rep.sample_rate * (rep.population or 0))}"
+            f" of N={rep.population} without replacement: valid only if the adversary "
+            "does not learn who took part in a round"
+        )
+    return {
+        "epsilon": "no sampling amplification: valid even if the server knows who took part",
+        "epsilon_amplified": amp,
+    }
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +58,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sample-rate", type=float, required=True, help="q, in (0, 1]")
+    p.add_argument("--sample-rate", type=float, default=None,
+                   help="q, in (0, 1] (default K / N with --clients)")
+    p.add_argument("--sampling", choices=SAMPLINGS, default="poisson",
+                   help="how the cohort is drawn: poisson (each device with probability q; "
+                        "default) or fixed (K of N without replacement; needs --clients)")
+    p.add_argument("--clients", type=int, default=None,
+                   help="N: the population the cohort is drawn from (fixed-size sampling)")
+    p.add_argument("--corrupt", type=float, default=DEFAULT_CORRUPT,
+                   help="fraction of each cohort colluding with the server, whose noise "
+                        f"shares are not counted, in [0, 1) (default {DEFAULT_CORRUPT})")
     p.add_argument("--rounds", type=int, required=True, help="T, rounds >= 1")
     p.add_argument("--delta", type=float, required=True, help="delta, in (0, 1)")
     p.add_argument("--mechanism", choices=[m for m in MECHANISMS if m != "none"],
@@ -77,9 +106,33 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _sample_rate(args: argparse.Namespace) -> float:
+    """--sample-rate, or K / N from --clients; for fixed-size sampling they must agree."""
+    n, k = args.clients, args.clients_per_round
+    if n is not None and (isinstance(n, bool) or n < 1):
+        raise DPConfigError(f"--clients must be an integer >= 1, got {n!r}")
+    if args.sampling == "fixed" and n is None:
+        raise DPConfigError("--sampling fixed needs --clients N (the population)")
+    if n is not None and k > n:
+        raise DPConfigError(f"--clients-per-round {k} exceeds the population --clients {n}")
+    if args.sample_rate is None:
+        if n is None:
+            raise DPConfigError("give --sample-rate q or --clients N (then q = K / N)")
+        return k / n
+    if args.sampling == "fixed" and abs(args.sample_rate * n - k) > 1e-6:
+        raise DPConfigError(
+            f"--sampling fixed draws K={k} of N={n}: --sample-rate must be {k / n:g}, "
+            f"got {args.sample_rate!r}"
+        )
+    return float(args.sample_rate)
+
+
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         accountant=args.accountant,
+        sampling=args.sampling,
+        population=args.clients,
+        corrupt=args.corrupt,
         clients_per_round=args.clients_per_round,
         bits=args.bits,
         dim=args.dim,
@@ -90,37 +143,51 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _header(rep: EpsilonReport, z: float) -> str:
+    pop = f", N={rep.population}" if rep.population is not None else ""
+    return (f"mechanism {rep.mechanism}, accountant {rep.accountant}, z={z:g}, "
+            f"q={rep.sample_rate:g} ({rep.sampling} sampling{pop}), T={rep.rounds}, "
+            f"delta={rep.delta:g}, corrupt fraction {rep.corrupt_fraction:g} "
+            "(their noise shares not counted)")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}" if math.isfinite(x) else "none (no guarantee)"
+
+
 def _run(args: argparse.Namespace) -> None:
+    q = _sample_rate(args)
     if args.command == "epsilon":
         rep = epsilon_report(
-            args.mechanism, args.noise_multiplier, args.sample_rate, args.rounds, args.delta,
+            args.mechanism, args.noise_multiplier, q, args.rounds, args.delta,
             **_common_kwargs(args),
         )
+        assumptions = _assumptions(rep)
         if args.json:
             out = rep.to_dict()
             out["noise_multiplier"] = args.noise_multiplier
-            out["assumptions"] = _ASSUMPTIONS
+            out["assumptions"] = assumptions
             out["approximation"] = accounting_note(args.mechanism)
             print(json.dumps(out))
         else:
-            print(f"mechanism {rep.mechanism}, accountant {rep.accountant}, "
-                  f"z={args.noise_multiplier:g}, q={rep.sample_rate:g}, T={rep.rounds}, "
-                  f"delta={rep.delta:g}")
-            print(f"epsilon (no amplification)        = {rep.epsilon:.6g}   "
-                  f"[{_ASSUMPTIONS['epsilon']}]")
-            print(f"epsilon (amplified, Poisson q={rep.sample_rate:g}) = "
-                  f"{rep.epsilon_amplified:.6g}   [{_ASSUMPTIONS['epsilon_amplified']}]")
+            print(_header(rep, args.noise_multiplier))
+            print(f"epsilon (no amplification) = {_fmt(rep.epsilon)}   "
+                  f"[{assumptions['epsilon']}; adjacency {rep.adjacency}]")
+            print(f"epsilon (amplified, {rep.sampling}) = {_fmt(rep.epsilon_amplified)}   "
+                  f"[{assumptions['epsilon_amplified']}; adjacency {rep.adjacency_amplified}]")
+            if rep.amplified_refused:
+                print(f"no amplified figure: {rep.amplified_refused}")
             _print_note(args.mechanism)
         return
     amplified = not args.unamplified
     z = calibrate_noise(
-        args.target_epsilon, args.sample_rate, args.rounds, args.delta,
+        args.target_epsilon, q, args.rounds, args.delta,
         mechanism=args.mechanism, amplified=amplified, **_common_kwargs(args),
     )
-    rep = epsilon_report(
-        args.mechanism, z, args.sample_rate, args.rounds, args.delta, **_common_kwargs(args)
-    )
+    rep = epsilon_report(args.mechanism, z, q, args.rounds, args.delta, **_common_kwargs(args))
     which = "epsilon_amplified" if amplified else "epsilon"
+    assumptions = _assumptions(rep)
+    adjacency = rep.adjacency_amplified if amplified else rep.adjacency
     if args.json:
         print(json.dumps({
             "noise_multiplier": z,
@@ -132,14 +199,21 @@ def _run(args: argparse.Namespace) -> None:
             "rounds": rep.rounds,
             "mechanism": rep.mechanism,
             "accountant": rep.accountant,
-            "assumption": _ASSUMPTIONS[which],
+            "sample_rate": rep.sample_rate,
+            "sampling": rep.sampling,
+            "population": rep.population,
+            "corrupt_fraction": rep.corrupt_fraction,
+            "adjacency": rep.to_dict()["adjacency"],
+            "assumption": assumptions[which],
             "approximation": accounting_note(args.mechanism),
         }))
     else:
-        print(f"noise multiplier z = {z:.6g}  (summed noise std = z * C; {args.mechanism}, "
-              f"{args.accountant})")
-        print(f"gives {which} = {getattr(rep, which):.6g} <= {args.target_epsilon:g} "
-              f"after {rep.rounds} rounds at delta={rep.delta:g}   [{_ASSUMPTIONS[which]}]")
+        print(f"noise multiplier z = {z:.6g}  (summed honest noise std = z * C; "
+              f"{args.mechanism}, {args.accountant})")
+        print(_header(rep, z))
+        print(f"gives {which} = {_fmt(getattr(rep, which))} <= {args.target_epsilon:g} "
+              f"after {rep.rounds} rounds at delta={rep.delta:g}   [{assumptions[which]}; "
+              f"adjacency {adjacency}]")
         _print_note(args.mechanism)
 
 

@@ -6,7 +6,9 @@ the devices and the benchmarks all build one and share it through `to_dict/from_
 secure sum adds modulo the same 2^b.
 
 `RDP_ORDERS` is the one place where the Renyi orders used by every accountant in this
-package are listed (dp-accounting's defaults, so the Gaussian figures equal its own).
+package are listed (dp-accounting's defaults, so the Gaussian figures equal its own);
+`FINE_RDP_ORDERS` adds a fine geometric grid of fractional orders for the bounds that hold
+at every real order > 1 (used for the unamplified figures where the bound allows it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = [
     "ROTATIONS",
     "RDP_ORDERS",
     "INTEGER_RDP_ORDERS",
+    "FINE_RDP_ORDERS",
+    "SAMPLINGS",
 ]
 
 MECHANISMS = tuple(MECHANISM_REGISTRY)
@@ -38,6 +42,15 @@ RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in DEFAULT_RDP_ORDERS)
 INTEGER_RDP_ORDERS: tuple[int, ...] = tuple(
     int(a) for a in RDP_ORDERS if a >= 2 and float(a).is_integer()
 )
+#: RDP_ORDERS plus alpha - 1 on a geometric grid from 1e-3 to 1e3 (40 points a decade):
+#: for the bounds proven at every real order > 1 (Gaussian, distributed discrete
+#: Gaussian). Large epsilons are reached at orders close to 1, which integer orders miss.
+FINE_RDP_ORDERS: tuple[float, ...] = tuple(
+    sorted({float(a) for a in RDP_ORDERS} | {1.0 + 10.0 ** (i / 40.0) for i in range(-120, 121)})
+)
+#: How the server samples a round's cohort (see `dp.accounting`): "poisson" (each device
+#: independently with probability q) or "fixed" (k of the N devices without replacement).
+SAMPLINGS = ("poisson", "fixed")
 
 
 class DPConfigError(ValueError):

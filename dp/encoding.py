@@ -9,15 +9,18 @@ Pipeline (Kairouz, Liu, Steinke, ICML 2021, Alg. 1; Agarwal, Kairouz, Liu, NeurI
     secure aggregation: sum mod 2^b over the survivors
     server: signed representative in [-2^(b-1), 2^(b-1)) -> * gamma -> inverse rotation
 
-DP guarantee: with s >= t (threshold) surviving devices, the server sees the sum of s
-rounded vectors (each of L2 norm <= Delta2, L1 norm <= Delta1 in integer units) plus
-the sum of s noise shares, each sized so that any t of them already carry the target
-noise (std z * C in update units, i.e. z * C / gamma in integer units). The round's
-guarantee for s survivors is `EncodingPlan.privacy_event(s)`; `dp.PrivacyAccountant`
-composes it. This holds for client-level add/remove adjacency against a server that
-sees only the secure sum (the secure-aggregation guarantee) and assumes the devices'
-noise generators are unpredictable to it. A device that drops before its masked input
-adds no noise; that is why the shares are sized for t and the accountant is told s.
+DP guarantee: with s >= t (threshold) surviving devices, of which at most c (the corrupt
+bound, `EncodingPlan.corrupt`) collude with the server and know their own shares, the
+server sees the sum of s rounded vectors (each of L2 norm <= Delta2, L1 norm <= Delta1 in
+integer units) plus the sum of s noise shares, each sized so that any t - c of them
+already carry the target noise (std z * C in update units, i.e. z * C / gamma in integer
+units). The round's guarantee for s survivors is `EncodingPlan.privacy_event(s)`, which
+counts s - c honest shares; `dp.PrivacyAccountant` composes it. Adjacency: zero-out (one
+device's record replaced by zeros, its noise share kept; see `dp.mechanisms`), against a
+server that sees only the secure sum (the secure-aggregation guarantee), assuming the
+honest devices' noise generators are unpredictable to it. A device that drops before
+its masked input adds no noise; that is why the shares are sized for t - c and the
+accountant is told s.
 
 Nothing here leaves the device except the encoded vector: `EncodeReport` (norm, clipped
 or not) is for the device's own log. The server learns a clip rate only through the
@@ -26,6 +29,7 @@ noised clipped-count slot of adaptive clipping (Andrew et al., NeurIPS 2021).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,6 +49,7 @@ __all__ = [
     "RoundPrivacy",
     "update_clip",
     "rounding_l2_bound",
+    "rounding_bias_bound",
 ]
 
 #: rho of the gamma heuristic (energy per coordinate after rotation ~ rho C^2 / d).
@@ -73,14 +78,43 @@ def rounding_l2_bound(scaled_clip: float, dim: int, beta: float) -> float:
     return min(plain, cond)
 
 
+def rounding_bias_bound(fail_prob: float) -> float:
+    """Bound on ||E[r] - y||_2 (integer units, any dimension) for conditional randomized
+    rounding of one vector y: r_i = floor(y_i) + Bernoulli(frac(y_i)) independently,
+    redrawn until the norm bound holds, where one draw fails it with probability p =
+    `fail_prob`.
+
+    Plain randomized rounding is unbiased; conditioning on the norm bound is not: the
+    rejected draws are the long ones, so the accepted r is shrunk towards 0. With A the
+    event that a draw is accepted, E[r | A] - y = -E[(r - y) 1_{not A}] / P(A). For a unit
+    vector u, Cauchy-Schwarz gives E[<u, r - y> 1_{not A}] <= sqrt(Var <u, r>) sqrt(p),
+    and Var <u, r> = sum_i u_i^2 f_i (1 - f_i) <= 1/4 (independent coordinates), so
+
+        ||E[r | A] - y||_2 <= sqrt(p) / (2 (1 - p)).
+
+    p <= beta whenever Delta2 is the conditional bound of `rounding_l2_bound`
+    (Kairouz, Liu, Steinke 2021), and p = 0 when Delta2 = c~ + sqrt(d) (no redraw ever):
+    `EncodingPlan.rounding_bias_bound` applies this to a plan. The bias of the decoded sum
+    of s devices is at most s * gamma times this bound, in update units.
+    """
+    if isinstance(fail_prob, bool) or not isinstance(fail_prob, (int, float)) or not (
+        0 <= fail_prob < 1
+    ):
+        raise ValueError(f"fail_prob must be in [0, 1), got {fail_prob!r}")
+    return math.sqrt(fail_prob) / (2.0 * (1.0 - fail_prob))
+
+
 @dataclass(frozen=True)
 class RoundPrivacy:
     """What one round guaranteed, as a frozen record (like dp_accounting's events).
 
     All noise figures are in integer units (after scaling by 1/gamma). `n_shares` is
-    the number of noise shares in the released sum (the survivors). The count slot of
-    adaptive clipping is a second, independent release of the same devices in the same
-    round; its RDP is added to the update's (`count_*` fields; 0 when off).
+    the number of HONEST noise shares in the released sum: the survivors minus
+    `corrupt`, the colluders the threat model allows, whose shares the adversary knows.
+    The count slot of adaptive clipping is a second, independent release of the same
+    devices in the same round; its RDP is added to the update's (`count_*` fields; 0
+    when off). The sensitivities are for zero-out adjacency (`replace_one` gives the
+    record for replace-one). `to_dict` / `from_dict` store and replay it.
     """
 
     mechanism: str
@@ -93,6 +127,7 @@ class RoundPrivacy:
     clip: float
     count_sensitivity: float = 0.0
     count_local_stddev: float = 0.0
+    corrupt: int = 0
 
     @property
     def noise_stddev(self) -> float:
@@ -141,8 +176,51 @@ class RoundPrivacy:
             )
         return np.asarray(eps, dtype=np.float64)
 
+    def replace_one(self) -> RoundPrivacy:
+        """The same round for replace-one adjacency: two cohorts that differ in one
+        member's data x -> x' differ by r(x) - r(x'), an integer vector of L2 norm
+        <= 2 Delta2 and L1 norm <= 2 Delta1 (the clip bit by 2m), so every sensitivity
+        doubles and the Gaussian noise multiplier halves."""
+        return dataclasses.replace(
+            self,
+            l2_sensitivity=2.0 * self.l2_sensitivity,
+            l1_sensitivity=2.0 * self.l1_sensitivity,
+            count_sensitivity=2.0 * self.count_sensitivity,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundPrivacy:
+        """Inverse of `to_dict`, for a charge stored before decoding and replayed after a
+        restart. Refuses unknown or missing keys and out-of-range values."""
+        if not isinstance(d, dict):
+            raise DPConfigError(f"RoundPrivacy.from_dict needs a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DPConfigError(f"unknown RoundPrivacy keys: {sorted(unknown)}")
+        try:
+            get_mechanism(d["mechanism"])
+        except KeyError as err:
+            raise DPConfigError(f"RoundPrivacy dict lacks {err}") from None
+        except ValueError as err:
+            raise DPConfigError(str(err)) from None
+        for key in ("n_shares", "dim", "corrupt"):
+            v = d.get(key, 0 if key == "corrupt" else None)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "dim" else 0):
+                raise DPConfigError(f"RoundPrivacy {key} must be a non-negative integer, got {v!r}")
+        for key in ("local_stddev", "l2_sensitivity", "l1_sensitivity", "gamma", "clip",
+                    "count_sensitivity", "count_local_stddev"):
+            v = d.get(key, 0.0 if key.startswith("count_") else None)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v >= 0
+            ):
+                raise DPConfigError(f"RoundPrivacy {key} must be a finite number >= 0, got {v!r}")
+        ints = {"mechanism", "n_shares", "dim", "corrupt"}
+        values: dict[str, Any] = {k: (v if k in ints else float(v)) for k, v in d.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -152,6 +230,9 @@ class EncodingPlan:
     Built by `EncodingPlan.create` (pure, deterministic), sent to devices as
     `to_dict()`; `from_dict` recomputes the plan from its inputs and refuses a dict
     whose derived values disagree (a device never trusts the server's arithmetic).
+    `corrupt` is the number c of the `n_clients` devices that may collude with the server
+    (0 in dicts from before it existed); a device should also check it against its own
+    policy, since a smaller c means smaller shares.
     """
 
     config: DPConfig
@@ -167,24 +248,35 @@ class EncodingPlan:
     l1_sensitivity: float
     count_scale: int
     count_local_stddev: float
+    corrupt: int = 0
 
     @classmethod
     def create(
-        cls, config: DPConfig, dim: int, n_clients: int, min_contributors: int
+        cls,
+        config: DPConfig,
+        dim: int,
+        n_clients: int,
+        min_contributors: int,
+        corrupt: int = 0,
     ) -> EncodingPlan:
         """Choose gamma and the local noise for `n_clients` devices, any
-        `min_contributors` (the secure-aggregation threshold t) of which must carry the
-        target noise.
+        `min_contributors` (the secure-aggregation threshold t) of which survive, of
+        which up to `corrupt` (c, e.g. `dp.corrupt_count(fraction, n_clients)`) collude
+        with the server and know their own shares: any t - c honest shares must carry the
+        target noise, so each share has std z C / sqrt(t - c). c = 0 gives the plans from
+        before collusion was counted.
 
         gamma (Kairouz et al. 2021, Sec. 4.1): k standard deviations of the aggregate
         must fit in [-2^(b-1), 2^(b-1)):
         2^b = 2k sqrt(rho/d (C n)^2 + (gamma^2/4 + sigma_u^2) n) / gamma, with sigma_u the
-        local noise std in update units (z C / sqrt(t)), and k = sqrt(2 ln(2/p)) for the
-        per-coordinate modular clipping probability p (sub-Gaussian tail).
+        local noise std in update units (z C / sqrt(t - c)), and k = sqrt(2 ln(2/p)) for
+        the per-coordinate modular clipping probability p (sub-Gaussian tail).
         """
         for name, v in (("dim", dim), ("n_clients", n_clients)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DPConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        if isinstance(corrupt, bool) or not isinstance(corrupt, int) or corrupt < 0:
+            raise DPConfigError(f"corrupt must be an integer >= 0, got {corrupt!r}")
         if (
             isinstance(min_contributors, bool)
             or not isinstance(min_contributors, int)
@@ -194,9 +286,16 @@ class EncodingPlan:
                 f"min_contributors must be an integer in [1, n_clients={n_clients}], "
                 f"got {min_contributors!r}"
             )
+        if min_contributors - corrupt < 1:
+            raise DPConfigError(
+                f"no honest noise share is guaranteed: min_contributors={min_contributors} "
+                f"survivors minus corrupt={corrupt} colluders leaves "
+                f"{min_contributors - corrupt}; raise the threshold or lower the corrupt bound"
+            )
         mech = get_mechanism(config.mechanism)
         d = padded_dim(dim, config.rotation)
         n, t = n_clients, min_contributors
+        honest = t - corrupt
         clip, z, b = config.clip, config.noise_multiplier, config.bits
         k = math.sqrt(2.0 * math.log(2.0 / config.modclip_prob))
         half = 2.0 ** (b - 1)
@@ -206,7 +305,7 @@ class EncodingPlan:
                 f"bits={b} too small for {n} clients: need 2^b > 2k sqrt(n/4) with "
                 f"k={k:.2f} (modclip_prob={config.modclip_prob})"
             )
-        sigma_u = z * clip / math.sqrt(t) if config.mechanism != "none" else 0.0
+        sigma_u = z * clip / math.sqrt(honest) if config.mechanism != "none" else 0.0
         data_var = _RHO / d * (clip * n) ** 2
         gamma = math.sqrt((data_var + n * sigma_u**2) / denom)
         if sigma_u > 0 and sigma_u / gamma > mech.max_local_scale:
@@ -237,7 +336,7 @@ class EncodingPlan:
 
         count_scale, count_local = 0, 0.0
         if config.adaptive_clip:
-            count_scale, count_local = _count_slot(config, mech, n, t, k, half)
+            count_scale, count_local = _count_slot(config, mech, n, honest, k, half)
         return cls(
             config=config,
             dim=dim,
@@ -252,6 +351,7 @@ class EncodingPlan:
             l1_sensitivity=l1,
             count_scale=count_scale,
             count_local_stddev=float(count_local),
+            corrupt=corrupt,
         )
 
     @property
@@ -267,17 +367,22 @@ class EncodingPlan:
         return self.n_clients / 20.0
 
     def privacy_event(self, n_survivors: int) -> RoundPrivacy:
-        """What the round guaranteed when `n_survivors` noise shares were summed.
+        """What the round guaranteed when `n_survivors` noise shares were summed: only
+        the n_survivors - corrupt honest ones count (the colluders' shares are known).
 
-        With n_survivors >= min_contributors the summed noise is at least the target;
+        With n_survivors >= min_contributors the honest noise is at least the target;
         with fewer (an aborted round reveals nothing, but callers may ask) it is less,
-        and the event says so.
+        and the event says so (no honest share at all: infinite epsilon).
         """
         if isinstance(n_survivors, bool) or not isinstance(n_survivors, int) or n_survivors < 1:
             raise DPConfigError(f"n_survivors must be an integer >= 1, got {n_survivors!r}")
+        if n_survivors > self.n_clients:
+            raise DPConfigError(
+                f"n_survivors={n_survivors} exceeds the {self.n_clients} devices of the plan"
+            )
         return RoundPrivacy(
             mechanism=self.config.mechanism,
-            n_shares=n_survivors,
+            n_shares=max(0, n_survivors - self.corrupt),
             local_stddev=self.local_stddev,
             l2_sensitivity=self.l2_sensitivity,
             l1_sensitivity=self.l1_sensitivity,
@@ -286,7 +391,21 @@ class EncodingPlan:
             clip=self.config.clip,
             count_sensitivity=float(self.count_scale),
             count_local_stddev=self.count_local_stddev,
+            corrupt=self.corrupt,
         )
+
+    def rounding_bias_bound(self, n_survivors: int | None = None) -> float:
+        """Bound on the L2 norm of the rounding bias of the decoded sum of `n_survivors`
+        (default n_clients) devices, in update units: n gamma `rounding_bias_bound(p)`
+        with p = beta when the conditional norm bound is in force and p = 0 when Delta2 is
+        the deterministic c~ + sqrt(d) (no draw is ever rejected)."""
+        n = self.n_clients if n_survivors is None else n_survivors
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DPConfigError(f"n_survivors must be an integer >= 1, got {n_survivors!r}")
+        scaled_clip = self.config.clip / self.gamma
+        plain = scaled_clip + math.sqrt(self.padded_dim)
+        p = self.config.beta if self.l2_sensitivity < plain else 0.0
+        return n * self.gamma * rounding_bias_bound(p)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -301,7 +420,9 @@ class EncodingPlan:
             raise DPConfigError(f"EncodingPlan.from_dict needs a dict, got {type(d).__name__}")
         try:
             config = DPConfig.from_dict(d["config"])
-            plan = cls.create(config, d["dim"], d["n_clients"], d["min_contributors"])
+            plan = cls.create(
+                config, d["dim"], d["n_clients"], d["min_contributors"], d.get("corrupt", 0)
+            )
         except KeyError as err:
             raise DPConfigError(f"EncodingPlan dict lacks {err}") from None
         mine = plan.to_dict()
@@ -371,10 +492,53 @@ class EncodeReport:
 @dataclass(frozen=True)
 class DecodedSum:
     """Decoded aggregate: `total` = sum of clipped updates + noise (length dim);
-    `clipped_count` = noised number of clipped devices (None without adaptive clip)."""
+    `clipped_count` = noised number of clipped devices (None without adaptive clip);
+    and the modular-wrap report of `Decoder.decode` (on the `padded_dim` rotated
+    coordinates s_i of the signed sum, integer units; `wrap_report()` as JSON):
+
+    - `near_wrap`: coordinates with |s_i| >= `wrap_margin` = (1 - 1/k) 2^(b-1), k =
+      `plan.k_stddevs`. An aggregate with exactly the planned spread (2^(b-1) / k per
+      coordinate) puts a fraction 2 Phi(-(k - 1)) there (5.6e-4 at the default k = 4.45);
+      a wrapped coordinate, which lands anywhere in the range, at least 1/k of the time.
+      `wrap_fraction` = near_wrap / padded_dim.
+    - `outliers`: coordinates with |s_i| > `outlier_threshold` = t rms(s), t =
+      sqrt(2 ln(2 d / 1e-6)). After a rotation the devices could not predict, every
+      coordinate of a fixed vector v is sub-Gaussian with variance proxy ||v||^2 / d
+      (randomized Hadamard: Hoeffding), so an honest round has one with probability
+      <= 1e-6. A concentrated coordinate is the signature of an update aligned with the
+      rotation, which wraps (each wrap adds an error of 2^b gamma).
+    - `expected_wraps`: d P(|N(0, rms^2)| >= 2^(b-1)), the coordinates expected to have
+      wrapped if the aggregate is Gaussian with its measured spread (the designed rate
+      is `modclip_prob` per coordinate).
+    - `wrap_suspected`: outliers > 0, or more near-wrap coordinates than a Binomial(d,
+      2 Phi(-(k - 1))) gives with probability 1e-6 (the aggregate is wider than planned).
+
+    No statistic of one decoded sum can see every wrap (a wrapped value is a valid
+    value); the defence is a rotation seed drawn fresh per round after the devices
+    committed their updates. These numbers estimate the risk and flag alignment.
+    """
 
     total: np.ndarray
     clipped_count: float | None
+    near_wrap: int = 0
+    wrap_fraction: float = 0.0
+    wrap_margin: float = 0.0
+    outliers: int = 0
+    outlier_threshold: float = 0.0
+    expected_wraps: float = 0.0
+    wrap_suspected: bool = False
+
+    def wrap_report(self) -> dict[str, Any]:
+        """The wrap fields as a JSON-safe dict (for the round log and the dashboard)."""
+        return {
+            "near_wrap": int(self.near_wrap),
+            "wrap_fraction": float(self.wrap_fraction),
+            "wrap_margin": float(self.wrap_margin),
+            "outliers": int(self.outliers),
+            "outlier_threshold": float(self.outlier_threshold),
+            "expected_wraps": float(self.expected_wraps),
+            "wrap_suspected": bool(self.wrap_suspected),
+        }
 
 
 class _Rotation:
@@ -437,8 +601,10 @@ class Encoder(_Rotation):
         return encoded, report
 
     def _round(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Unbiased randomized rounding, repeated until ||round(y)|| <= Delta2
-        (conditional rounding; each try fails with prob. <= beta)."""
+        """Randomized rounding, repeated until ||round(y)|| <= Delta2 (conditional
+        rounding; each try fails with prob. <= beta). Each try is unbiased, but keeping
+        only the short ones shrinks the result slightly towards 0:
+        ||E[r] - y|| <= `rounding_bias_bound(p)` for a failure rate p."""
         low = np.floor(y)
         frac = y - low
         bound_sq = self.plan.l2_sensitivity**2
@@ -453,7 +619,8 @@ class Encoder(_Rotation):
 
 
 class Decoder(_Rotation):
-    """Server side: `decode(sum_mod, n_survivors)` -> DecodedSum (float64)."""
+    """Server side: `decode(sum_mod, n_survivors)` -> DecodedSum (float64), with a report
+    of the modular-wrap risk of this sum (see `DecodedSum`)."""
 
     def decode(self, sum_mod: np.ndarray, n_survivors: int) -> DecodedSum:
         plan = self.plan
@@ -469,12 +636,59 @@ class Decoder(_Rotation):
             raise ValueError(f"sum has entries >= 2^{plan.config.bits}")
         signed = u.astype(np.int64)
         signed = np.where(signed >= plan.modulus // 2, signed - plan.modulus, signed)
-        y = signed[: plan.padded_dim].astype(np.float64) * plan.gamma
-        total = unrotate(y, self._signs, plan.config.rotation, plan.dim)
+        rotated = signed[: plan.padded_dim].astype(np.float64)
+        wrap = _wrap_stats(rotated, plan)
+        total = unrotate(rotated * plan.gamma, self._signs, plan.config.rotation, plan.dim)
         count = None
         if plan.config.adaptive_clip:
             count = (float(signed[-1]) / plan.count_scale + n_survivors) / 2.0
-        return DecodedSum(total=total, clipped_count=count)
+        return DecodedSum(total=total, clipped_count=count, **wrap)
+
+
+#: False-alarm probability per round of `DecodedSum.outliers` and of the near-wrap excess.
+_WRAP_FALSE_ALARM = 1e-6
+
+
+def _binomial_upper(n: int, p: float, alpha: float) -> int:
+    """Smallest a with P[Binomial(n, p) >= a] <= alpha by the Chernoff bound
+    exp(-n KL(a/n || p))."""
+    if p <= 0:
+        return 1
+    a = max(1, math.ceil(n * p))
+    log_alpha = math.log(alpha)
+    while a <= n:
+        x = a / n
+        kl = x * math.log(x / p) + (0.0 if x >= 1 else (1 - x) * math.log((1 - x) / (1 - p)))
+        if x > p and -n * kl <= log_alpha:
+            return a
+        a += 1
+    return n + 1
+
+
+def _wrap_stats(rotated: np.ndarray, plan: EncodingPlan) -> dict[str, Any]:
+    """The wrap report of `DecodedSum` for the signed rotated coordinates."""
+    d = rotated.shape[0]
+    half = float(plan.modulus // 2)
+    k = plan.k_stddevs
+    margin = (1.0 - 1.0 / k) * half
+    mag = np.abs(rotated)
+    near = int(np.count_nonzero(mag >= margin))
+    rms = float(np.sqrt(np.mean(mag * mag))) if d else 0.0
+    t = math.sqrt(2.0 * math.log(2.0 * d / _WRAP_FALSE_ALARM))
+    threshold = t * rms
+    outliers = int(np.count_nonzero(mag > threshold)) if rms > 0 else 0
+    expected = d * math.erfc(half / (rms * math.sqrt(2.0))) if rms > 0 else 0.0
+    planned = math.erfc((k - 1.0) / math.sqrt(2.0))
+    suspected = outliers > 0 or near >= _binomial_upper(d, planned, _WRAP_FALSE_ALARM)
+    return {
+        "near_wrap": near,
+        "wrap_fraction": near / d if d else 0.0,
+        "wrap_margin": margin,
+        "outliers": outliers,
+        "outlier_threshold": threshold,
+        "expected_wraps": expected,
+        "wrap_suspected": bool(suspected),
+    }
 
 
 def update_clip(

@@ -15,8 +15,15 @@ Each mechanism is one small class behind `NoiseMechanism`, registered in
 The sampling rule "sum of any t shares carries the target noise" lives in
 `EncodingPlan`; the survivors' count is passed to `rdp` by the accountant.
 
-Sensitivities are for add/remove-one-device adjacency (a device's whole contribution
-is present or absent), the relation of client-level DP in federated learning.
+Adjacency. `rdp` bounds the divergence between two integer records whose difference has
+L2 norm <= `l2_sens` and L1 norm <= `l1_sens`, with the SAME `n_shares` noise shares in
+both. The plan's Delta2/Delta1 bound one device's rounded record, so at those values the
+bound holds for *zero-out* adjacency: one device's record (its rounded update, and its clip
+bit with adaptive clipping) replaced by zeros, its noise share kept. It is not add/remove:
+a device that is absent also takes its noise share away, which changes the noise variance
+and is not covered. Replace-one (a device's data replaced by another's) doubles both
+sensitivities (`RoundPrivacy.replace_one`). `dp.accounting` states, per printed figure,
+which adjacency it holds under.
 
 TensorFlow is imported lazily, so that accounting and the CLI stay fast.
 """
@@ -149,6 +156,9 @@ class NoiseMechanism(ABC):
     proven: bool = True
     #: True when the accountant composes dp-accounting Gaussian events (RDP and PLD).
     gaussian_events: bool = False
+    #: True when `rdp` is proven at every real order > 1 (then the unamplified figure is
+    #: taken over `dp.config.FINE_RDP_ORDERS`); False: integer orders only.
+    fractional_orders: bool = True
     #: Smallest non-zero local scale (integer units) for which `rdp` is valid.
     min_local_scale: float = 0.0
     #: Largest local scale the samplers handle accurately: tensorflow-privacy's discrete
@@ -303,6 +313,8 @@ class Skellam(NoiseMechanism):
     """
 
     name = "skellam"
+    # Agarwal, Kairouz, Liu (2021), Thm. 3.5, is stated for integer orders alpha > 1.
+    fractional_orders = False
 
     def add_noise(
         self,

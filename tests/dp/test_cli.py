@@ -33,8 +33,10 @@ def test_epsilon_json_matches_the_library() -> None:
     out = json.loads(p.stdout)
     assert {"epsilon", "epsilon_amplified", "delta", "rounds", "assumptions"} <= set(out)
     assert out["epsilon_amplified"] == pytest.approx(2.101, abs=1e-3)
+    # the CLI's default corrupt fraction is the protocol's, 0.1
     assert out["epsilon"] == pytest.approx(
-        epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, amplified=False), rel=1e-12
+        epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, amplified=False, corrupt=0.1),
+        rel=1e-12,
     )
     assert out["epsilon"] > out["epsilon_amplified"]
 
