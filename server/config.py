@@ -67,7 +67,14 @@ class ServerConfig:
     - ``clients``: devices expected to register; the first round starts when that many have
       registered, or after ``registration_timeout`` seconds with at least 2.
     - ``per_round``: devices sampled uniformly per round (fewer if fewer are registered).
-    - ``server_lr``, ``momentum``: FedAvg(M) on the decoded mean update.
+    - ``server_opt`` (fedavg | fedavgm | fedadam | fedyogi), ``server_lr``, ``momentum``
+      (FedAvgM), ``server_beta1``, ``server_beta2``, ``server_eps`` (Adam/Yogi's τ): the
+      server optimizer on the decoded mean update (``server.optimizers``).
+    - ``sampling``: "poisson" (each registered device joins a round independently with
+      probability per_round / N: what the amplified ε assumes) or "fixed" (exactly
+      per_round, accounted as sampling without replacement).
+    - ``eval_every``: evaluate the global model every this many rounds (and after the
+      last); 0 never.
     - ``epsilon_budget``: stop before a round whose worst case (t contributors) would exceed
       it; ``None`` = no budget.
     - ``stage_timeout``: seconds per protocol stage; silence past it is a dropout.
@@ -87,6 +94,12 @@ class ServerConfig:
     per_round: int = 10
     server_lr: float = 1.0
     momentum: float = 0.0
+    server_opt: str = "fedavg"
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_eps: float = 1e-3
+    sampling: str = "poisson"
+    eval_every: int = 1
     epsilon_budget: float | None = None
     stage_timeout: float = 30.0
     registration_timeout: float = 120.0
@@ -112,6 +125,23 @@ class ServerConfig:
             )
         _check_float("server_lr", self.server_lr, 0.0, 1e6, open_lo=True)
         _check_float("momentum", self.momentum, 0.0, 0.999999)
+        from server.optimizers import OPTIMIZERS, OptimizerError, ServerOptimizer
+
+        if self.server_opt == "fedavg" and self.momentum > 0:  # configs from before server_opt
+            object.__setattr__(self, "server_opt", "fedavgm")
+
+        if self.server_opt not in OPTIMIZERS:
+            raise ConfigError(f"server.server_opt must be one of {OPTIMIZERS}, got {self.server_opt!r}")
+        try:
+            ServerOptimizer(self.server_opt, self.server_lr, self.momentum, self.server_beta1,
+                            self.server_beta2, self.server_eps)
+        except OptimizerError as err:
+            raise ConfigError(f"server.{err}") from None
+        if self.server_opt == "fedavgm" and self.momentum == 0:
+            raise ConfigError("server.server_opt 'fedavgm' needs server.momentum > 0")
+        if self.sampling not in ("poisson", "fixed"):
+            raise ConfigError(f"server.sampling must be 'poisson' or 'fixed', got {self.sampling!r}")
+        _check_int("eval_every", self.eval_every, 0, 1_000_000)
         if self.epsilon_budget is not None:
             _check_float("epsilon_budget", self.epsilon_budget, 0.0, 1e9, open_lo=True)
         _check_float("stage_timeout", self.stage_timeout, 0.0, 86_400.0, open_lo=True)

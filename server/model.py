@@ -1,4 +1,5 @@
-"""The global model on the server: build, FedAvg(M) step, evaluation, prediction.
+"""The global model on the server: build, evaluation, prediction (the optimizer step is
+``server.optimizers``).
 
 TensorFlow work runs in worker threads (callers use ``asyncio.to_thread``) so the event
 loop keeps answering long-polls; one ``threading.Lock`` serialises use of the Keras model.
@@ -17,31 +18,7 @@ import numpy as np
 from clients.tasks import Dataset, Task, get_task
 from clients.tasks.weights import get_flat_weights, set_flat_weights
 
-__all__ = ["ModelService", "fedavg_step"]
-
-
-def fedavg_step(
-    weights: np.ndarray,
-    mean_update: np.ndarray,
-    momentum_buffer: np.ndarray | None,
-    server_lr: float,
-    momentum: float,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """One server step of FedAvg with optional server momentum (FedAvgM, Hsu et al. 2019).
-
-    ``v <- momentum * v + mean_update``; ``w <- w + server_lr * v``. With ``momentum == 0``
-    this is plain FedAvg with a server learning rate and no buffer is kept.
-    """
-    upd = np.asarray(mean_update, dtype=np.float64)
-    if upd.shape != weights.shape:
-        raise ValueError(f"update has shape {upd.shape}, model has {weights.shape}")
-    if momentum > 0.0:
-        prev = np.zeros_like(upd) if momentum_buffer is None else momentum_buffer.astype(np.float64)
-        velocity = momentum * prev + upd
-        new = weights.astype(np.float64) + server_lr * velocity
-        return new.astype(np.float32), velocity.astype(np.float32)
-    new = weights.astype(np.float64) + server_lr * upd
-    return new.astype(np.float32), None
+__all__ = ["ModelService"]
 
 
 class ModelService:

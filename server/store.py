@@ -279,8 +279,11 @@ class Store:
             c.execute(
                 "INSERT INTO rounds(round, status, record, plan, n_survivors, sample_rate) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(round) DO UPDATE SET "
-                "status = excluded.status, record = excluded.record, plan = excluded.plan, "
-                "n_survivors = excluded.n_survivors, sample_rate = excluded.sample_rate",
+                "status = excluded.status, record = excluded.record, "
+                # a charged round stays charged: its plan is never erased by a later write
+                "plan = COALESCE(excluded.plan, rounds.plan), "
+                "n_survivors = COALESCE(excluded.n_survivors, rounds.n_survivors), "
+                "sample_rate = COALESCE(excluded.sample_rate, rounds.sample_rate)",
                 (
                     int(record["round"]),
                     str(record["status"]),
@@ -339,12 +342,38 @@ class Store:
         out = [json.loads(r[0]) for r in rows]
         return out[-limit:] if limit else out
 
+    def charge_round(
+        self, round_id: int, plan: dict[str, Any], n_survivors: int, sample_rate: float
+    ) -> None:
+        """Write-ahead privacy charge: record what round ``round_id`` releases *before* its
+        sum is unmasked. From here on the round counts in :meth:`privacy_events`, whether
+        it finishes or the server dies (issue 12: a seen sum is never left uncharged)."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE rounds SET status = 'unmasking', plan = ?, n_survivors = ?, "
+                "sample_rate = ? WHERE round = ? AND status = 'running'",
+                (json.dumps(plan), int(n_survivors), float(sample_rate), int(round_id)),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"round {round_id} is not running: cannot charge it")
+
+    def is_charged(self, round_id: int) -> bool:
+        """Whether round ``round_id`` carries a privacy charge (see :meth:`charge_round`)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT plan IS NOT NULL AND n_survivors IS NOT NULL FROM rounds WHERE round = ?",
+                (int(round_id),),
+            ).fetchone()
+        return bool(row and row[0])
+
     def privacy_events(self) -> list[tuple[dict[str, Any], int, float]]:
-        """(plan dict, n_survivors, sample rate) of every finished round, in order."""
+        """(plan dict, n_survivors, sample rate) of every charged round, in order: the
+        finished ones and those a crash interrupted after the write-ahead charge."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT plan, n_survivors, sample_rate FROM rounds "
-                "WHERE status = 'done' AND plan IS NOT NULL ORDER BY round"
+                "WHERE plan IS NOT NULL AND n_survivors IS NOT NULL "
+                "AND status IN ('done', 'unmasking', 'aborted') ORDER BY round"
             ).fetchall()
         return [(json.loads(p), int(n), float(q)) for p, n, q in rows]
 
@@ -356,12 +385,16 @@ class Store:
     def abort_running(self, reason: str) -> list[int]:
         """Mark every round still 'running' (a crash left it) as aborted; return their ids."""
         with self._tx() as c:
-            rows = c.execute("SELECT round, record FROM rounds WHERE status = 'running'").fetchall()
+            rows = c.execute(
+                "SELECT round, record, plan FROM rounds WHERE status IN ('running', 'unmasking')"
+            ).fetchall()
             ids = []
-            for rnd, rec in rows:
+            for rnd, rec, plan in rows:
                 record = json.loads(rec)
                 record["status"] = "aborted"
                 record["abort_reason"] = reason
+                # charged before the crash (the sum may have been seen): stays charged
+                record["charged"] = plan is not None
                 record["finished_at"] = record.get("finished_at") or time.time()
                 c.execute(
                     "UPDATE rounds SET status = 'aborted', record = ? WHERE round = ?",

@@ -1,4 +1,4 @@
-"""server.store (SQLite) and server.model.fedavg_step: the pieces a restart relies on."""
+"""server.store (SQLite): the pieces a restart relies on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.model import fedavg_step
 from server.store import Store, StoreError
 
 
@@ -51,14 +50,3 @@ def test_unusable_paths(tmp_path: Path) -> None:
         Store(junk)
 
 
-def test_fedavg_with_and_without_momentum() -> None:
-    w = np.zeros(3, np.float32)
-    upd = np.array([1.0, -2.0, 0.5])
-    new, buf = fedavg_step(w, upd, None, server_lr=0.5, momentum=0.0)
-    assert np.allclose(new, [0.5, -1.0, 0.25]) and buf is None
-    new1, buf1 = fedavg_step(w, upd, None, server_lr=1.0, momentum=0.9)
-    new2, buf2 = fedavg_step(new1, upd, buf1, server_lr=1.0, momentum=0.9)
-    assert buf2 is not None and np.allclose(buf2, 1.9 * upd)
-    assert np.allclose(new2, (1 + 1.9) * upd) and new2.dtype == np.float32
-    with pytest.raises(ValueError, match="shape"):
-        fedavg_step(w, np.zeros(4), None, 1.0, 0.0)
