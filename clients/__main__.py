@@ -1,4 +1,5 @@
-"""``python -m clients``: ``run`` (local simulation), ``device`` (one real device) or
+"""``python -m clients``: ``run`` (train with the http, local or ray engine), ``device``
+(one real device) or
 ``export`` (a task's model as trainable TensorFlow Lite, for an on-device app).
 
 With no subcommand it prints help. Bad flags exit with status 2 and a one-line error.
@@ -14,17 +15,18 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with its two subcommands."""
-    from clients import device, export, simulation
+    from clients import export, options
+    from clients.device import cli as device
 
-    parser = simulation.OneLineParser(
+    parser = options.OneLineParser(
         prog="python -m clients",
-        description="secagg-dp devices: a local simulation (server + N devices over HTTP on "
-        "loopback) or one real device process.",
+        description="secagg-dp devices: a simulation (a loopback server and N devices over "
+        "HTTP, or the in-process / Ray research engines) or one real device process.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{run,device,export}")
-    run = sub.add_parser("run", help="train with a loopback server and N devices",
+    run = sub.add_parser("run", help="train N simulated devices (engines http, local, ray)",
                          description="")
-    simulation.build_parser(run)
+    options.build_parser(run)
     run.prog = "python -m clients run"
     dev = sub.add_parser("device", help="run one device against a server")
     device.build_parser(dev)
@@ -44,13 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args[0] == "run":
-        from clients import simulation
+        from clients import run as run_cmd
 
-        return simulation.main(args[1:])
+        return run_cmd.main(args[1:])
     if args[0] == "device":
-        from clients import device
+        from clients.device import cli as device_cli
 
-        return device.main(args[1:])
+        return device_cli.main(args[1:])
     if args[0] == "export":
         from clients import export
 

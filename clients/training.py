@@ -77,6 +77,7 @@ class LocalTrainer:
         self.dim = int(sum(self._sizes))
         self._loss = tf.keras.losses.get(self.model.loss)
         self._lock = threading.Lock()
+        self._concrete: Any = None
         y_dtype = tf.int64 if task.num_classes is not None else tf.float32
         y_shape = [None] if task.num_classes is not None else None  # labels: any rank
         self._fn = tf.function(
@@ -150,8 +151,15 @@ class LocalTrainer:
             )
         y = y.astype(np.int64) if self.task.num_classes is not None else y.astype(np.float32)
         orders = epoch_orders(len(x), epochs, seed)
+        import tensorflow as tf
+
         with self._lock:
-            delta = self._fn(w, x, y, orders, np.int32(batch_size), np.float32(lr)).numpy()
+            if self._concrete is None:  # skips tf.function's per-call argument binding
+                self._concrete = self._fn.get_concrete_function()
+            delta = self._concrete(
+                tf.constant(w), tf.constant(x), tf.constant(y), tf.constant(orders),
+                tf.constant(batch_size, tf.int32), tf.constant(lr, tf.float32),
+            ).numpy()
         if not np.all(np.isfinite(delta)):
             raise FloatingPointError(f"local training diverged (lr={lr}): update has NaN/inf")
         return delta.astype(np.float32, copy=False)

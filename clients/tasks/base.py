@@ -172,11 +172,20 @@ class ImageClassificationTask(Task):
         return vec.reshape(self.input_shape)
 
 
-def _predict(model: tf.keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Forward pass in inference mode, in batches, as float64 numpy."""
-    outs = []
-    for start in range(0, len(x), batch_size):
-        outs.append(np.asarray(model(x[start : start + batch_size], training=False)))
+def _predict(model: tf.keras.Model, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Forward pass in inference mode, in batches, as float64 numpy.
+
+    The forward pass is one ``tf.function`` per model (traced once, any batch size):
+    evaluating the global model every round must not cost an eager pass per layer."""
+    fn = getattr(model, "_secagg_predict", None)
+    if fn is None:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        fn = tf.function(lambda t: model(t, training=False), input_signature=[spec])
+        model._secagg_predict = fn
+    x = np.asarray(x, dtype=np.float32)
+    outs = [np.asarray(fn(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
     return np.concatenate(outs, axis=0).astype(np.float64)
 
 
