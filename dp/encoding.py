@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from dp.config import DPConfig, DPConfigError
 from dp.mechanisms import get_mechanism
+from dp.prng import SecureRng, require_secure_rng
 from dp.rotation import padded_dim, rotate, rotation_signs, unrotate
 
 __all__ = [
@@ -54,6 +56,9 @@ __all__ = [
 
 #: rho of the gamma heuristic (energy per coordinate after rotation ~ rho C^2 / d).
 _RHO = 1.0
+#: Rows the encoder clips, rotates and rounds together: bounds the temporaries (8 rows of
+#: 2^16 float64 = 4 MB each) whatever the batch size; the speed hardly depends on it.
+_ROWS_PER_BLOCK = 8
 #: Minimum local std (integer units) of the clipped-count slot before rounding the
 #: discrete scale up; keeps the ceil() inflation of the count noise under 5%.
 _COUNT_MIN_LOCAL = 20.0
@@ -553,63 +558,121 @@ class _Rotation:
 
 
 class Encoder(_Rotation):
-    """Device side: `encode(update, rng)` -> (uint64 vector in [0, 2^b), EncodeReport).
+    """Device side: `encode(update, rng)` -> (uint64 vector in [0, 2^b), EncodeReport);
+    `encode_batch(updates, rngs)` does m devices at once (simulations, benchmarks).
 
-    `rotation_seed` is the round's public seed (see `dp.rotation`); `rng` drives the
-    randomized rounding and seeds the noise samplers and must be seeded from OS entropy
-    on a real device (e.g. `np.random.default_rng()`), since whoever predicts it can
-    remove this device's noise share.
+    `rotation_seed` is the round's public seed (see `dp.rotation`). `rng` is the
+    device's `dp.prng.SecureRng` and the only source of the encoder's randomness (the
+    randomized rounding and the noise shares). On a real device it must be
+    `SecureRng.from_os()` (or keyed with `os.urandom(32)`): whoever can predict it can
+    remove this device's noise share. numpy generators are refused with a TypeError.
+
+    Each device's draws come from its own generator in a fixed order: the rounding's
+    uniforms (one try after another), then the update's noise share, then the count
+    slot's. `encode` is `encode_batch` of one row (one implementation), so
+    `encode_batch(U, rngs)[0][i]` equals `encode(U[i], r)[0]` bit for bit when `r` has the
+    key of `rngs[i]`.
     """
 
-    def encode(
-        self, update: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, EncodeReport]:
-        plan, cfg = self.plan, self.plan.config
+    def encode(self, update: np.ndarray, rng: SecureRng) -> tuple[np.ndarray, EncodeReport]:
+        """Encode one device's update (any shape with `plan.dim` entries)."""
+        require_secure_rng(rng, "Encoder.encode")
         x = np.asarray(update, dtype=np.float64).ravel()
-        if x.shape[0] != plan.dim:
-            raise ValueError(f"update has {x.shape[0]} entries, the plan expects {plan.dim}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("update contains NaN or infinite values")
-        norm = float(np.linalg.norm(x))
-        clipped = norm > cfg.clip
-        if clipped:
-            x = x * (cfg.clip / norm)
-        y = rotate(x, self._signs, cfg.rotation) / plan.gamma
-        record = self._round(y, rng)
-        mech = get_mechanism(cfg.mechanism)
-        noised = record
-        if plan.local_stddev > 0:
-            noised = mech.add_noise(
-                record, plan.local_stddev, plan.l2_sensitivity, plan.l1_sensitivity, rng
+        if x.shape[0] != self.plan.dim:
+            raise ValueError(
+                f"update has {x.shape[0]} entries, the plan expects {self.plan.dim}"
             )
-        if cfg.adaptive_clip:
-            bit = np.array([plan.count_scale * (1 if clipped else -1)], dtype=np.int64)
-            if plan.count_local_stddev > 0:
-                bit = mech.add_noise(
-                    bit, plan.count_local_stddev, plan.count_scale, plan.count_scale, rng
-                )
-            noised = np.concatenate((noised, bit))
-        encoded = np.mod(noised, np.int64(plan.modulus)).astype(np.uint64)
-        report = EncodeReport(
-            norm=norm,
-            clipped=bool(clipped),
-            clip=cfg.clip,
-            gamma=plan.gamma,
-            local_stddev=plan.local_stddev,
-            mechanism=cfg.mechanism,
-        )
-        return encoded, report
+        encoded, reports = self._encode_rows(x[np.newaxis, :], [rng])
+        return encoded[0], reports[0]
 
-    def _round(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Randomized rounding, repeated until ||round(y)|| <= Delta2 (conditional
-        rounding; each try fails with prob. <= beta). Each try is unbiased, but keeping
-        only the short ones shrinks the result slightly towards 0:
-        ||E[r] - y|| <= `rounding_bias_bound(p)` for a failure rate p."""
+    def encode_batch(
+        self, updates: np.ndarray, rngs: Sequence[SecureRng]
+    ) -> tuple[np.ndarray, list[EncodeReport]]:
+        """Encode m devices' updates, one per row of `updates` (shape (m, plan.dim)), row
+        i with `rngs[i]`. Returns the (m, encoded_dim) uint64 array and m reports.
+
+        Give every device its own generator: rows sharing one generator still get
+        independent draws (the stream moves on), but then no row equals its `encode`."""
+        plan = self.plan
+        u = np.asarray(updates, dtype=np.float64)
+        if u.ndim != 2 or u.shape[1] != plan.dim:
+            raise ValueError(f"updates must have shape (m, {plan.dim}), got {u.shape}")
+        gens = list(rngs)
+        if len(gens) != u.shape[0]:
+            raise ValueError(f"{u.shape[0]} updates but {len(gens)} generators")
+        for i, gen in enumerate(gens):
+            require_secure_rng(gen, f"Encoder.encode_batch (rngs[{i}])")
+        return self._encode_rows(u, gens)
+
+    def _encode_rows(
+        self, x: np.ndarray, rngs: list[SecureRng]
+    ) -> tuple[np.ndarray, list[EncodeReport]]:
+        """The one implementation: all input checks first (no draw is made for a batch
+        that is refused), then blocks of `_ROWS_PER_BLOCK` rows (a block's arrays stay in
+        cache; every row's arithmetic is the same whatever the block holds)."""
+        plan, cfg = self.plan, self.plan.config
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            where = "" if x.shape[0] == 1 else f" (row {bad})"
+            raise ValueError(f"update contains NaN or infinite values{where}")
+        mech = get_mechanism(cfg.mechanism)
+        # x mod 2^b is x & (2^b - 1) in two's complement (negative x included), and far
+        # cheaper than np.mod
+        mask = np.int64(plan.modulus - 1)
+        out = np.empty((x.shape[0], plan.encoded_dim), dtype=np.uint64)
+        reports: list[EncodeReport] = []
+        for start in range(0, x.shape[0], _ROWS_PER_BLOCK):
+            block = x[start:start + _ROWS_PER_BLOCK]
+            norms = np.sqrt(np.add.reduce(block * block, axis=1))
+            clipped = norms > cfg.clip
+            if clipped.any():
+                block = block * np.where(clipped, cfg.clip / np.where(clipped, norms, 1.0),
+                                         1.0)[:, np.newaxis]
+            y = rotate(block, self._signs, cfg.rotation)
+            y /= plan.gamma
+            for j in range(block.shape[0]):
+                i = start + j
+                rng = rngs[i]
+                noised = self._round(y[j], rng)
+                if plan.local_stddev > 0:
+                    noised = mech.add_noise(
+                        noised, plan.local_stddev, plan.l2_sensitivity, plan.l1_sensitivity,
+                        rng,
+                    )
+                row = out[i].view(np.int64)
+                np.bitwise_and(noised, mask, out=row[: plan.padded_dim])
+                if cfg.adaptive_clip:
+                    bit = np.array([plan.count_scale * (1 if clipped[j] else -1)],
+                                   dtype=np.int64)
+                    if plan.count_local_stddev > 0:
+                        bit = mech.add_noise(
+                            bit, plan.count_local_stddev, plan.count_scale, plan.count_scale,
+                            rng,
+                        )
+                    np.bitwise_and(bit, mask, out=row[plan.padded_dim:])
+                reports.append(EncodeReport(
+                    norm=float(norms[j]),
+                    clipped=bool(clipped[j]),
+                    clip=cfg.clip,
+                    gamma=plan.gamma,
+                    local_stddev=plan.local_stddev,
+                    mechanism=cfg.mechanism,
+                ))
+        return out, reports
+
+    def _round(self, y: np.ndarray, rng: SecureRng) -> np.ndarray:
+        """Randomized rounding of one row, repeated until ||round(y)|| <= Delta2
+        (conditional rounding; each try fails with prob. <= beta). Uniforms from `rng`.
+        Each try is unbiased, but keeping only the short ones shrinks the result slightly
+        towards 0: ||E[r] - y|| <= `rounding_bias_bound(p)` for a failure rate p."""
         low = np.floor(y)
         frac = y - low
         bound_sq = self.plan.l2_sensitivity**2
         for _ in range(1000):
-            r = low + (rng.random(y.shape[0]) < frac)
+            r = rng.random(y.shape[0])
+            np.less(r, frac, out=r)  # 1.0 where rounding up (probability frac), else 0.0
+            r += low
             if float(np.dot(r, r)) <= bound_sq:
                 return r.astype(np.int64)
         raise RuntimeError(

@@ -6,9 +6,9 @@ Each mechanism is one small class behind `NoiseMechanism`, registered in
 - `local_scale(target)`: the local noise parameter it will really use for a requested
   local standard deviation (integer units);
 - `add_noise(record, scale, l2_bound, l1_bound, rng)`: add one device's share to the
-  rounded integer record (np.int64), drawing with tensorflow-privacy's samplers, seeded
-  from `rng` (which the device must seed from OS entropy: whoever can predict the seed
-  can subtract the noise);
+  rounded integer record (np.int64), drawn by `dp.noise` from `rng`, a `dp.prng.SecureRng`
+  (AES-256-CTR keyed from the OS CSPRNG on a real device: whoever can predict the
+  generator can subtract the noise; numpy generators are refused with a TypeError);
 - `rdp(orders, ...)`: the Renyi DP of ONE round, unsampled, for the sum of `n_shares`
   shares (the survivors), given the L2/L1 sensitivities in integer units.
 
@@ -25,20 +25,20 @@ and is not covered. Replace-one (a device's data replaced by another's) doubles 
 sensitivities (`RoundPrivacy.replace_one`). `dp.accounting` states, per printed figure,
 which adjacency it holds under.
 
-TensorFlow is imported lazily, so that accounting and the CLI stay fast.
+No TensorFlow here: the samplers are `dp.noise`'s (vectorized numpy, exact up to float64
+arithmetic, tested against the exact pmfs).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
+
+from dp import noise
+from dp.prng import SecureRng, require_secure_rng
 
 __all__ = [
     "NoiseMechanism",
@@ -53,35 +53,6 @@ __all__ = [
     "skellam_rdp",
     "gaussian_rdp",
 ]
-
-_INT32_LIMIT = 2**31 - 1
-_TF_SEED_LOCK = threading.Lock()
-
-
-def _seed_from(rng: np.random.Generator) -> int:
-    """A 63-bit TF seed from the device's generator (itself seeded from the OS CSPRNG)."""
-    return int(rng.integers(0, 2**63 - 1))
-
-
-@contextmanager
-def _seeded_tf(rng: np.random.Generator) -> Iterator[None]:
-    """Run TF's stateful samplers (eagerly) under a global seed drawn from `rng`.
-
-    tensorflow-privacy's samplers draw with stateful ops (`tf.random.uniform`,
-    `tf.random.normal`) whose stream follows the process-global TF seed. Keras code may
-    set that seed from a public value (model init, shuffling), which would make the
-    noise predictable; so each share is drawn right after setting the global seed from
-    `rng`, under a lock (the seed is process-global), and the samplers run eagerly (see
-    `DiscreteGaussian.add_noise`: a traced `tf.function` would keep the seeds of its first
-    trace, so two devices would add *identical* noise). Nothing else process-wide is
-    switched: other threads' `tf.function`s keep running as graphs.
-    """
-    import tensorflow as tf
-
-    with _TF_SEED_LOCK:
-        tf.random.set_seed(_seed_from(rng))
-        yield
-
 
 def ddgauss_tau(local_scale: float, n_shares: int) -> float:
     """tau of Kairouz, Liu, Steinke (ICML 2021, Thm. 11 / Prop. 14):
@@ -179,9 +150,12 @@ class NoiseMechanism(ABC):
         scale: float,
         l2_bound: float,
         l1_bound: float,
-        rng: np.random.Generator,
+        rng: SecureRng,
     ) -> np.ndarray:
-        """Return record (int64) + one local noise share (int64)."""
+        """Return record (int64) + one local noise share (int64), drawn from `rng` only.
+
+        `l2_bound` / `l1_bound` are the record's norm bounds in integer units (what the
+        share is calibrated against); the built-in samplers do not need them."""
 
     @abstractmethod
     def rdp(
@@ -200,9 +174,9 @@ class NoiseMechanism(ABC):
         return n_shares * local_scale**2
 
 
-def _fits_int32(record: np.ndarray, scale: float) -> bool:
-    peak = float(np.max(np.abs(record))) if record.size else 0.0
-    return peak + 40.0 * scale + 1.0 < _INT32_LIMIT
+def _as_record(record: np.ndarray, rng: SecureRng, where: str) -> np.ndarray:
+    require_secure_rng(rng, where)
+    return np.asarray(record, dtype=np.int64)
 
 
 class DiscreteGaussian(NoiseMechanism):
@@ -227,30 +201,11 @@ class DiscreteGaussian(NoiseMechanism):
         scale: float,
         l2_bound: float,
         l1_bound: float,
-        rng: np.random.Generator,
+        rng: SecureRng,
     ) -> np.ndarray:
-        import tensorflow as tf
-        from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
-        from tensorflow_privacy.privacy.dp_query.distributed_discrete_gaussian_query import (
-            DistributedDiscreteGaussianSumQuery,
-        )
-
-        iscale = int(scale)
-        if _fits_int32(record, scale):
-            # The query's own checks (int32 record, L2 bound with headroom for float32
-            # norm rounding), without its noise: that is drawn below, seeded.
-            bound = float(l2_bound) * (1.0 + 1e-5) + 1.0
-            query = DistributedDiscreteGaussianSumQuery(l2_norm_bound=bound, local_stddev=0)
-            params = query.derive_sample_params(query.initial_global_state())
-            query.preprocess_record(params, tf.constant(record.astype(np.int32)))
-        # tensorflow-privacy's sampler body, run eagerly (its `tf.function` wrapper would
-        # freeze the random ops' seeds at the first trace).
-        sampler = discrete_gaussian_utils._sample_discrete_gaussian_helper.python_function
-        with _seeded_tf(rng):
-            noise = sampler(
-                tf.constant(iscale, tf.int64), tf.constant(record.shape, tf.int32), tf.int64
-            )
-        return record + noise.numpy().astype(np.int64)
+        record = _as_record(record, rng, "DiscreteGaussian.add_noise")
+        share = noise.discrete_gaussian(rng, float(scale), record.size)
+        return record + share.reshape(record.shape)
 
     def rdp(
         self,
@@ -264,52 +219,14 @@ class DiscreteGaussian(NoiseMechanism):
         return ddgauss_rdp(orders, l2_sens, l1_sens, local_scale, n_shares, dim)
 
 
-@functools.cache
-def _seeded_skellam_query_class() -> type:
-    """DistributedSkellamSumQuery whose Poisson pair is seeded by the caller (the query
-    itself seeds `tf.random.stateless_poisson` from `tf.timestamp()`)."""
-    import tensorflow as tf
-    from tensorflow_privacy.privacy.dp_query.distributed_skellam_query import (
-        DistributedSkellamSumQuery,
-    )
-
-    class SeededSkellamSumQuery(DistributedSkellamSumQuery):  # type: ignore[misc]
-        def __init__(
-            self,
-            l1_norm_bound: int,
-            l2_norm_bound: float,
-            local_stddev: float,
-            seed: tuple[int, int],
-        ) -> None:
-            super().__init__(l1_norm_bound, l2_norm_bound, local_stddev)
-            self._seed = seed
-
-        def add_noise_to_sample(self, local_stddev: Any, record: Any) -> Any:
-            lam = 0.5 * tf.cast(local_stddev, tf.float64) ** 2
-
-            def add(v: Any) -> Any:
-                p = tf.random.stateless_poisson(
-                    shape=tf.concat([tf.shape(v), [2]], axis=0),
-                    seed=tf.constant(self._seed, tf.int64),
-                    lam=[lam, lam],
-                    dtype=tf.int64,
-                )
-                return v + tf.cast(p[..., 0] - p[..., 1], v.dtype)
-
-            return tf.nest.map_structure(add, record)
-
-    return SeededSkellamSumQuery
-
-
 class Skellam(NoiseMechanism):
     """Distributed Skellam (Agarwal, Kairouz, Liu, NeurIPS 2021).
 
     Each device adds Poisson(s^2/2) - Poisson(s^2/2) (variance s^2); the sum of n shares
     is again Skellam with variance n s^2, which is what makes it exact for any survivor
-    count. The draw is tensorflow-privacy's (DistributedSkellamSumQuery's
-    `tf.random.stateless_poisson` pair), but seeded from `rng`: the query itself seeds
-    from `tf.timestamp()`, which is predictable and shared by devices encoding in the
-    same microsecond.
+    count. The draw is `dp.noise.skellam` (two exact Poisson vectors) from `rng`
+    (tensorflow-privacy's query seeded its Poisson pair from `tf.timestamp()`, which is
+    predictable and shared by devices encoding in the same microsecond).
     """
 
     name = "skellam"
@@ -322,23 +239,11 @@ class Skellam(NoiseMechanism):
         scale: float,
         l2_bound: float,
         l1_bound: float,
-        rng: np.random.Generator,
+        rng: SecureRng,
     ) -> np.ndarray:
-        import tensorflow as tf
-
-        query = _seeded_skellam_query_class()(
-            l1_norm_bound=int(math.ceil(l1_bound)) + 1,
-            l2_norm_bound=float(l2_bound) * (1.0 + 1e-5) + 1.0,
-            local_stddev=float(scale),
-            seed=(_seed_from(rng), _seed_from(rng)),
-        )
-        if _fits_int32(record, scale) and l1_bound + 1 < _INT32_LIMIT:
-            params = query.derive_sample_params(query.initial_global_state())
-            out = query.preprocess_record(params, tf.constant(record.astype(np.int32)))
-            return out.numpy().astype(np.int64)
-        # Records beyond int32 (very large b): the same sampler on int64; the norm bounds
-        # hold by construction of the rounding.
-        return query.add_noise_to_sample(float(scale), tf.constant(record, tf.int64)).numpy()
+        record = _as_record(record, rng, "Skellam.add_noise")
+        share = noise.skellam(rng, float(scale) ** 2, record.size)
+        return record + share.reshape(record.shape)
 
     def rdp(
         self,
@@ -355,7 +260,7 @@ class Skellam(NoiseMechanism):
 class RoundedGaussian(NoiseMechanism):
     """Continuous Gaussian shares rounded to integers: a comparison baseline.
 
-    The device adds N(0, s^2) (tensorflow-privacy's GaussianSumQuery noise) to its
+    The device adds N(0, s^2) (`dp.noise.gaussian`, Box-Muller from `rng`) to its
     rounded integer vector and rounds the result to the nearest integer, i.e. it sends
     x + round(g).
 
@@ -388,16 +293,11 @@ class RoundedGaussian(NoiseMechanism):
         scale: float,
         l2_bound: float,
         l1_bound: float,
-        rng: np.random.Generator,
+        rng: SecureRng,
     ) -> np.ndarray:
-        import tensorflow as tf
-        from tensorflow_privacy.privacy.dp_query.gaussian_query import GaussianSumQuery
-
-        query = GaussianSumQuery(l2_norm_clip=float(l2_bound) + 1.0, stddev=float(scale))
-        zero = tf.zeros(record.shape, tf.float64)
-        with _seeded_tf(rng):
-            noise, _, _ = query.get_noised_result(zero, query.initial_global_state())
-        return record + np.rint(noise.numpy()).astype(np.int64)
+        record = _as_record(record, rng, "RoundedGaussian.add_noise")
+        share = np.rint(noise.gaussian(rng, float(scale), record.size)).astype(np.int64)
+        return record + share.reshape(record.shape)
 
     def rdp(
         self,
@@ -431,9 +331,9 @@ class NoNoise(NoiseMechanism):
         scale: float,
         l2_bound: float,
         l1_bound: float,
-        rng: np.random.Generator,
+        rng: SecureRng,
     ) -> np.ndarray:
-        return record
+        return _as_record(record, rng, "NoNoise.add_noise")
 
     def rdp(
         self,

@@ -194,7 +194,7 @@ class SecureRng:
         n = int(np.prod(shape, dtype=np.int64))
         out = np.empty(n, dtype=np.dtype("<u8"))
         if n:
-            self._fill(memoryview(out.view(np.uint8)))
+            self._fill(out.view(np.uint8).data)
         return out.astype(np.uint64, copy=False).reshape(shape)
 
     def random(self, size: int | tuple[int, ...]) -> np.ndarray:
