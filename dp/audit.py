@@ -225,7 +225,11 @@ def claimed_epsilon(plan: EncodingPlan, survivors: int, rounds: int = 1) -> floa
 # --------------------------------------------------------------------- pipeline glue
 
 
-def _make_plan(config: DPConfig, dim: int, n_clients: int, min_contributors: int) -> EncodingPlan:
+def _make_plan(
+    config: DPConfig, dim: int, n_clients: int, min_contributors: int, corrupt: int = 0
+) -> EncodingPlan:
+    if corrupt:
+        return EncodingPlan.create(config, dim, n_clients, min_contributors, corrupt=corrupt)
     return EncodingPlan.create(config, dim, n_clients, min_contributors)
 
 
@@ -313,6 +317,7 @@ class RoundAudit:
     n_clients: int
     min_contributors: int
     survivors: int
+    corrupt: int
     trials: int
     threshold_trials: int
     threshold: float
@@ -344,10 +349,17 @@ class RoundAudit:
         """True when the measured lower bound exceeds the claim."""
         return self.epsilon_lower > self.epsilon_claim
 
+    @property
+    def ceiling(self) -> float:
+        """The largest bound these trials could give (no error at all): about
+        ln(trials / 3.7) at 95 %. Claims above it cannot be refuted by this audit."""
+        return float(epsilon_lower_bound(0, self.trials, 0, self.trials, self.delta,
+                                         self.confidence))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(ratio_to_gaussian=self.ratio_to_gaussian, ratio_to_claim=self.ratio_to_claim,
-                 violation=self.violation)
+                 violation=self.violation, ceiling=self.ceiling)
         return d
 
 
@@ -364,6 +376,7 @@ def audit_round(
     n_clients: int = 20,
     min_contributors: int = 10,
     survivors: int | None = None,
+    corrupt: int = 0,
     trials: int = 20_000,
     threshold_trials: int | None = None,
     canary_norm: float | None = None,
@@ -374,8 +387,12 @@ def audit_round(
 
     `n_clients` devices are planned, `min_contributors` (t) is the sizing bound,
     `survivors` (default t) devices reach the sum, one of them the canary device. The
-    other survivors' updates are zero in both worlds. `trials` evaluation trials per
-    world, plus `threshold_trials` (default `trials`) per world to choose the threshold.
+    other survivors' updates are zero in both worlds. `corrupt` (c) of those others
+    collude with the attacker, who knows their noise shares and subtracts them from the
+    sum: the same as leaving them out of it, which is what the audit does (the plan
+    sizes the shares for t - c honest ones, and the claim charges s - c). `trials`
+    evaluation trials per world, plus `threshold_trials` (default `trials`) per world to
+    choose the threshold.
     `canary_norm` defaults to the clip C; a larger canary checks that clipping holds.
     `seed` makes the run reproducible (None: OS entropy).
 
@@ -397,12 +414,16 @@ def audit_round(
             f"survivors must be in [min_contributors={min_contributors}, "
             f"n_clients={n_clients}], got {s!r}"
         )
+    corrupt = _check_count("corrupt", corrupt, 0)
+    if corrupt > s - 1:
+        raise DPConfigError(f"corrupt must be <= survivors - 1 = {s - 1}, got {corrupt}")
+    honest = s - corrupt
     norm = config.clip if canary_norm is None else float(canary_norm)
     if not (math.isfinite(norm) and norm > 0):
         raise ValueError(f"canary_norm must be > 0, got {canary_norm!r}")
     _check_confidence(confidence)
 
-    plan = _make_plan(config, dim, n_clients, min_contributors)
+    plan = _make_plan(config, dim, n_clients, min_contributors, corrupt)
     claim = claimed_epsilon(plan, s)
     fault = _FAULT.get()
     used = _FAULTS[fault](plan) if fault is not None else plan
@@ -416,12 +437,12 @@ def audit_round(
     def scores(count: int, world: int, block: int) -> np.ndarray:
         rand = _DeviceRandomness(seed, block, world)
         out = np.empty(count)
-        per_batch = max(1, _ROWS_PER_BATCH // s)
+        per_batch = max(1, _ROWS_PER_BATCH // honest)
         for start in range(0, count, per_batch):
             c = min(per_batch, count - start)
-            updates = np.zeros((c * s, dim))
+            updates = np.zeros((c * honest, dim))
             if world:
-                updates[::s] = canary  # device 0 of every trial is the canary device
+                updates[::honest] = canary  # device 0 of every trial is the canary device
             sums = _modular_sums(_encode_rows(encoder, updates, rand.next_batch()), c, used)
             for j in range(c):
                 out[start + j] = float(decoder.decode(sums[j], s).total @ direction)
@@ -435,7 +456,7 @@ def audit_round(
     each = 1.0 - (1.0 - confidence) / 2.0
 
     mech = get_mechanism(config.mechanism)
-    noise_std = math.sqrt(mech.noise_variance(used.local_stddev, s)) * used.gamma
+    noise_std = math.sqrt(mech.noise_variance(used.local_stddev, honest)) * used.gamma
     sensitivity = min(norm, used.config.clip)
     z_eff = noise_std / sensitivity
     return RoundAudit(
@@ -448,6 +469,7 @@ def audit_round(
         n_clients=n_clients,
         min_contributors=min_contributors,
         survivors=s,
+        corrupt=corrupt,
         trials=trials,
         threshold_trials=threshold_trials,
         threshold=tau,
@@ -574,10 +596,18 @@ class OneRunAudit:
     def violation(self) -> bool:
         return self.epsilon_claim is not None and self.epsilon_lower > self.epsilon_claim
 
+    @property
+    def ceiling(self) -> float:
+        """The largest bound this many canaries could give (every guess right)."""
+        each = 1.0 - (1.0 - self.confidence) / len(self.guess_grid)
+        return max(one_run_epsilon_lower_bound(self.canaries, r, r, self.delta, each)
+                   for r in self.guess_grid)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["guess_grid"] = list(self.guess_grid)
         d["violation"] = self.violation
+        d["ceiling"] = self.ceiling
         return d
 
 
@@ -726,7 +756,13 @@ def _fault_noise_down_10x(plan: EncodingPlan) -> EncodingPlan:
 
 
 def _fault_sized_by_n(plan: EncodingPlan) -> EncodingPlan:
-    return _make_plan(plan.config, plan.dim, plan.n_clients, plan.n_clients)
+    corrupt = getattr(plan, "corrupt", 0)
+    return _make_plan(plan.config, plan.dim, plan.n_clients, plan.n_clients, corrupt)
+
+
+def _fault_colluders_counted(plan: EncodingPlan) -> EncodingPlan:
+    """Shares sized for all t survivors, as if the colluders' noise protected anyone."""
+    return _make_plan(plan.config, plan.dim, plan.n_clients, plan.min_contributors)
 
 
 def _fault_no_clipping(plan: EncodingPlan) -> EncodingPlan:
@@ -742,6 +778,7 @@ _FAULTS: dict[str, Callable[[EncodingPlan], EncodingPlan]] = {
     "noise_down_10x": _fault_noise_down_10x,
     "sized_by_n": _fault_sized_by_n,
     "no_clipping": _fault_no_clipping,
+    "colluders_counted": _fault_colluders_counted,
 }
 _FAULT: ContextVar[str | None] = ContextVar("dp_audit_fault", default=None)
 

@@ -221,6 +221,21 @@ def test_positive_control_is_caught(fault: str, extra: dict) -> None:
     assert _FAULT.get() is None
 
 
+def test_colluders_shares_are_subtracted_and_not_counted() -> None:
+    """99 of 100 survivors collude: the attacker removes their shares. The honest plan
+    sized the one honest share for the whole target, and the audit stays below the
+    claim; sizing the shares for all t (counting the colluders' noise) is caught."""
+    kw = {"dim": 64, "n_clients": 200, "min_contributors": 100, "corrupt": 99,
+          "trials": TRIALS, "seed": 31}
+    honest = audit_round(cfg(), **kw)
+    assert honest.corrupt == 99 and not honest.violation
+    assert honest.effective_noise_multiplier == pytest.approx(2.0, rel=0.02)
+    with _fault_injected("colluders_counted"):
+        bad = audit_round(cfg(), **kw)
+    assert bad.epsilon_claim == pytest.approx(honest.epsilon_claim)
+    assert bad.violation, (bad.epsilon_lower, bad.epsilon_claim)
+
+
 def test_fault_names_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown fault"), _fault_injected("typo"):
         pass
