@@ -370,11 +370,10 @@ def _json_default(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Grid:
-    """What ``--full`` runs (``quick`` shrinks it for ``make bench --quick``)."""
+    """What ``--full`` runs (``quick`` shrinks it for ``make bench --quick``):
+    `points` are (mechanism, bits, z) of the one-round audits."""
 
-    mechanisms: tuple[str, ...]
-    bits: tuple[int, ...]
-    noise_multipliers: tuple[float, ...]
+    points: tuple[tuple[str, int, float], ...]
     trials: int
     dim: int
     n_clients: int
@@ -388,10 +387,12 @@ class Grid:
     @classmethod
     def for_mode(cls, quick: bool) -> Grid:
         if quick:
-            return cls(("ddgauss",), (16,), (1.0,), 2000, 64, 20, 10, ("ddgauss",), 200, 3,
-                       10, 4096)
-        return cls(("ddgauss", "skellam", "gaussian"), (12, 16, 20), (1.0, 2.0), 20_000, 64,
-                   20, 10, ("ddgauss",), 1000, 10, 10, 16384)
+            return cls((("ddgauss", 16, 1.0),), 2000, 64, 20, 10, ("ddgauss",), 200, 3, 10,
+                       4096)
+        points = tuple((mech, bits, 1.0) for mech in ("ddgauss", "skellam", "gaussian")
+                       for bits in (8, 12, 16, 20))
+        points += (("ddgauss", 16, 0.5), ("ddgauss", 16, 2.0))
+        return cls(points, 20_000, 64, 20, 10, ("ddgauss",), 1000, 10, 10, 16384)
 
 
 def run_full(out_dir: Path, *, quick: bool, seed: int | None, command: str) -> int:
@@ -401,25 +402,22 @@ def run_full(out_dir: Path, *, quick: bool, seed: int | None, command: str) -> i
     rounds_: list[dict[str, Any]] = []
     started = time.perf_counter()
     k = 0
-    for mech in grid.mechanisms:
-        for bits in grid.bits:
-            for z in grid.noise_multipliers:
-                k += 1
-                cfg = DPConfig(mechanism=mech, bits=bits, noise_multiplier=z)
-                t0 = time.perf_counter()
-                try:
-                    res = audit_round(cfg, dim=grid.dim, n_clients=grid.n_clients,
-                                      min_contributors=grid.min_contributors,
-                                      trials=grid.trials, seed=base_seed + k)
-                except DPConfigError as err:
-                    rounds_.append({"mechanism": mech, "bits": bits, "noise_multiplier": z,
-                                    "status": f"not plannable: {err}"})
-                    continue
-                rec = {**res.to_dict(), "seconds": time.perf_counter() - t0, "status": "ok"}
-                rounds_.append(rec)
-                print(f"[audit] {mech} {bits} bits z={z}: claim {fmt(res.epsilon_claim)}, "
-                      f"lower {fmt(res.epsilon_lower)}, gaussian {fmt(res.epsilon_gaussian)}",
-                      flush=True)
+    for mech, bits, z in grid.points:
+        k += 1
+        cfg = DPConfig(mechanism=mech, bits=bits, noise_multiplier=z)
+        t0 = time.perf_counter()
+        try:
+            res = audit_round(cfg, dim=grid.dim, n_clients=grid.n_clients,
+                              min_contributors=grid.min_contributors, trials=grid.trials,
+                              seed=base_seed + k)
+        except DPConfigError as err:
+            rounds_.append({"mechanism": mech, "bits": bits, "noise_multiplier": z,
+                            "status": f"not plannable: {err}"})
+            continue
+        rounds_.append({**res.to_dict(), "seconds": time.perf_counter() - t0, "status": "ok"})
+        print(f"[audit] {mech} {bits} bits z={z}: claim {fmt(res.epsilon_claim)}, "
+              f"lower {fmt(res.epsilon_lower)}, gaussian {fmt(res.epsilon_gaussian)}",
+              flush=True)
     one_runs: list[dict[str, Any]] = []
     for mech in grid.one_run_mechanisms:
         for target in ONE_RUN_TARGETS:

@@ -82,8 +82,8 @@ def test_one_run_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_full_run_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tiny = bench_audit.Grid(("ddgauss",), (16,), (2.0,), 60, 64, 4, 2, ("ddgauss",), 20, 1,
-                            2, 256)
+    tiny = bench_audit.Grid((("ddgauss", 16, 2.0),), 60, 64, 4, 2, ("ddgauss",), 20, 1, 2,
+                            256)
     monkeypatch.setattr(bench_audit.Grid, "for_mode", classmethod(lambda cls, quick: tiny))
     status = bench_audit.run_full(tmp_path, quick=True, seed=5, command="test")
     assert status == 0
