@@ -59,6 +59,55 @@ def test_calibrate_json_round_trips() -> None:
     assert out["epsilon_amplified"] <= 3.0
 
 
+def test_json_keeps_its_keys_and_states_sampling_adjacency_corrupt() -> None:
+    args = ["--mechanism", "ddgauss", "--bits", "16", "--dim", "10000", "--clients", "1000",
+            "--rounds", "50", "--delta", "1e-5", "--json"]
+    assert main(["calibrate", "--target-epsilon", "20", *args, "--corrupt", "0.2"]) == 0
+    p = run("epsilon", "--noise-multiplier", "1.5", *args, "--sampling", "fixed")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert {"epsilon", "epsilon_amplified", "noise_multiplier", "sampling", "adjacency",
+            "corrupt_fraction"} <= set(out)
+    assert out["sampling"] == "fixed" and out["population"] == 1000
+    assert out["corrupt_fraction"] == 0.1  # the protocol's default threat model
+    assert out["adjacency"]["epsilon"].startswith("zero-out")
+    assert out["adjacency"]["epsilon_amplified"].startswith("replace-one")
+    assert out["epsilon_amplified"] == pytest.approx(epsilon_for(
+        "ddgauss", 1.5, 0.1, 50, 1e-5, bits=16, dim=10_000, sampling="fixed",
+        population=1000, corrupt=0.1), rel=1e-12)
+    c = run("calibrate", "--target-epsilon", "20", *args, "--sampling", "fixed",
+            "--corrupt", "0.2")
+    assert c.returncode == 0, c.stderr
+    cal = json.loads(c.stdout)
+    assert {"epsilon", "epsilon_amplified", "noise_multiplier", "sampling", "adjacency",
+            "corrupt_fraction"} <= set(cal)
+    assert cal["corrupt_fraction"] == 0.2 and cal["sampling"] == "fixed"
+    assert cal["epsilon_amplified"] <= 20.0
+    assert epsilon_for("ddgauss", cal["noise_multiplier"], 0.1, 50, 1e-5, bits=16, dim=10_000,
+                       sampling="fixed", population=1000, corrupt=0.2) <= 20.0
+
+
+def test_old_figures_with_poisson_and_corrupt_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """--sampling poisson --corrupt 0 prints what the accountant printed before this
+    change (the gaussian reference 2.101 and its unamplified figure, bit for bit)."""
+    assert main(["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "poisson",
+                 "--corrupt", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["epsilon_amplified"] == pytest.approx(2.101, abs=1e-3)
+    assert out["epsilon"] == epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, amplified=False)
+    assert out["corrupt_fraction"] == 0.0 and out["adjacency"]["epsilon_amplified"].startswith(
+        "add/remove")
+
+
+def test_text_output_names_the_adjacency(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["epsilon", "--noise-multiplier", "1", "--clients", "500",
+                 "--clients-per-round", "50", "--rounds", "10", "--delta", "1e-5",
+                 "--sampling", "fixed"]) == 0
+    text = capsys.readouterr().out
+    assert "zero-out" in text and "replace-one" in text and "N=500" in text
+    assert "corrupt fraction 0.1" in text
+
+
 BAD_VALUES = [
     (["epsilon", "--noise-multiplier", "-1", *COMMON], "-1"),
     (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0", "--rounds", "5",
@@ -75,6 +124,19 @@ BAD_VALUES = [
     (["epsilon", "--noise-multiplier", "abc", *COMMON], "abc"),
     (["epsilon", *COMMON], "noise-multiplier"),
     (["epsilon", "--noise-multiplier", "nan", *COMMON], "nan"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--corrupt", "1.5"], "1.5"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--corrupt", "-0.1"], "corrupt"),
+    (["calibrate", "--target-epsilon", "2", *COMMON, "--corrupt", "x"], "x"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "bogus"], "bogus"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "fixed"], "--clients"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "fixed", "--clients",
+      "5000"], "0.02"),
+    (["epsilon", "--noise-multiplier", "1", "--clients", "0", "--rounds", "5",
+      "--delta", "1e-5"], "--clients"),
+    (["calibrate", "--target-epsilon", "2", "--rounds", "5", "--delta", "1e-5"],
+     "--sample-rate"),
+    (["epsilon", "--noise-multiplier", "1", *COMMON, "--min-contributors", "10",
+      "--corrupt", "0.1"], "honest"),
 ]
 
 

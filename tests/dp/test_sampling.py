@@ -5,6 +5,7 @@ the ledger that the server stores and replays."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -37,6 +38,7 @@ from dp import (
 REPLACE = dp_accounting.NeighboringRelation.REPLACE_ONE
 
 
+@functools.cache
 def _dp_accounting_fixed(z: float, n: int, k: int, rounds: int, delta: float) -> float:
     acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=REPLACE)
     event = dp_accounting.SampledWithoutReplacementDpEvent(
