@@ -72,11 +72,7 @@ from dp.accounting import PrivacyAccountant, _gaussian_epsilon_exact
 from dp.config import DPConfig, DPConfigError
 from dp.encoding import Decoder, Encoder, EncodingPlan
 from dp.mechanisms import get_mechanism
-
-try:  # TODO(SecureRng): import unconditionally once dp.prng is committed
-    from dp.prng import SecureRng as _SecureRng
-except ImportError:  # pragma: no cover
-    _SecureRng = None  # type: ignore[assignment,misc]
+from dp.prng import SecureRng
 
 __all__ = [
     "SECURE_SUM",
@@ -214,8 +210,10 @@ def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
 
 def claimed_epsilon(plan: EncodingPlan, survivors: int, rounds: int = 1) -> float:
     """What the project's accountant charges for `rounds` rounds of `plan` in which
-    `survivors` noise shares were summed, without sampling amplification (an audited
-    canary always takes part, and the server knows who did)."""
+    `survivors` noise shares were summed (the plan's corrupt bound counted out): the
+    unamplified figure, under zero-out adjacency (the device's data zeroed, its noise
+    share kept), which is exactly the pair of worlds the audits compare. An audited
+    canary always takes part, and the server knows who did, so no amplification."""
     _check_count("rounds", rounds, 1)
     acc = PrivacyAccountant(plan.config, sample_rate=1.0)
     acc.compose(plan.privacy_event(survivors), rounds)
@@ -228,9 +226,7 @@ def claimed_epsilon(plan: EncodingPlan, survivors: int, rounds: int = 1) -> floa
 def _make_plan(
     config: DPConfig, dim: int, n_clients: int, min_contributors: int, corrupt: int = 0
 ) -> EncodingPlan:
-    if corrupt:
-        return EncodingPlan.create(config, dim, n_clients, min_contributors, corrupt=corrupt)
-    return EncodingPlan.create(config, dim, n_clients, min_contributors)
+    return EncodingPlan.create(config, dim, n_clients, min_contributors, corrupt=corrupt)
 
 
 def _seed_bytes(seed: int | None, *labels: object) -> bytes:
@@ -264,26 +260,18 @@ class _DeviceRandomness:
     def __init__(self, seed: int | None, *labels: int) -> None:
         self._seed, self._labels, self._batch = seed, labels, 0
 
-    def next_batch(self) -> Any:
+    def next_batch(self) -> SecureRng:
         self._batch += 1
-        if _SecureRng is None:  # encoder of before dp.prng: numpy generator, seeded
-            return _public_rng(self._seed, 0x5EC, *self._labels, self._batch)
         if self._seed is None:
-            return _SecureRng.from_os()
-        return _SecureRng.for_simulation(self._seed, "dp.audit", *self._labels, self._batch)
+            return SecureRng.from_os()
+        return SecureRng.for_simulation(self._seed, "dp.audit", *self._labels, self._batch)
 
 
-def _encode_rows(encoder: Encoder, updates: np.ndarray, rng: Any) -> np.ndarray:
+def _encode_rows(encoder: Encoder, updates: np.ndarray, rng: SecureRng) -> np.ndarray:
     """(m, dim) updates, one device each -> (m, encoded_dim) uint64, through the real
-    encoder (`encode_batch`, every row drawing from `rng` in turn)."""
-    batch = getattr(encoder, "encode_batch", None)
-    if batch is not None:
-        encoded, _ = batch(updates, [rng] * updates.shape[0])
-        return np.asarray(encoded, dtype=np.uint64)
-    out = np.empty((updates.shape[0], encoder.plan.encoded_dim), dtype=np.uint64)
-    for i, row in enumerate(updates):
-        out[i], _ = encoder.encode(row, rng)
-    return out
+    encoder's `encode_batch`, every row drawing from `rng` in turn."""
+    encoded, _ = encoder.encode_batch(updates, [rng] * updates.shape[0])
+    return np.asarray(encoded, dtype=np.uint64)
 
 
 def _modular_sums(encoded: np.ndarray, groups: int, plan: EncodingPlan) -> np.ndarray:
@@ -756,8 +744,7 @@ def _fault_noise_down_10x(plan: EncodingPlan) -> EncodingPlan:
 
 
 def _fault_sized_by_n(plan: EncodingPlan) -> EncodingPlan:
-    corrupt = getattr(plan, "corrupt", 0)
-    return _make_plan(plan.config, plan.dim, plan.n_clients, plan.n_clients, corrupt)
+    return _make_plan(plan.config, plan.dim, plan.n_clients, plan.n_clients, plan.corrupt)
 
 
 def _fault_colluders_counted(plan: EncodingPlan) -> EncodingPlan:
