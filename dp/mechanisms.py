@@ -77,7 +77,9 @@ def ddgauss_rdp(
     (Kairouz, Liu, Steinke, ICML 2021, Prop. 14 / Eq. 17), with sigma^2 = n * scale^2,
     a = Delta2 / sigma, b = Delta1 / sigma:
     eps(alpha) = min(alpha/2 a^2 + tau d, alpha/2 (a^2 + 2 b tau + tau^2 d),
-    alpha/2 (a + sqrt(d) tau)^2)."""
+    alpha/2 (a + sqrt(d) tau)^2).
+    Stated for every real order alpha >= 1 (concentrated-DP form), so the unamplified
+    figure may use fractional orders (`fractional_orders`)."""
     alpha = np.asarray(orders, dtype=np.float64)
     if local_scale <= 0 or n_shares < 1:
         return np.full_like(alpha, np.inf)
