@@ -71,24 +71,11 @@ def _check(rng: object, param: float, name: str, n: int, where: str) -> tuple[Se
     return rng, int(n)  # type: ignore[return-value]
 
 
-def _top53(words: np.ndarray) -> np.ndarray:
-    """The top 53 bits of each word as float64 integers in [0, 2^53) (exact)."""
-    return (words >> np.uint64(11)).view(np.int64).astype(np.float64)
-
-
-def _uniform_open(words: np.ndarray) -> np.ndarray:
-    """(0, 1] from the top 53 bits of each word: ((w >> 11) + 1) * 2^-53."""
-    u = _top53(words)
-    u += 1.0
-    u *= _TWO_M53
-    return u
-
-
-def _uniform(words: np.ndarray) -> np.ndarray:
-    """[0, 1) from the top 53 bits of each word."""
-    u = _top53(words)
-    u *= _TWO_M53
-    return u
+def _top53_consuming(words: np.ndarray) -> np.ndarray:
+    """The top 53 bits of each word as float64 integers in [0, 2^53) (exact). The words
+    array (which the caller owns) is shifted in place: one allocation."""
+    words >>= np.uint64(11)
+    return words.view(np.int64).astype(np.float64)
 
 
 def _fill_by_rejection(
@@ -139,9 +126,10 @@ def discrete_gaussian(rng: SecureRng, sigma: float, n: int) -> np.ndarray:
 
     def candidates(rng: SecureRng, m: int) -> tuple[np.ndarray, np.ndarray]:
         w = rng.words(2 * m)
-        first, second = w[:m], w[m:]
+        sign = w[:m] << np.uint64(63)  # bit 0 of the first word, moved to a float's sign
+        top = _top53_consuming(w)
+        mag, second = top[:m], top[m:]
         # -t log U with U = (k + 1) 2^-53: -t (log(k + 1) - 53 log 2)
-        mag = _top53(first)
         mag += 1.0
         np.log(mag, out=mag)
         mag -= _LOG_2_53
@@ -153,11 +141,9 @@ def discrete_gaussian(rng: SecureRng, sigma: float, n: int) -> np.ndarray:
         p *= -inv_two_var
         np.exp(p, out=p)
         p *= _TWO_53
-        keep = _top53(second) < p
-        # the sign: bit 0 of the first word into the float's sign bit
+        keep = second < p
         bits = mag.view(np.uint64)
-        first <<= np.uint64(63)
-        bits |= first
+        bits |= sign
         keep &= bits != _FLOAT_SIGN  # -0.0: (negative, 0) is rejected
         return mag, keep
 
@@ -179,14 +165,21 @@ def _one_plus_x_log1p_minus_x(x: np.ndarray) -> np.ndarray:
     """h(x) = (1 + x) log1p(x) - x to full relative precision: the direct formula loses
     digits to cancellation for small |x| (h(x) ~ x^2/2), so there the series
     h(x) = sum_{n>=2} (-1)^n x^n / (n (n-1)) is used (|x| < 0.01: 9 terms reach 1e-18)."""
-    out = (1.0 + x) * np.log1p(x) - x
-    small = np.abs(x) < 0.01
-    if np.any(small):
-        xs = x[small]
+
+    def series(xs: np.ndarray) -> np.ndarray:
         acc = np.zeros_like(xs)
         for n in range(10, 1, -1):  # Horner in x, from the highest term
-            acc = acc * -xs + 1.0 / (n * (n - 1))
-        out[small] = acc * xs * xs
+            acc *= -xs
+            acc += 1.0 / (n * (n - 1))
+        acc *= xs * xs
+        return acc
+
+    small = np.abs(x) < 0.01
+    if small.all():  # the usual case for large lam
+        return series(x)
+    out = (1.0 + x) * np.log1p(x) - x
+    if small.any():
+        out[small] = series(x[small])
     return out
 
 
@@ -244,12 +237,10 @@ def _poisson_ptrs(rng: SecureRng, lam: float, n: int) -> np.ndarray:
     vr = 0.9277 - 3.6224 / (b - 2.0)
 
     def candidates(rng: SecureRng, m: int) -> tuple[np.ndarray, np.ndarray]:
-        w = rng.words(2 * m)
-        u = _top53(w[:m])
-        u *= _TWO_M53
+        uv = _top53_consuming(rng.words(2 * m))
+        uv *= _TWO_M53
+        u, v = uv[:m], uv[m:]
         u -= 0.5
-        v = _top53(w[m:])
-        v *= _TWO_M53
         us = np.abs(u)
         np.subtract(0.5, us, out=us)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -303,13 +294,15 @@ def gaussian(rng: SecureRng, sigma: float, n: int) -> np.ndarray:
     if sigma == 0 or n == 0:
         return np.zeros(n, dtype=np.float64)
     half = (n + 1) // 2
-    w = rng.words(2 * half)
-    r = np.log(_uniform_open(w[:half]))
+    top = _top53_consuming(rng.words(2 * half))
+    r, theta = top[:half], top[half:]
+    r += 1.0
+    r *= _TWO_M53  # U1 on (0, 1]
+    np.log(r, out=r)
     r *= -2.0
     np.sqrt(r, out=r)
     r *= float(sigma)
-    theta = _uniform(w[half:])
-    theta *= 2.0 * math.pi
+    theta *= 2.0 * math.pi * _TWO_M53  # 2 pi U2, U2 on [0, 1)
     out = np.empty(2 * half, dtype=np.float64)
     np.multiply(r, np.cos(theta), out=out[:half])
     np.multiply(r, np.sin(theta), out=out[half:])
