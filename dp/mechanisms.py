@@ -134,11 +134,11 @@ class NoiseMechanism(ABC):
     fractional_orders: bool = True
     #: Smallest non-zero local scale (integer units) for which `rdp` is valid.
     min_local_scale: float = 0.0
-    #: Largest local scale the samplers handle accurately: tensorflow-privacy's discrete
-    #: Gaussian squares (|x| - scale) in int64 (overflow beyond ~3e9 / 40), and
-    #: TF's Poisson sampler drifts for lambda = scale^2 / 2 beyond ~1e13 (measured:
-    #: std 1.20x at scale 2^26). Plans with more bits than that needs use a coarser
-    #: gamma instead (rounding, variance 1/4 against 2^40, stays negligible).
+    #: Largest local scale a plan uses. Plans with more bits than that needs use a
+    #: coarser gamma instead (rounding, variance 1/4 against 2^40, stays negligible).
+    #: Set for tensorflow-privacy's old samplers (int64 overflow, Poisson drift at scale
+    #: 2^26); `dp.noise` is tested at 2^20 (discrete Gaussian) and lam = 2^39 (Poisson)
+    #: and accepts lam up to 2^52, i.e. scale 2^26.5.
     max_local_scale: float = float(2**20)
 
     def local_scale(self, target_local_stddev: float) -> float:
