@@ -1,6 +1,7 @@
 """Client-level distributed differential privacy for secure aggregation.
 
-Device: `Encoder` (clip, rotate, scale, round, add a noise share, wrap mod 2^b).
+Device: `Encoder` (clip, rotate, scale, round, add a noise share, wrap mod 2^b), with
+every secret draw from a `SecureRng` (AES-256-CTR keyed from the OS CSPRNG).
 Server: `Decoder` (unwrap, unscale, unrotate) and `PrivacyAccountant` (epsilon over
 rounds, charged with what the survivors' noise actually guaranteed). See
 `dp.encoding` and `dp.accounting` for the papers and the guarantees.
@@ -39,6 +40,7 @@ from dp.encoding import (
     update_clip,
 )
 from dp.mechanisms import MECHANISM_REGISTRY, NoiseMechanism, accounting_note, get_mechanism
+from dp.prng import SecureRng
 
 __all__ = [
     "ACCOUNTANTS",
@@ -64,6 +66,7 @@ __all__ = [
     "PrivacyAccountant",
     "RDP_ORDERS",
     "RoundPrivacy",
+    "SecureRng",
     "accounting_note",
     "calibrate_noise",
     "epsilon_for",
