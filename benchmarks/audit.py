@@ -132,11 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "to choose its threshold (default 20000)")
     parser.add_argument("--dim", type=cli.positive_int, default=None,
                         help="update dimension (default 64; --one-run 16384)")
-    parser.add_argument("--clients", type=cli.positive_int, default=20,
-                        help="devices the round is planned for, n (default 20)")
-    parser.add_argument("--min-contributors", type=cli.positive_int, default=10,
+    parser.add_argument("--clients", type=cli.positive_int, default=10,
+                        help="devices the round is planned for, n (default 10)")
+    parser.add_argument("--min-contributors", type=cli.positive_int, default=5,
                         help="sizing bound t: noise sized so any t shares carry it; the "
-                        "audit keeps only t survivors (default 10)")
+                        "audit keeps only t survivors (default 5)")
     parser.add_argument("--corrupt", type=_nonneg_int, default=0,
                         help="survivors colluding with the attacker, who subtracts their "
                         "noise shares (the plan and the claim count them out) (default 0)")
@@ -387,12 +387,12 @@ class Grid:
     @classmethod
     def for_mode(cls, quick: bool) -> Grid:
         if quick:
-            return cls((("ddgauss", 16, 1.0),), 2000, 64, 20, 10, ("ddgauss",), 200, 3, 10,
+            return cls((("ddgauss", 16, 1.0),), 2000, 64, 10, 5, ("ddgauss",), 200, 3, 10,
                        4096)
         points = tuple((mech, bits, 1.0) for mech in ("ddgauss", "skellam", "gaussian")
                        for bits in (8, 12, 16, 20))
         points += (("ddgauss", 16, 0.5), ("ddgauss", 16, 2.0))
-        return cls(points, 20_000, 64, 20, 10, ("ddgauss",), 1000, 10, 10, 16384)
+        return cls(points, 20_000, 64, 10, 5, ("ddgauss",), 1000, 10, 10, 16384)
 
 
 def run_full(out_dir: Path, *, quick: bool, seed: int | None, command: str) -> int:
