@@ -82,16 +82,7 @@ from secagg.messages import (
 )
 from secagg.packing import unpack
 from secagg.params import RoundParams
-from secagg.shamir import (
-    PRIME,
-    SECRET_BYTES,
-    ShamirError,
-    check_vector,
-    decode_share,
-    find_wrong_shares,
-    reconstruct,
-    shares_consistent,
-)
+from secagg.shamir import PRIME, SECRET_BYTES, ShamirError, ShareChecker, decode_share
 from secagg.stage import Stage
 
 __all__ = ["AggregatorProtocol"]
@@ -443,7 +434,7 @@ class AggregatorProtocol:
                 b_holders[u][v + 1] = decode_share(share)
             for u, share in msg.secret_key_shares.items():
                 sk_holders[u][v + 1] = decode_share(share)
-        vectors: dict[tuple[int, ...], tuple[int, ...]] = {}
+        checker = ShareChecker(t, rho)
         wrong: set[int] = set()
 
         def rebuild(shares: dict[int, int], what: str) -> tuple[int, int]:
@@ -451,19 +442,11 @@ class AggregatorProtocol:
                 raise ShamirError(
                     f"{what} has {len(shares)} shares from trusted holders, threshold {t}"
                 )
-            if len(shares) > t:
-                xs = tuple(sorted(shares))
-                vec = vectors.get(xs)
-                if vec is None:
-                    vec = vectors[xs] = check_vector(xs, t, rho)
-                if not shares_consistent([shares[x] for x in xs], vec):
-                    bad = find_wrong_shares(shares, t)
-                    wrong.update(x - 1 for x in bad)
-                    shares = {x: y for x, y in shares.items() if x not in bad}
-            value = reconstruct(shares, t)
+            value, bad = checker.reconstruct(shares)
+            wrong.update(x - 1 for x in bad)
             if value >= 1 << (8 * SECRET_BYTES):
                 raise ShamirError(f"rebuilt {what} is not a 32-byte secret")
-            return value, len(shares)
+            return value, len(shares) - len(bad)
 
         seeds: list[tuple[bytes, bytes, int]] = []
         for u in sorted(b_holders):

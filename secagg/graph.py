@@ -57,23 +57,32 @@ _EPS = 1e-12  # guards floor(rate * n) against binary rounding of e.g. 0.1 * 100
 
 
 def _log_hypergeom_pmf(total: int, marked: int, draws: int) -> list[float]:
-    """log P[X = x] for X ~ Hypergeometric(total, marked, draws), x = 0..draws."""
+    """log P[X = x] for X ~ Hypergeometric(total, marked, draws), x = 0..draws: the
+    first nonzero term from ``math.lgamma``, the others by the ratio
+    P[x+1] / P[x] = (marked - x)(draws - x) / ((x + 1)(total - marked - draws + x + 1))."""
     lg = math.lgamma
-    base = lg(draws + 1) + lg(total - draws + 1) - lg(total + 1)
-    out = []
-    for x in range(draws + 1):
-        if x > marked or draws - x > total - marked:
-            out.append(-math.inf)
-            continue
-        out.append(
-            base
-            + lg(marked + 1)
-            - lg(x + 1)
-            - lg(marked - x + 1)
-            + lg(total - marked + 1)
-            - lg(draws - x + 1)
-            - lg(total - marked - draws + x + 1)
-        )
+    out = [-math.inf] * (draws + 1)
+    lo = max(0, draws - (total - marked))
+    hi = min(draws, marked)
+    if lo > hi:  # pragma: no cover - impossible for 0 <= marked, draws <= total
+        return out
+    x = lo
+    value = (
+        lg(draws + 1)
+        + lg(total - draws + 1)
+        - lg(total + 1)
+        + lg(marked + 1)
+        - lg(x + 1)
+        - lg(marked - x + 1)
+        + lg(total - marked + 1)
+        - lg(draws - x + 1)
+        - lg(total - marked - draws + x + 1)
+    )
+    out[x] = value
+    rest = total - marked - draws
+    for x in range(lo, hi):
+        value += math.log((marked - x) * (draws - x)) - math.log((x + 1) * (rest + x + 1))
+        out[x + 1] = value
     return out
 
 
@@ -105,10 +114,16 @@ def corrupt_neighbour_bound(n: int, corrupt: float, k: int, sigma: float = 40) -
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
     pmf = _log_hypergeom_pmf(n, _rate_count("corrupt", corrupt, n), k)
     bound = -(sigma + 1) * math.log(2) - math.log(n)
-    for c in range(k + 1):
-        if _log_sum_exp(pmf[c + 1 :]) <= bound:
-            return c
-    return k  # pragma: no cover - the tail past k is empty
+    # walk down from c = k (empty tail), adding P[X = c] to the tail P[X > c - 1]
+    tail = -math.inf
+    c = k
+    while c > 0:
+        wider = _log_sum_exp([tail, pmf[c]])
+        if wider > bound:
+            break
+        tail = wider
+        c -= 1
+    return c
 
 
 def find_harary_params(

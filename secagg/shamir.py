@@ -32,6 +32,7 @@ Share abscissas are ``client_id + 1`` (never 0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
@@ -40,6 +41,7 @@ __all__ = [
     "SECRET_BYTES",
     "SHARE_BYTES",
     "ShamirError",
+    "ShareChecker",
     "check_vector",
     "decode_share",
     "encode_share",
@@ -226,11 +228,12 @@ def _barycentric_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
     _check_xs(xs)
     dens = []
     for i, xi in enumerate(xs):
+        # abscissas are small (client id + 1): multiply exactly, reduce once
         d = 1
         for j, xj in enumerate(xs):
             if i != j:
-                d = d * (xi - xj) % PRIME
-        dens.append(d)
+                d *= xi - xj
+        dens.append(d % PRIME)
     return tuple(_batch_inverse(dens))
 
 
@@ -331,3 +334,56 @@ def find_wrong_shares(shares: Mapping[int, int], threshold: int) -> frozenset[in
             f"{len(wrong)} holders; t={threshold}, {m} shares)"
         )
     return frozenset(wrong)
+
+
+class ShareChecker:
+    """Robust reconstruction for one round: check, locate, rebuild.
+
+    ``rho`` is the random point of the consistency check (draw it from the OS CSPRNG
+    after every share has arrived). Per holder set (the sorted abscissas) it caches two
+    vectors over all m holders: the check vector (:func:`check_vector`) and the Lagrange
+    coefficients at 0 of the interpolation through all m points, both from the same
+    barycentric weights. A secret then costs two inner products of length m; on the
+    complete graph every secret shares one holder set. When m == t nothing can be checked
+    and the t shares are interpolated as they are.
+    """
+
+    def __init__(self, threshold: int, rho: int) -> None:
+        if threshold < 1:
+            raise ShamirError(f"threshold must be >= 1, got {threshold}")
+        self.threshold = threshold
+        self.rho = rho % PRIME
+        self._vectors: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def _vectors_for(self, xs: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        got = self._vectors.get(xs)
+        if got is None:
+            w = _barycentric_weights(xs)
+            # l_i(0) = prod_{j != i} (0 - x_j) / (x_i - x_j) = w_i * (-1)^(m-1) * prod_{j != i} x_j
+            total = math.prod(xs)
+            sign = -1 if len(xs) % 2 == 0 else 1
+            at_zero = tuple(sign * wi * (total // x) % PRIME for wi, x in zip(w, xs, strict=True))
+            got = (check_vector(xs, self.threshold, self.rho), at_zero)
+            self._vectors[xs] = got
+        return got
+
+    def reconstruct(self, shares: Mapping[int, int]) -> tuple[int, frozenset[int]]:
+        """``(secret, wrong abscissas)``: with more than t shares, wrong ones are found
+        (:func:`shares_consistent`), located (:func:`find_wrong_shares`) and left out;
+        raises :class:`ShamirError` with fewer than t shares or too many wrong ones."""
+        t = self.threshold
+        if len(shares) < t:
+            raise ShamirError(f"need {t} shares, got {len(shares)}")
+        if len(shares) == t:
+            return reconstruct(shares, t), frozenset()
+        xs = tuple(sorted(shares))
+        ys = [shares[x] for x in xs]
+        for y in ys:
+            if not 0 <= y < PRIME:
+                raise ShamirError("share out of field range")
+        check, at_zero = self._vectors_for(xs)
+        if shares_consistent(ys, check):
+            return sum(map(int.__mul__, at_zero, ys)) % PRIME, frozenset()
+        wrong = find_wrong_shares(shares, t)
+        rest = {x: y for x, y in shares.items() if x not in wrong}
+        return reconstruct(rest, t), wrong

@@ -15,8 +15,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secagg import (
+    AbortError,
     AggregatorProtocol,
+    ClientPolicy,
     ClientProtocol,
+    PolicyError,
     ProtocolError,
     RoundParams,
     UnmaskRequest,
@@ -24,9 +27,10 @@ from secagg import (
 )
 from secagg.client import consistency_message, pair_label, pair_seed, self_label
 from secagg.crypto import Keystream, ed25519_public_bytes, ed25519_sign, x25519_agree
+from secagg.params import split_view_floor
 from secagg.shamir import ShamirError, reconstruct_bytes
 
-from ._helpers import det_random
+from ._helpers import det_random, make_round
 
 
 class AttackFailed(Exception):
@@ -220,8 +224,6 @@ def test_low_order_key_drops_only_its_sender(which: str, point: bytes) -> None:
     """A client advertising a small-order X25519 key is refused at advertise; the round
     finishes without it. Before the fix the key was relayed and every neighbour failed
     in share-keys."""
-    from ._helpers import make_round
-
     r = make_round(6, dim=12, threshold=4)
     advs = {c: cl.advertise_keys() for c, cl in r.clients.items()}
     bad = dataclasses.replace(advs[5], **{which: point})
@@ -247,8 +249,6 @@ def test_low_order_key_drops_only_its_sender(which: str, point: bytes) -> None:
 
 
 def _to_unmask(n: int, threshold: int, dropped: tuple[int, ...]):
-    from ._helpers import make_round
-
     r = make_round(n, dim=12, threshold=threshold)
     r.advertise()
     r.share()
@@ -260,7 +260,9 @@ def _to_unmask(n: int, threshold: int, dropped: tuple[int, ...]):
 
 
 def _flip(share: bytes) -> bytes:
-    return bytes([share[0] ^ 1]) + share[1:]
+    """A wrong share: bit 80 flipped. (A change in the low bits only can be harmless: an
+    s^SK off by less than 8 clamps to the same X25519 scalar and gives the same masks.)"""
+    return share[:10] + bytes([share[10] ^ 1]) + share[11:]
 
 
 def _expected_sum(r, survivors) -> np.ndarray:
@@ -309,3 +311,155 @@ def test_device_refuses_threshold_one() -> None:
     )
     with pytest.raises(ProtocolError, match="threshold"):
         ClientProtocol(params, 0)
+
+
+# ---------------------------------------------------------------- the split-view bound is tight
+
+
+def test_round_params_refuse_the_parameters_the_attack_used() -> None:
+    """The regression of finding 1: active (k, t) = (6, 3) at n = 20 is refused outright."""
+    _, identity = _identities(range(20))
+    with pytest.raises(ValueError, match="split"):
+        RoundParams(round_id=3, participants=tuple(range(20)), dim=4, bits=16, threshold=3,
+                    graph="harary", degree=6, graph_seed=bytes(32), active=True,
+                    identity_keys=identity)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("graph", "n", "degree", "n_corrupt"),
+    [("harary", 20, 6, 1), ("harary", 20, 6, 2), ("harary", 24, 10, 3), ("complete", 8, None, 2)],
+)
+def test_split_view_bound_is_tight(graph: str, n: int, degree: int | None, n_corrupt: int) -> None:
+    """With c corrupt neighbours the attack works at 2t = holders + c and fails one above
+    (the derivation in secagg.params), so the bound the devices enforce is the right one."""
+    signing, identity = _identities(range(n))
+    holders = n if graph == "complete" else int(degree or 0) + 1
+    floor_t = split_view_floor(holders, n_corrupt)
+    # a device that assumes no corrupt client accepts both thresholds
+    trusting = ClientPolicy(corrupt=0.0, min_threshold_fraction=0.0, min_cohort=2)
+    for t, works in ((floor_t - 1, True), (floor_t, False)):
+        params = RoundParams(round_id=5, participants=tuple(range(n)), dim=8, bits=16,
+                             threshold=t, graph=graph, degree=degree, graph_seed=bytes(32),
+                             active=True, identity_keys=identity)  # fmt: skip
+        corrupt = params.neighbours(0)[-n_corrupt:]
+        clients = _active_round(params, signing, policy=trusting)
+        inputs = _inputs(params)
+        if works:
+            got = split_view_attack(params, clients, signing, inputs, 0, corrupt)
+            assert np.array_equal(got, inputs[0])
+        else:
+            with pytest.raises(AttackFailed):
+                split_view_attack(params, clients, signing, inputs, 0, corrupt)
+
+
+def test_devices_refuse_a_threshold_that_colluding_neighbours_could_split() -> None:
+    """(k, t) = (6, 4) passes RoundParams (2t > k + 1) but one corrupt neighbour breaks
+    it (previous test); a device assuming 10 % corrupt clients computes its own bound
+    (2 of 20) and refuses the round."""
+    signing, identity = _identities(range(20))
+    params = RoundParams(round_id=5, participants=tuple(range(20)), dim=8, bits=16,
+                         threshold=4, graph="harary", degree=6, graph_seed=bytes(32),
+                         active=True, identity_keys=identity)  # fmt: skip
+    with pytest.raises(PolicyError, match="split"):
+        ClientProtocol(params, 0, signing_key=signing[0])
+
+
+@pytest.mark.parametrize("n", [20, 50, 100, 1000])
+def test_created_active_rounds_are_accepted_by_default_devices(n: int) -> None:
+    """The server's finder and the devices' check agree at the default 10 % / 10 %."""
+    signing, identity = _identities(range(n)) if n <= 100 else ({}, None)
+    for graph in ("harary", "complete"):
+        if identity is None:
+            identity = {c: bytes(32) for c in range(n)}
+        params = RoundParams.create(0, range(n), 4, 16, graph=graph, active=True,
+                                    identity_keys=identity)  # fmt: skip
+        holders = params.share_holders
+        c = params.corrupt_holder_bound(0.1)
+        assert 2 * params.threshold > holders + c
+        assert params.threat_model_violation(0.1) is None
+        ClientPolicy().check(params)
+
+
+# ---------------------------------------------------------------- finding 3: pinned keys
+
+
+def test_device_refuses_substituted_identity_keys() -> None:
+    """In active mode the server hands out the identity keys the consistency signatures
+    are checked against; with its own keys it could sign for everyone. The device
+    compares them with keys it pinned."""
+    signing, identity = _identities(range(6))
+    params = RoundParams.create(0, range(6), 4, 16, active=True, identity_keys=identity)
+    ClientProtocol(params, 0, signing_key=signing[0], pinned_identity_keys=identity)
+    _, forged = _identities(range(6))
+    forged[0] = identity[0]  # the server cannot forge the device's own key...
+    lying = dataclasses.replace(params, identity_keys=forged)
+    with pytest.raises(PolicyError, match=r"participants \[1, 2, 3, 4, 5\] differ"):
+        ClientProtocol(lying, 0, signing_key=signing[0], pinned_identity_keys=identity)
+    partial = {c: k for c, k in identity.items() if c != 4}
+    with pytest.raises(PolicyError, match=r"no pinned identity key for participants \[4\]"):
+        ClientProtocol(params, 0, signing_key=signing[0], pinned_identity_keys=partial)
+    strict = ClientPolicy(require_pinned_keys=True)
+    with pytest.raises(PolicyError, match="no pinned identity keys"):
+        ClientProtocol(params, 0, signing_key=signing[0], policy=strict)
+
+
+def test_several_wrong_shares_are_located_up_to_the_decoding_radius() -> None:
+    """10 senders, t = 5: up to floor((10 - 5) / 2) = 2 liars are located (both kinds of
+    secret) and excluded; the sum is exact."""
+    r, req, shares = _to_unmask(11, 5, dropped=(10,))
+    for liar in (1, 6):
+        msg = shares[liar]
+        shares[liar] = dataclasses.replace(
+            msg,
+            self_mask_shares={u: _flip(s) for u, s in msg.self_mask_shares.items()},
+            secret_key_shares={u: _flip(s) for u, s in msg.secret_key_shares.items()},
+        )
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    assert np.array_equal(r.agg.finish(), _expected_sum(r, req.survivors))
+    assert r.agg.excluded_senders == (1, 6)
+
+
+def test_more_wrong_shares_than_can_be_located_abort() -> None:
+    r, _, shares = _to_unmask(11, 5, dropped=(10,))
+    for liar in (1, 2, 3):
+        msg = shares[liar]
+        shares[liar] = dataclasses.replace(
+            msg, secret_key_shares={u: _flip(s) for u, s in msg.secret_key_shares.items()}
+        )
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    with pytest.raises(AbortError, match="cannot be told|cannot be decoded|s_pk"):
+        r.agg.finish()
+
+
+def test_exactly_t_shares_locate_nothing() -> None:
+    """The documented limit: with exactly t shares a wrong s^SK share is detected by the
+    s^PK check but cannot be located (the round aborts), and a wrong b_u share is not
+    detected at all (a wrong sum comes out)."""
+    r, _, shares = _to_unmask(6, 5, dropped=(5,))
+    msg = shares[0]
+    shares[0] = dataclasses.replace(msg, secret_key_shares={5: _flip(msg.secret_key_shares[5])})
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    with pytest.raises(AbortError, match="exactly t shares"):
+        r.agg.finish()
+    r, req, shares = _to_unmask(5, 5, dropped=())
+    msg = shares[0]
+    shares[0] = dataclasses.replace(
+        msg, self_mask_shares={**msg.self_mask_shares, 3: _flip(msg.self_mask_shares[3])}
+    )
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    assert not np.array_equal(r.agg.finish(), _expected_sum(r, req.survivors))
+
+
+def test_out_of_field_share_is_refused_at_add_unmask() -> None:
+    r, _, shares = _to_unmask(6, 4, dropped=())
+    msg = shares[2]
+    bad = dataclasses.replace(msg, self_mask_shares={**msg.self_mask_shares, 0: b"\xff" * 33})
+    with pytest.raises(ProtocolError, match="share of 2 for 0"):
+        r.agg.add_unmask(bad)
+    for m in shares.values():
+        r.agg.add_unmask(m)
+    assert r.agg.finish() is not None and r.agg.excluded_senders == ()

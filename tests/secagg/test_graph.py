@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from secagg import RoundParams, find_harary_params
-from secagg.graph import harary_neighbours, ring_order
+from secagg.graph import corrupt_neighbour_bound, harary_neighbours, ring_order
 
 # Bell et al. 2020 / federated-compute's finder, semi-honest, sigma = 40, eta = 20.
 # (n, corrupt, dropout) -> (k, t)
@@ -85,3 +85,36 @@ def test_round_params_harary_neighbours() -> None:
         assert len(p.neighbours(c)) == p.degree
         assert all(c in p.neighbours(v) for v in p.neighbours(c))
     assert p.threshold <= p.degree + 1
+
+
+@pytest.mark.parametrize("n", [20, 50, 100, 1000, 10_000])
+@pytest.mark.parametrize(("corrupt", "dropout"), [(0.05, 0.05), (0.1, 0.1), (0.1, 0.3), (0.0, 0.1)])
+def test_active_finder_defeats_the_split_view(n: int, corrupt: float, dropout: float) -> None:
+    """Active (k, t): 2t > (k + 1) + c with c the corrupt-neighbour bound, t <= k, and
+    never smaller than the semi-honest choice."""
+    k, t = find_harary_params(n, dropout, corrupt, active=True)
+    c = corrupt_neighbour_bound(n, corrupt, k)
+    assert 2 * t > k + 1 + c and c < t <= k and k % 2 == 0
+    ks, ts = find_harary_params(n, dropout, corrupt)
+    assert k >= ks and t >= ts
+    # the semi-honest threshold is exactly one above the same corrupt bound
+    assert ts == max(2, corrupt_neighbour_bound(n, corrupt, ks) + 1)
+
+
+def test_active_finder_values() -> None:
+    """The figures quoted in the issue's report (10 % corrupt, 10 % dropout): before the
+    fix active mode used the semi-honest (6, 3), (22, 11) and (48, 27)."""
+    assert find_harary_params(20, 0.1, 0.1, active=True) == (8, 6)
+    assert find_harary_params(100, 0.1, 0.1, active=True) == (32, 22)
+    assert find_harary_params(1000, 0.1, 0.1, active=True) == (100, 70)
+
+
+def test_corrupt_neighbour_bound() -> None:
+    assert corrupt_neighbour_bound(20, 0.1, 6) == 2  # only 2 corrupt clients exist
+    assert corrupt_neighbour_bound(1000, 0.0, 40) == 0
+    big = corrupt_neighbour_bound(1000, 0.1, 48)
+    assert find_harary_params(1000, 0.1, 0.1) == (48, big + 1)
+    with pytest.raises(ValueError):
+        corrupt_neighbour_bound(10, 1.0, 4)
+    with pytest.raises(ValueError):
+        corrupt_neighbour_bound(10, 0.1, 10)

@@ -13,11 +13,15 @@ from secagg.shamir import (
     PRIME,
     SHARE_BYTES,
     ShamirError,
+    ShareChecker,
+    check_vector,
     decode_share,
     encode_share,
+    find_wrong_shares,
     lagrange_at_zero,
     reconstruct,
     reconstruct_bytes,
+    shares_consistent,
     split,
     split_bytes,
 )
@@ -116,14 +120,77 @@ def test_rejections() -> None:
     assert decode_share(encode_share(PRIME - 1)) == PRIME - 1
 
 
-def test_corrupted_share_detected_as_non_secret_most_of_the_time() -> None:
+def test_exactly_t_shares_do_not_detect_a_wrong_share() -> None:
+    """Any t points fit a polynomial of degree t - 1: a wrong share gives a wrong 32-byte
+    secret and no error (the >= 2^256 check fires with probability ~2^-248 only)."""
     secret = os.urandom(32)
     xs = [1, 2, 3]
     shares = dict(zip(xs, split_bytes([secret], 3, xs, os.urandom)[0], strict=True))
     bad = dict(shares)
     bad[2] = encode_share((decode_share(bad[2]) + 1) % PRIME)
-    try:
-        value = reconstruct_bytes(bad, 3)
-    except ShamirError:
-        value = None
-    assert value != secret
+    value = reconstruct_bytes(bad, 3)
+    assert len(value) == 32 and value != secret
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    t=st.integers(1, 8),
+    extra=st.integers(0, 10),
+    data=st.data(),
+)
+def test_extra_shares_detect_and_locate_wrong_ones(t: int, extra: int, data: st.DataObject) -> None:
+    m = t + extra
+    xs = data.draw(st.lists(st.integers(1, 2000), min_size=m, max_size=m, unique=True))
+    secret = int.from_bytes(os.urandom(32), "little")
+    shares = dict(zip(xs, split([secret], t, xs, os.urandom)[0], strict=True))
+    n_wrong = data.draw(st.integers(0, extra // 2))
+    wrong = data.draw(
+        st.lists(st.sampled_from(xs), min_size=n_wrong, max_size=n_wrong, unique=True)
+    )
+    for x in wrong:
+        shares[x] = (shares[x] + data.draw(st.integers(1, PRIME - 1))) % PRIME
+    if extra:
+        order = tuple(sorted(shares))
+        vec = check_vector(order, t, int.from_bytes(os.urandom(40), "little") % PRIME)
+        assert shares_consistent([shares[x] for x in order], vec) == (not wrong)
+    found = find_wrong_shares(shares, t)
+    assert found == frozenset(wrong)
+    assert reconstruct({x: y for x, y in shares.items() if x not in found}, t) == secret
+
+
+def test_wrong_shares_beyond_the_decoding_radius_are_refused() -> None:
+    xs = list(range(1, 11))
+    secret = int.from_bytes(os.urandom(32), "little")
+    shares = dict(zip(xs, split([secret], 4, xs, os.urandom)[0], strict=True))
+    for x in (2, 5, 7, 9):  # 4 wrong, radius floor((10 - 4) / 2) = 3
+        shares[x] = (shares[x] + 12345) % PRIME
+    with pytest.raises(ShamirError):
+        find_wrong_shares(shares, 4)
+    with pytest.raises(ShamirError, match="more than t"):
+        check_vector(tuple(xs[:4]), 4, 5)
+
+
+@pytest.mark.parametrize(
+    ("t", "m", "n_wrong"), [(3, 3, 0), (3, 4, 0), (3, 5, 1), (5, 12, 3), (1, 4, 1)]
+)
+def test_share_checker_rebuilds_from_all_holders(t: int, m: int, n_wrong: int) -> None:
+    checker = ShareChecker(t, int.from_bytes(os.urandom(40), "little"))
+    for _ in range(3):  # the vectors of this holder set are reused
+        xs = [3, 9, 10, 17, 30, 31, 40, 41, 50, 77, 78, 99][:m]
+        secret = int.from_bytes(os.urandom(32), "little")
+        shares = dict(zip(xs, split([secret], t, xs, os.urandom)[0], strict=True))
+        for x in xs[1 : 1 + n_wrong]:
+            shares[x] = (shares[x] + 1) % PRIME
+        value, wrong = checker.reconstruct(shares)
+        assert value == secret and wrong == frozenset(xs[1 : 1 + n_wrong])
+    with pytest.raises(ShamirError):
+        checker.reconstruct(dict(list(shares.items())[: t - 1]))
+
+
+def test_share_checker_detects_what_it_cannot_locate() -> None:
+    """One extra share detects a wrong one but cannot say which (radius 0)."""
+    xs = [1, 2, 3, 4]
+    shares = dict(zip(xs, split([12345], 3, xs, os.urandom)[0], strict=True))
+    shares[2] = (shares[2] + 1) % PRIME
+    with pytest.raises(ShamirError, match="cannot be told"):
+        ShareChecker(3, 7).reconstruct(shares)
