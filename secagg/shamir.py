@@ -128,6 +128,19 @@ def split_bytes(
     return [[encode_share(v) for v in row] for row in split(ints, threshold, xs, random_bytes)]
 
 
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses mod p of nonzero values with one modular inversion (Montgomery)."""
+    prefix = [1] * (len(values) + 1)
+    for i, v in enumerate(values):
+        prefix[i + 1] = prefix[i] * v % PRIME
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inv * prefix[i] % PRIME
+        inv = inv * values[i] % PRIME
+    return out
+
+
 @lru_cache(maxsize=4096)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     """Lagrange coefficients l_i(0) = prod_{j!=i} x_j / (x_j - x_i) mod p, cached per
@@ -146,16 +159,7 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
             if i != j:
                 d *= xj - xi
         dens.append(d % PRIME)
-    # batch inversion
-    prefix = [1] * (len(dens) + 1)
-    for i, d in enumerate(dens):
-        prefix[i + 1] = prefix[i] * d % PRIME
-    inv = pow(prefix[-1], -1, PRIME)
-    invs = [0] * len(dens)
-    for i in range(len(dens) - 1, -1, -1):
-        invs[i] = inv * prefix[i] % PRIME
-        inv = inv * dens[i] % PRIME
-    return tuple(num * v % PRIME for v in invs)
+    return tuple(num * v % PRIME for v in _batch_inverse(dens))
 
 
 def reconstruct(shares: Mapping[int, int], threshold: int) -> int:
@@ -206,19 +210,6 @@ def decode_share(data: bytes) -> int:
 
 
 # --------------------------------------------------------------------------- wrong shares
-
-
-def _batch_inverse(values: Sequence[int]) -> list[int]:
-    """Inverses mod p of nonzero values with one modular inversion (Montgomery)."""
-    prefix = [1] * (len(values) + 1)
-    for i, v in enumerate(values):
-        prefix[i + 1] = prefix[i] * v % PRIME
-    inv = pow(prefix[-1], -1, PRIME)
-    out = [0] * len(values)
-    for i in range(len(values) - 1, -1, -1):
-        out[i] = inv * prefix[i] % PRIME
-        inv = inv * values[i] % PRIME
-    return out
 
 
 @lru_cache(maxsize=1024)

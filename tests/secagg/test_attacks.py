@@ -108,22 +108,20 @@ def split_view_attack(
 
     signed_a = dataclasses.replace(view_a, signatures=signatures(view_a, group_a))
     signed_b = dataclasses.replace(view_b, signatures=signatures(view_b, group_b))
-    b_shares: dict[int, bytes] = {}
-    sk_shares: dict[int, bytes] = {}
-    for c in group_a:
-        try:
-            out = clients[c].unmask(signed_a)
-        except ProtocolError:
-            continue
-        if target in out.self_mask_shares:
-            b_shares[c + 1] = out.self_mask_shares[target]
-    for c in group_b:
-        try:
-            out = clients[c].unmask(signed_b)
-        except ProtocolError:
-            continue
-        if target in out.secret_key_shares:
-            sk_shares[c + 1] = out.secret_key_shares[target]
+
+    def collect(group: list[int], view: UnmaskRequest, kind: str) -> dict[int, bytes]:
+        got = {}
+        for c in group:
+            try:
+                shares = getattr(clients[c].unmask(view), kind)
+            except ProtocolError:  # an honest client refusing
+                continue
+            if target in shares:
+                got[c + 1] = shares[target]
+        return got
+
+    b_shares = collect(group_a, signed_a, "self_mask_shares")
+    sk_shares = collect(group_b, signed_b, "secret_key_shares")
     for c in corrupt & params.neighbour_set(target):
         b_shares[c + 1] = clients[c]._held_b[target]
         sk_shares[c + 1] = clients[c]._held_sk[target]
