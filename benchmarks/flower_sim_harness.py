@@ -42,12 +42,13 @@ import argparse
 import logging
 import os
 import time
-import traceback
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import sim_workload as wl  # noqa: E402
+
+FRAMEWORK = "flower-simulation"
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -177,46 +178,12 @@ def make_server_app(args: argparse.Namespace) -> ServerApp:
     return app
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--train", choices=("compiled", "fit"), default="compiled")
-    p.add_argument("--client-cpus", type=float, default=1.0,
-                   help="Ray num_cpus per ClientApp (cores / this = parallel actors)")
-    p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--per-device", type=int, default=60)
-    p.add_argument("--cohort", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=str(wl.FASHION_DIR))
-    p.add_argument("--floor-reps", type=int, default=3, help="0 skips the compiled floor")
-    p.add_argument("--keras", choices=("legacy", "3"), default="legacy",
-                   help="legacy = tf_keras (Keras 2, like the project's stack)")
-    args = p.parse_args(argv)
-    if args.rounds <= args.warmup:
-        p.error(f"--rounds {args.rounds} must exceed --warmup {args.warmup}")
-    return args
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import flower_sim_harness as by_name  # the ClientApp, picklable by reference
     import flwr
-    import tensorflow as tf
     from flwr.simulation import run_simulation
 
-    x_train, y_train, x_test, y_test = wl.load_fashion(args.data_dir)
-    shards = wl.iid_shards(len(x_train), args.devices, args.per_device, args.seed)
-    load_start = wl.machine_load()
-    floor, floor_before = None, []
-    if args.floor_reps > 0:  # measured before and after the rounds (see CompiledFloor)
-        floor = wl.CompiledFloor(
-            x_train, y_train, shards, cohort=args.cohort, epochs=args.epochs,
-            batch=args.batch, lr=args.lr, seed=args.seed,
-        )
-        floor_before = floor.measure(args.floor_reps)
+    m = wl.Measurement(args)  # data, shards, and the floor before the rounds
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
     run_simulation(
@@ -244,59 +211,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     model = wl.build_fashion_cnn(args.seed)
     model.set_weights(RUN["final_arrays"])
-    record: dict[str, Any] = {
-        "ok": True,
-        "framework": "flower-simulation",
-        "train": args.train,
-        "version": flwr.__version__ if hasattr(flwr, "__version__") else "",
-        "ray": _dist_version("ray"),
-        "tensorflow": tf.__version__,
-        "keras": (f"tf_keras {_dist_version('tf_keras')}" if args.keras == "legacy"
-                  else f"keras {_dist_version('keras')}"),
-        "params": RUN["params"],
-        "client_cpus": args.client_cpus,
-        "actors": int(cores // args.client_cpus),
-        "rounds": args.rounds,
-        "warmup": args.warmup,
-        "round_times": times,
-        "seconds_per_round": wl.median_after_warmup(times, args.warmup),
-        "total_seconds": total,
-        "accuracy": wl.accuracy(model, x_test, y_test),
-        "workload": {
-            "devices": args.devices, "per_device": args.per_device, "cohort": args.cohort,
-            "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-        },
-        "load_start": load_start,
-        "load_after_rounds": wl.machine_load(),
-    }
-    if floor is not None:
-        record.update(wl.floor_fields(floor_before, floor.measure(args.floor_reps)))
-    record["load_end"] = wl.machine_load()
-    return record
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
+    version = getattr(flwr, "__version__", "") or wl.dist_version("flwr")
+    return m.record(FRAMEWORK, version, times, total, model, train=args.train,
+                    ray=wl.dist_version("ray"), client_cpus=args.client_cpus,
+                    actors=int(cores // args.client_cpus))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Before TensorFlow is imported here or in the Ray actors (they inherit the env).
-    os.environ["TF_USE_LEGACY_KERAS"] = "1" if args.keras == "legacy" else "0"
-    try:
-        record = run(args)
-    except Exception as err:  # noqa: BLE001 - reported to the driver as an error record
-        traceback.print_exc()
-        wl.emit({"ok": False, "framework": "flower-simulation", "train": args.train,
-                 "error": f"{type(err).__name__}: {err}"})
-        return 1
-    wl.emit(record)
-    return 0
+    parser = wl.workload_parser(__doc__.splitlines()[0])
+    parser.add_argument("--train", choices=("compiled", "fit"), default="compiled")
+    parser.add_argument("--client-cpus", type=float, default=1.0,
+                        help="Ray num_cpus per ClientApp (cores / this = parallel actors)")
+    return wl.harness_main(FRAMEWORK, parser, argv, run)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import traceback
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -51,31 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import sim_workload as wl  # noqa: E402
 
-
-def select_keras(which: str) -> None:
-    """Pick Keras before TensorFlow is imported (``tf.keras`` is resolved at import)."""
-    os.environ["TF_USE_LEGACY_KERAS"] = "1" if which == "legacy" else "0"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--per-device", type=int, default=60)
-    p.add_argument("--cohort", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=str(wl.FASHION_DIR))
-    p.add_argument("--floor-reps", type=int, default=3, help="0 skips the compiled floor")
-    p.add_argument("--keras", choices=("legacy", "3"), default="legacy",
-                   help="legacy = tf_keras (default; see the module docstring)")
-    args = p.parse_args(argv)
-    if args.rounds <= args.warmup:
-        p.error(f"--rounds {args.rounds} must exceed --warmup {args.warmup}")
-    return args
+FRAMEWORK = "pfl-research"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,9 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     np.random.seed(args.seed)  # pfl's user sampler and seeds draw from numpy's global rng
     tf.random.set_seed(args.seed)
-
-    x_train, y_train, x_test, y_test = wl.load_fashion(args.data_dir)
-    shards = wl.iid_shards(len(x_train), args.devices, args.per_device, args.seed)
+    m = wl.Measurement(args)  # data, shards, and the floor before the rounds
+    x_train, y_train, shards = m.x_train, m.y_train, m.shards
 
     def make_dataset(user_id: int) -> Dataset:
         idx = shards[user_id]
@@ -105,9 +79,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     federated = FederatedDataset(
         make_dataset, get_user_sampler("minimize_reuse", list(range(args.devices)))
     )
-
     keras_model = wl.build_fashion_cnn(args.seed)
-    n_params = wl.check_params(keras_model)
+    wl.check_params(keras_model)
     keras_model.compile(
         tf.keras.optimizers.SGD(args.lr),  # pfl resets it to local_learning_rate per user
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -147,14 +120,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             self._last = now
             return False, Metrics()
 
-    load_start = wl.machine_load()
-    floor, floor_before = None, []
-    if args.floor_reps > 0:  # measured before and after the rounds (see CompiledFloor)
-        floor = wl.CompiledFloor(
-            x_train, y_train, shards, cohort=args.cohort, epochs=args.epochs,
-            batch=args.batch, lr=args.lr, seed=args.seed,
-        )
-        floor_before = floor.measure(args.floor_reps)
     timer = RoundTimer()
     t0 = time.perf_counter()
     FederatedAveraging().run(
@@ -175,58 +140,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         callbacks=[timer],
     )
     total = time.perf_counter() - t0
-    acc = wl.accuracy(keras_model, x_test, y_test)
-    if len(timer.times) != args.rounds:
-        raise RuntimeError(f"timed {len(timer.times)} rounds, asked for {args.rounds}")
-    record: dict[str, Any] = {
-        "ok": True,
-        "framework": "pfl-research",
-        "version": pfl.__version__ if hasattr(pfl, "__version__") else _dist_version("pfl"),
-        "tensorflow": tf.__version__,
-        "keras": _keras_version(args.keras),
-        "params": n_params,
-        "rounds": args.rounds,
-        "warmup": args.warmup,
-        "round_times": timer.times,
-        "seconds_per_round": wl.median_after_warmup(timer.times, args.warmup),
-        "total_seconds": total,
-        "accuracy": acc,
-        "workload": {
-            "devices": args.devices, "per_device": args.per_device, "cohort": args.cohort,
-            "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-        },
-        "load_start": load_start,
-        "load_after_rounds": wl.machine_load(),
-    }
-    if floor is not None:
-        record.update(wl.floor_fields(floor_before, floor.measure(args.floor_reps)))
-    record["load_end"] = wl.machine_load()
-    return record
-
-
-def _keras_version(which: str) -> str:
-    return f"tf_keras {_dist_version('tf_keras')}" if which == "legacy" else (
-        f"keras {_dist_version('keras')}")
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
+    version = getattr(pfl, "__version__", "") or wl.dist_version("pfl")
+    return m.record(FRAMEWORK, version, timer.times, total, keras_model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    select_keras(args.keras)
-    try:
-        record = run(args)
-    except Exception as err:  # noqa: BLE001 - reported to the driver as an error record
-        traceback.print_exc()
-        wl.emit({"ok": False, "framework": "pfl-research",
-                 "error": f"{type(err).__name__}: {err}"})
-        return 1
-    wl.emit(record)
-    return 0
+    parser = wl.workload_parser(__doc__.splitlines()[0])
+    return wl.harness_main(FRAMEWORK, parser, argv, run)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,23 @@ each harness gets the one workload definition from one place:
   device (``CompiledFloor``), on one stream, in the harness's own TensorFlow, so each
   baseline's seconds per round can be read against the same machine's floor at the same
   moment;
-- the result line: one ``BENCH_RESULT {json}`` line on stdout, parsed by
-  ``benchmarks/baselines.py``.
+- the harness scaffolding: the workload's flags, the Keras choice, the floor measured
+  around the rounds, the common fields of the result and the one ``BENCH_RESULT {json}``
+  line on stdout that ``benchmarks/baselines.py`` parses (:func:`harness_main`).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -254,3 +260,111 @@ def machine_load() -> list[float]:
             return [float(v) for v in fh.read().split()[:3]]
     except OSError:
         return []
+
+
+def dist_version(name: str) -> str:
+    """An installed distribution's version, or ``"not installed"``."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def workload_parser(description: str) -> argparse.ArgumentParser:
+    """A harness's parser with the workload's flags (defaults: the issue's workload)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--per-device", type=int, default=60)
+    p.add_argument("--cohort", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=str(FASHION_DIR))
+    p.add_argument("--floor-reps", type=int, default=3,
+                   help="timed floor passes before and after the rounds each; 0 skips it")
+    p.add_argument("--keras", choices=("legacy", "3"), default="legacy",
+                   help="legacy = tf_keras (Keras 2, like the project's stack)")
+    return p
+
+
+def parse_workload(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.rounds <= args.warmup:
+        parser.error(f"--rounds {args.rounds} must exceed --warmup {args.warmup}")
+    return args
+
+
+class Measurement:
+    """What every harness measures around its framework's rounds: the machine's load,
+    the compiled floor before and after (see :class:`CompiledFloor`), and the fields of
+    the result record that do not depend on the framework."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.load_start = machine_load()
+        self.x_train, self.y_train, self.x_test, self.y_test = load_fashion(args.data_dir)
+        self.shards = iid_shards(len(self.x_train), args.devices, args.per_device, args.seed)
+        self.floor: CompiledFloor | None = None
+        self.floor_before: list[float] = []
+        if args.floor_reps > 0:
+            self.floor = CompiledFloor(
+                self.x_train, self.y_train, self.shards, cohort=args.cohort,
+                epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+            )
+            self.floor_before = self.floor.measure(args.floor_reps)
+
+    def record(self, framework: str, version_: str, round_times: list[float],
+               total_seconds: float, trained_model: Any, **extra: Any) -> dict[str, Any]:
+        """The result record: test accuracy of ``trained_model``, the median round time,
+        the floor after the rounds, the load; ``extra`` holds the framework's own fields."""
+        import tensorflow as tf
+
+        a = self.args
+        if len(round_times) != a.rounds:
+            raise RuntimeError(f"timed {len(round_times)} rounds, asked for {a.rounds}")
+        rec: dict[str, Any] = {
+            "ok": True,
+            "framework": framework,
+            "version": version_,
+            "tensorflow": tf.__version__,
+            "keras": (f"tf_keras {dist_version('tf_keras')}" if a.keras == "legacy"
+                      else f"keras {dist_version('keras')}"),
+            "params": check_params(trained_model),
+            "rounds": a.rounds,
+            "warmup": a.warmup,
+            "round_times": round_times,
+            "seconds_per_round": median_after_warmup(round_times, a.warmup),
+            "total_seconds": total_seconds,
+            "accuracy": accuracy(trained_model, self.x_test, self.y_test),
+            "workload": {
+                "devices": a.devices, "per_device": a.per_device, "cohort": a.cohort,
+                "epochs": a.epochs, "batch": a.batch, "lr": a.lr, "seed": a.seed,
+            },
+            "load_start": self.load_start,
+            "load_after_rounds": machine_load(),
+            **extra,
+        }
+        if self.floor is not None:
+            rec.update(floor_fields(self.floor_before, self.floor.measure(a.floor_reps)))
+        rec["load_end"] = machine_load()
+        return rec
+
+
+def harness_main(framework: str, parser: argparse.ArgumentParser, argv: list[str] | None,
+                 run: Callable[[argparse.Namespace], dict[str, Any]]) -> int:
+    """Parse, pick Keras (before TensorFlow is imported here or in any child process,
+    which inherit the environment), run, and print the one result line; a failure
+    becomes an ``ok: false`` record with the exception (and a traceback on stderr)."""
+    args = parse_workload(parser, argv)
+    os.environ["TF_USE_LEGACY_KERAS"] = "1" if args.keras == "legacy" else "0"
+    try:
+        record = run(args)
+    except Exception as err:  # noqa: BLE001 - reported to the driver as an error record
+        traceback.print_exc()
+        emit({"ok": False, "framework": framework, "error": f"{type(err).__name__}: {err}"})
+        return 1
+    emit(record)
+    return 0
