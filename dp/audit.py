@@ -702,34 +702,37 @@ def pipeline_update_sum(
     seed: int | None = None,
 ) -> PipelineRun:
     """The one-run audit's "training" on the aggregation pipeline alone: `rounds`
-    rounds, each with `background` devices of zero update plus the included canaries,
-    every one encoded by the real `Encoder` (fresh public rotation each round), summed
-    exactly mod 2^b, decoded by the real `Decoder`; the decoded sums are added up. The
-    plan is sized for t = `background` (always present) among n = background + m; the
-    claim is the accountant's epsilon for the survivors actually summed, over `rounds`
-    unsampled rounds. A training engine replaces this by the sum of its model updates
-    (see `benchmarks.audit`)."""
+    rounds of a cohort of `background` devices with zero update and the m canary
+    devices, included canaries sending their vector and the others zero (their data
+    zeroed, their noise share kept: the zero-out adjacency of the claim). Every device is
+    encoded by the real `Encoder` (a fresh public rotation each round), the encodings are
+    summed exactly mod 2^b and decoded by the real `Decoder`, and the decoded sums are
+    added up. Every device survives every round, the noise is sized for all n of them,
+    and the claim is the accountant's epsilon for n shares over `rounds` unsampled
+    rounds. A training engine replaces this by the sum of its model updates (see
+    `benchmarks.audit`)."""
     _check_count("rounds", rounds, 1)
-    _check_count("background", background, 1)
+    _check_count("background", background, 0)
     m, dim = canaries.directions.shape
-    plan = _make_plan(config, dim, background + m, background)
+    updates = np.zeros((background + m, dim))
+    updates[background:] = canaries.norm * canaries.directions * canaries.included[:, None]
+    n = updates.shape[0]
+    plan = _make_plan(config, dim, n, n)
     fault = _FAULT.get()
     used = _FAULTS[fault](plan) if fault is not None else plan
-    updates = np.vstack((np.zeros((background, dim)), canaries.updates()))
-    s = updates.shape[0]
     total = np.zeros(dim)
     for rnd in range(rounds):
         rotation_seed = _seed_bytes(seed, "one-run rotation", rnd)
         encoder, decoder = Encoder(used, rotation_seed), Decoder(used, rotation_seed)
         rand = _DeviceRandomness(seed, 2, rnd)
         summed = np.zeros(used.encoded_dim, dtype=np.uint64)
-        for start in range(0, s, _ROWS_PER_BATCH):
+        for start in range(0, n, _ROWS_PER_BATCH):
             part = updates[start:start + _ROWS_PER_BATCH]
             enc = _encode_rows(encoder, part, rand.next_batch())
             summed = summed + _modular_sums(enc, 1, used)[0]
-        total += decoder.decode(summed % np.uint64(used.modulus), s).total
-    return PipelineRun(update_sum=total, epsilon_claim=claimed_epsilon(plan, s, rounds),
-                       rounds=rounds, survivors=s)
+        total += decoder.decode(summed % np.uint64(used.modulus), n).total
+    return PipelineRun(update_sum=total, epsilon_claim=claimed_epsilon(plan, n, rounds),
+                       rounds=rounds, survivors=n)
 
 
 # --------------------------------------------------------------------- test support

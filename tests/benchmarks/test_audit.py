@@ -82,17 +82,37 @@ def test_one_run_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_full_run_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tiny = bench_audit.Grid((("ddgauss", 16, 2.0),), 60, 64, 4, 2, ("ddgauss",), 20, 1, 2,
-                            256)
+    tiny = bench_audit.Grid((("ddgauss", 16, 2.0), ("gaussian", 8, 1.0)), 60, 64, 1000, 2,
+                            ("pipeline",), 20, 1, 2, 256)
     monkeypatch.setattr(bench_audit.Grid, "for_mode", classmethod(lambda cls, quick: tiny))
     status = bench_audit.run_full(tmp_path, quick=True, seed=5, command="test")
     assert status == 0
     data = json.loads((tmp_path / "privacy_audit.json").read_text())
-    assert len(data["round_audits"]) == 1 and len(data["one_run_audits"]) == 3
+    assert len(data["round_audits"]) == 2 and len(data["one_run_audits"]) == 3
+    assert data["round_audits"][1]["status"].startswith("not plannable")
     assert [r["target_epsilon"] for r in data["one_run_audits"]] == [2.0, 8.0, 16.0]
     md = (tmp_path / "privacy_audit.md").read_text()
-    assert "lower bound ε" in md and "exact modular sum" in md and "QUICK" in md
+    assert "Status: complete" in md and "QUICK" in md
+    assert "lower bound ε" in md and "exact modular sum" in md and "Not plannable" in md
     assert (tmp_path / "privacy_audit.png").stat().st_size > 1000
+    # a rerun takes every point from the cache and writes the same records
+    assert bench_audit.run_full(tmp_path, quick=True, seed=5, command="test") == 0
+    again = json.loads((tmp_path / "privacy_audit.json").read_text())
+    assert again["from_cache"] == 5
+    assert again["round_audits"] == data["round_audits"]
+
+
+def test_one_run_on_the_training_engine() -> None:
+    """The engine source: real training of the digits model for the background devices,
+    the canary devices' vectors as their updates, the server's own accountant."""
+    from dp import DPConfig
+
+    res = bench_audit.run_one_run(DPConfig(mechanism="ddgauss", bits=16), target=2.0,
+                                  canaries=20, rounds=1, background=4, dim=0,
+                                  source="engine", seed=7)
+    assert res.source == "engine" and res.dim > 1000  # the digits model's parameters
+    assert res.audit.epsilon_claim == pytest.approx(2.0, rel=0.05)
+    assert res.audit.epsilon_lower <= res.audit.epsilon_claim
 
 
 def test_faults_are_not_reachable_from_the_cli() -> None:
