@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dp import Decoder, EncodingPlan, PrivacyAccountant, update_clip
+from dp import Decoder, EncodingPlan, PrivacyAccountant, corrupt_count, update_clip
 from secagg import (
     AdvertiseKeys,
     AggregatorProtocol,
@@ -398,18 +398,18 @@ class ServerCore:
             accountant=self.config.server.accountant,
             sampling=self.config.server.sampling,
             population=population,
+            corrupt_fraction=self.config.protocol.corrupt,
         )
 
     def epsilon_report(self) -> dict[str, Any]:
+        """The accountant's report, JSON-safe: an infinite ε (no guarantee, or an amplified
+        figure refused for this mechanism and sampling) is None, with the adjacency each
+        figure holds under and the sampling and collusion it assumes."""
         if self.accountant is None:
-            return {"epsilon": 0.0, "epsilon_amplified": 0.0, "delta": self.config.dp.delta}
-        rep = self.accountant.report()
-        out = rep.to_dict()
-        out["epsilon"] = float(rep.epsilon)
-        amp = rep.epsilon_amplified
-        out["epsilon_amplified"] = None if amp is None else float(amp)
-        out["delta"] = float(rep.delta)
-        return out
+            return {"epsilon": 0.0, "epsilon_amplified": 0.0, "delta": self.config.dp.delta,
+                    "sampling": self.sampler.kind,
+                    "corrupt_fraction": self.config.protocol.corrupt}
+        return dict(self.accountant.report().to_dict())
 
     def stop_reason(self) -> str | None:
         """Why no further round may start (planned rounds done, too many aborts)."""
@@ -591,7 +591,14 @@ class ServerCore:
         record["model_version"] = version
         record["survivors"] = list(survivors)
         record["secure_sum"] = secure_sum
-        record["wrap"] = _wrap_report(decoded)
+        record["wrap"] = decoded.wrap_report()
+        if record["wrap"]["wrap_suspected"]:
+            log.warning(
+                "round %d: the decoded sum may have wrapped mod 2^%d (%d coordinates near "
+                "the edge, %d outliers): the update may be corrupted",
+                rnd.round_id, rnd.params.bits, record["wrap"]["near_wrap"],
+                record["wrap"]["outliers"],
+            )
         record["finished_at"] = time.time()
         self.store.finish_round_with_model(
             record, rnd.plan.to_dict(), n, rnd.sample_rate, version, new_w,
@@ -660,16 +667,9 @@ class ServerCore:
 
 
 def corrupt_bound(fraction: float, n: int) -> int:
-    """How many of ``n`` sampled devices the threat model lets collude with the server."""
-    return int(math.floor(fraction * n + 1e-9))
-
-
-def _wrap_report(decoded: Any) -> dict[str, Any] | None:
-    """The decoder's modular wrap-around risk, as the round log stores it."""
-    near = getattr(decoded, "near_wrap", None)
-    if near is None:
-        return None
-    return {"near_wrap": int(near), "wrap_fraction": float(getattr(decoded, "wrap_fraction", 0.0))}
+    """How many of ``n`` sampled devices the threat model lets collude with the server
+    (``dp.corrupt_count``: one rounding rule for the sizing and the accountant)."""
+    return int(corrupt_count(fraction, n))
 
 
 def _finite(x: Any) -> float | None:

@@ -63,11 +63,18 @@ class Status(BaseModel):
     finished_reason: str | None
     rounds_done: int
     rounds_planned: int
-    epsilon: float
-    epsilon_amplified: float
+    #: None: no guarantee (mechanism none), or no proven amplified bound
+    epsilon: float | None
+    epsilon_amplified: float | None
     epsilon_budget: float | None
     delta: float
     sample_rate: float | None
+    #: "poisson" or "fixed": the sampling the amplified figure is proven for
+    sampling: str | None = None
+    #: which neighbouring relation each figure holds under
+    adjacency: dict[str, str | None] | None = None
+    #: fraction of sampled devices assumed to collude (their noise is not counted)
+    corrupt_fraction: float | None = None
     registered: int
     model_version: int
     task: str

@@ -157,6 +157,23 @@ class Store:
             # ids start at 0 (secagg client ids are >= 0); SQLite rowids start at 1
             return int(cur.lastrowid or 0) - 1, True
 
+    def register_devices(self, public_keys: list[bytes]) -> list[int]:
+        """Register many keys in one transaction (simulations with thousands of devices);
+        their ids, in order. Keys already registered keep their ids."""
+        ids: list[int] = []
+        now = time.time()
+        with self._tx() as c:
+            for key in public_keys:
+                row = c.execute("SELECT id FROM devices WHERE public_key = ?", (key,)).fetchone()
+                if row is None:
+                    cur = c.execute(
+                        "INSERT INTO devices(public_key, registered_at) VALUES (?, ?)", (key, now)
+                    )
+                    ids.append(int(cur.lastrowid or 0) - 1)
+                else:
+                    ids.append(int(row[0]) - 1)
+        return ids
+
     def device_key(self, device_id: int) -> bytes | None:
         with self._lock:
             row = self._conn.execute(

@@ -24,6 +24,7 @@ def experiment(protocol: dict[str, Any] | None = None, **server: Any) -> Any:
             "rounds": 3,
             "clients": 3,
             "per_round": 3,
+            "sampling": "fixed",  # these tests script exact cohorts
             "stage_timeout": 20.0,
             "registration_timeout": 60.0,
         },
@@ -172,9 +173,8 @@ def run_round(
     sampled = [by_id[c] for c in params.participants if c in by_id]
     for d in sampled:
         d.proto = ClientProtocol(params, d.device_id, signing_key=d.key)
-    if encode:
-        x = {d.device_id: encode_update(state, 100 + int(d.device_id or 0)) for d in sampled}
-    else:  # any integers mod 2^b will do when the test is not about the model
+    x: dict[Any, np.ndarray] = {}
+    if not encode:  # any integers mod 2^b will do when the test is not about the model
         gen = np.random.default_rng(7)
         x = {
             d.device_id: gen.integers(0, 2**params.bits, size=params.dim, dtype=np.uint64)
@@ -214,6 +214,11 @@ def run_round(
     state = wait_stage(lead, {"masked_input", "aborted"}, rid)
     if state["stage"] == "aborted":
         return state
+    if encode:
+        # the rotation seed is published to the sampled devices from this stage on
+        seen = sampled[0].current()
+        assert seen["rotation_seed"] is not None, seen
+        x = {d.device_id: encode_update(seen, 100 + int(d.device_id or 0)) for d in sampled}
     if hook:
         hook("masked_input", state, sampled)
     for d in live("masked_input"):

@@ -60,14 +60,16 @@ def test_concurrent_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     # exercise the worker-thread path of add_masked_input too
     monkeypatch.setattr(server.driver, "THREAD_MIN_BYTES", 0)
     sums: list[np.ndarray] = []
-    real_decoder = server.driver.Decoder
+    import server.round
+
+    real_decoder = server.round.Decoder
 
     class SpyDecoder(real_decoder):  # type: ignore[misc, valid-type]
         def decode(self, sum_mod: np.ndarray, n_survivors: int) -> Any:
             sums.append(np.array(sum_mod, copy=True))
             return super().decode(sum_mod, n_survivors)
 
-    monkeypatch.setattr(server.driver, "Decoder", SpyDecoder)
+    monkeypatch.setattr(server.round, "Decoder", SpyDecoder)
     app = create_app(settings(tmp_path, rounds=1, clients=10, per_round=10, stage_timeout=60.0))
 
     async def main() -> None:
