@@ -26,6 +26,7 @@ A new source (another task, the Ray engine) is one class with the
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -276,9 +277,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--one-run: canary devices m (default 1000)")
     parser.add_argument("--rounds", type=cli.positive_int, default=10,
                         help="--one-run: rounds T (default 10)")
-    parser.add_argument("--background", type=cli.positive_int, default=10,
-                        help="--one-run: devices with zero update in every round; the "
-                        "noise is sized for them (t) (default 10)")
+    parser.add_argument("--background", type=cli.positive_int, default=20,
+                        help="--one-run: the other devices of every round's cohort (zero "
+                        "update with the pipeline source, real training with the engine) "
+                        "(default 20)")
     parser.add_argument("--source", choices=tuple(UPDATE_SUM_SOURCES), default="pipeline",
                         help="--one-run: where the sum of model updates comes from: the "
                         "aggregation pipeline alone, or the training engine (digits)")
@@ -571,54 +573,51 @@ def run_full(out_dir: Path, *, quick: bool, seed: int | None, command: str,
         write_atomic(out_dir / f"{RESULTS_STEM}.md", render_markdown(data))
         plot(data, out_dir / f"{RESULTS_STEM}.png")
 
-    for k, (mech, bits, z) in enumerate(grid.points, start=1):
-        def one_round(mech: str = mech, bits: int = bits, z: float = z, k: int = k
-                      ) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            try:
-                res = audit_round(DPConfig(mechanism=mech, bits=bits, noise_multiplier=z),
-                                  dim=grid.dim, n_clients=grid.n_clients,
-                                  min_contributors=grid.min_contributors, trials=grid.trials,
-                                  seed=base_seed + k)
-            except DPConfigError as err:
-                return {"mechanism": mech, "bits": bits, "noise_multiplier": z,
-                        "status": f"not plannable: {err}"}
-            return {**res.to_dict(), "seconds": time.perf_counter() - t0, "status": "ok"}
+    def step(bucket: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]],
+             label: str) -> None:
+        rec, hit = _cached(cache, key, fresh, compute)
+        data[bucket].append(rec)
+        data["from_cache"] += int(hit)
+        print(f"[audit] {label}: claim {fmt(rec.get('epsilon_claim'))}, lower "
+              f"{fmt(rec.get('epsilon_lower'))}{' (cached)' if hit else ''}", flush=True)
+        save()
 
+    def one_round(mech: str, bits: int, z: float, seed_k: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            res = audit_round(DPConfig(mechanism=mech, bits=bits, noise_multiplier=z),
+                              dim=grid.dim, n_clients=grid.n_clients,
+                              min_contributors=grid.min_contributors, trials=grid.trials,
+                              seed=seed_k)
+        except DPConfigError as err:
+            return {"mechanism": mech, "bits": bits, "noise_multiplier": z,
+                    "status": f"not plannable: {err}"}
+        return {**res.to_dict(), "seconds": time.perf_counter() - t0, "status": "ok"}
+
+    def one_run(source: str, target: float, seed_k: int) -> dict[str, Any]:
+        return run_one_run(DPConfig(mechanism="ddgauss", bits=16), target=target,
+                           canaries=grid.one_run_canaries, rounds=grid.one_run_rounds,
+                           background=grid.one_run_background, dim=grid.one_run_dim,
+                           source=source, seed=seed_k).to_dict()
+
+    k = 0
+    for mech, bits, z in grid.points:
+        k += 1
         key = {"kind": "round", "mechanism": mech, "bits": bits, "z": z, "trials": grid.trials,
                "dim": grid.dim, "n": grid.n_clients, "t": grid.min_contributors,
                "seed": base_seed + k}
-        rec, hit = _cached(cache, key, fresh, one_round)
-        data["round_audits"].append(rec)
-        data["from_cache"] += int(hit)
-        print(f"[audit] {mech} {bits} bits z={z}: claim {fmt(rec.get('epsilon_claim'))}, "
-              f"lower {fmt(rec.get('epsilon_lower'))}, gaussian "
-              f"{fmt(rec.get('epsilon_gaussian'))}{' (cached)' if hit else ''}", flush=True)
-        save()
-    k = len(grid.points)
+        step("round_audits", key, functools.partial(one_round, mech, bits, z, base_seed + k),
+             f"{mech} {bits} bits z={z}")
     for source in grid.one_run_sources:
         for target in ONE_RUN_TARGETS:
             k += 1
-
-            def one_run(source: str = source, target: float = target, k: int = k
-                        ) -> dict[str, Any]:
-                return run_one_run(DPConfig(mechanism="ddgauss", bits=16), target=target,
-                                   canaries=grid.one_run_canaries,
-                                   rounds=grid.one_run_rounds,
-                                   background=grid.one_run_background, dim=grid.one_run_dim,
-                                   source=source, seed=base_seed + k).to_dict()
-
             key = {"kind": "one-run", "source": source, "target": target,
                    "m": grid.one_run_canaries, "rounds": grid.one_run_rounds,
                    "background": grid.one_run_background, "dim": grid.one_run_dim,
                    "seed": base_seed + k}
-            rec, hit = _cached(cache, key, fresh, one_run)
-            data["one_run_audits"].append(rec)
-            data["from_cache"] += int(hit)
-            print(f"[audit] one-run {source} target ε {target}: claim "
-                  f"{fmt(rec['epsilon_claim'])}, lower {fmt(rec['epsilon_lower'])}"
-                  f"{' (cached)' if hit else ''}", flush=True)
-            save()
+            step("one_run_audits", key,
+                 functools.partial(one_run, source, target, base_seed + k),
+                 f"one-run {source} target ε {target}")
     bad = [r for r in data["round_audits"] if r.get("violation")]
     bad += [r for r in data["one_run_audits"] if r.get("violation")]
     return 1 if bad else 0
