@@ -362,6 +362,8 @@ def round_probe(opts: SimOptions) -> Any:
             0, tuple(range(opts.per_round)), 1, opts.bits, graph=opts.graph,
             dropout=max(0.1, min(opts.dropout, 0.5)), corrupt=opts.corrupt, active=opts.active,
             min_survivors=opts.min_survivors,
+            # placeholders: the probe only sizes t, no signature is ever checked with them
+            identity_keys={i: bytes(32) for i in range(opts.per_round)} if opts.active else None,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -591,6 +591,9 @@ class ServerCore:
         record["model_version"] = version
         record["survivors"] = list(survivors)
         record["secure_sum"] = secure_sum
+        # devices whose unmask shares were found wrong and left out (a count: who took
+        # part is not published)
+        record["excluded_senders"] = len(getattr(rnd.agg, "excluded_senders", ()) or ())
         record["wrap"] = decoded.wrap_report()
         if record["wrap"]["wrap_suspected"]:
             log.warning(

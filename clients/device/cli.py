@@ -92,8 +92,65 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="long-poll duration in seconds, at most 60 (default: 30)")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="how long to keep trying to reach the server at start (default: 60)")
+    pol = p.add_argument_group(
+        "local policy", "what this device accepts from the server (secagg.ClientPolicy); a "
+        "round outside it is refused with a log line")
+    pol.add_argument("--min-threshold-fraction", type=float, default=0.25,
+                     help="smallest secagg threshold t as a fraction of a secret's share "
+                          "holders (default: 0.25)")
+    pol.add_argument("--corrupt", type=float, default=0.1,
+                     help="fraction of devices this device assumes may collude with the "
+                          "server; t must exceed their bound (default: 0.1)")
+    pol.add_argument("--min-cohort", type=int, default=3,
+                     help="smallest cohort to take part in (default: 3)")
+    pol.add_argument("--max-cohort", type=int, default=1_000_000,
+                     help="largest cohort to take part in (default: 1000000)")
+    pol.add_argument("--graphs", default="complete,harary",
+                     help="allowed neighbour graphs, comma-separated (default: complete,harary)")
+    pol.add_argument("--require-active", action="store_true",
+                     help="refuse rounds without the consistency check (active mode)")
+    pol.add_argument("--roster", type=Path, default=None,
+                     help="JSON file {device id: base64 Ed25519 public key} learned "
+                          "independently of the server; active rounds must match it")
     p.add_argument("-v", "--verbose", action="store_true", help="log protocol progress")
     return p
+
+
+def policy_from_args(args: argparse.Namespace) -> Any:
+    """The device's ``secagg.ClientPolicy`` from its flags (ValueError on bad values)."""
+    from secagg.policy import ClientPolicy
+
+    graphs = tuple(g.strip() for g in str(args.graphs).split(",") if g.strip())
+    return ClientPolicy(
+        min_threshold_fraction=args.min_threshold_fraction, corrupt=args.corrupt,
+        min_cohort=args.min_cohort, max_cohort=args.max_cohort, allowed_graphs=graphs,
+        require_active=bool(args.require_active),
+        require_pinned_keys=args.roster is not None,
+    )
+
+
+def load_roster(path: Path) -> dict[int, bytes]:
+    """Read ``{id: base64 key}``; ValueError naming the problem."""
+    import base64
+    import binascii
+    import json
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read roster {str(path)!r}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"roster {str(path)!r} must be a JSON object of id -> base64 key")
+    out: dict[int, bytes] = {}
+    for k, v in raw.items():
+        try:
+            key = base64.b64decode(str(v), validate=True)
+            out[int(k)] = key
+        except (ValueError, binascii.Error):
+            raise ValueError(f"roster entry {k!r} is not id -> base64 key") from None
+        if len(key) != 32:
+            raise ValueError(f"roster key of device {k} has {len(key)} bytes, expected 32")
+    return out
 
 
 def _wait_for_server(client: ServerClient, timeout: float) -> dict[str, Any]:
@@ -151,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clients.tasks import get_task
 
         task = get_task(args.task)
+        policy = policy_from_args(args)
+        roster = load_roster(args.roster) if args.roster is not None else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -165,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = task.load_data(args.data_dir)
         idx = shard_indices(np.asarray(data.y_train), index, count, settings)
         device = Device(client, task, np.asarray(data.x_train)[idx], np.asarray(data.y_train)[idx],
-                        settings, index=index, poll_wait=args.wait)
+                        settings, index=index, poll_wait=args.wait, policy=policy,
+                        pinned_identity_keys=roster)
         warm_up(device, status.get("config"))
         device_id = device.register()
         log.info("registered as device %d with %d examples", device_id, len(idx))

@@ -341,6 +341,10 @@ class Device:
         on_trace: test hook receiving a :class:`RoundTrace` at the same moment.
         poll_wait: long-poll duration in seconds (<= 60).
         stop: event that makes :meth:`run` return at the next poll.
+        policy: the device's local ``secagg.ClientPolicy`` (None: its secure defaults);
+            a round outside it is refused with a log line.
+        pinned_identity_keys: peers' identity keys learned independently of the server
+            (a roster); in active rounds the round's keys must match them.
     """
 
     def __init__(
@@ -359,8 +363,12 @@ class Device:
         poll_wait: float = 30.0,
         stop: threading.Event | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        policy: Any = None,
+        pinned_identity_keys: Mapping[int, bytes] | None = None,
     ) -> None:
         self.client = client
+        self.policy = policy
+        self.pinned_identity_keys = pinned_identity_keys
         self.task = task
         self.x = x
         self.y = y
@@ -454,6 +462,8 @@ class Device:
                     self.client.signing_key,
                     drop_stage=drop,
                     random_bytes=self.random_bytes,
+                    policy=self.policy,
+                    pinned_identity_keys=self.pinned_identity_keys,
                 )
             except (DeviceError, ValueError) as exc:
                 log.warning("device %s: cannot join round %s: %s", self.device_id, round_id, exc)

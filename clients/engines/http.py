@@ -380,6 +380,18 @@ class HttpEngine:
                 trainer=trainer, index=i, dropout=schedule, on_encoded=self.on_encoded,
                 on_trace=self.on_trace, poll_wait=30.0, stop=self.stop_event,
             ))
+        if opts.active:
+            # Active mode: each device checks the round's identity keys against a roster
+            # the operator built from the devices themselves (each knows its own key and
+            # the id it registered under), not against the list the round hands over.
+            from clients.device import public_key_bytes
+
+            for dev in devices:
+                dev.register()
+            roster = {dev.device_id: public_key_bytes(dev.client.signing_key)
+                      for dev in devices}
+            for dev in devices:
+                dev.pinned_identity_keys = roster
         threads = [
             threading.Thread(target=self._device_main, args=(dev,), name=f"device-{i}",
                              daemon=True)

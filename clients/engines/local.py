@@ -75,6 +75,7 @@ class LocalFleet:
         self.seed = seed
         self.index_of = index_of
         self.round_id = -1
+        self._pinned: dict[int, bytes] | None = None
         self.devices: dict[int, DeviceRound] = {}
         self.encoded: dict[int, np.ndarray] = {}
 
@@ -103,14 +104,31 @@ class LocalFleet:
         self.round_id = int(params.round_id)
         self.devices, self.encoded = {}, {}
         for cid in device_ids:
-            key = None
+            key = pinned = None
             if params.active and self.identity_master is not None:
                 key = identity_key(self.identity_master, self.index_of[cid])
+                pinned = self._roster(device_ids)
             try:
-                self.devices[cid] = DeviceRound(params, plan, cid, signing_key=key)
+                self.devices[cid] = DeviceRound(
+                    params, plan, cid, signing_key=key, pinned_identity_keys=pinned
+                )
             except RoundRefused:
                 continue
         return sorted(self.devices)
+
+    def _roster(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The participants' identity keys as the simulated operator knows them (derived
+        from the run's secret, not taken from the round): what active rounds pin."""
+        from cryptography.hazmat.primitives import serialization
+
+        if self._pinned is None or set(self._pinned) != set(ids):
+            assert self.identity_master is not None  # noqa: S101 - checked by the caller
+            self._pinned = {
+                c: identity_key(self.identity_master, self.index_of[c]).public_key()
+                .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+                for c in ids
+            }
+        return self._pinned
 
     def _each(self, ids: Sequence[int], step: Callable[[DeviceRound, int], Any]) -> dict[int, Any]:
         out: dict[int, Any] = {}
@@ -348,12 +366,11 @@ class InProcessEngine:
         placeholders, since a passive round never uses them."""
         from cryptography.hazmat.primitives import serialization
 
-        for i in range(n):
-            if active:
-                pub = identity_key(master, i).public_key().public_bytes(
-                    serialization.Encoding.Raw, serialization.PublicFormat.Raw
-                )
-            else:
-                pub = os.urandom(32)
-            store.register_device(pub)
+        keys = [
+            identity_key(master, i).public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            ) if active else os.urandom(32)
+            for i in range(n)
+        ]
+        store.register_devices(keys)
         return store.device_keys()

@@ -249,6 +249,7 @@ class RayEngine(InProcessEngine):
         return RayFleet(spec, index_of, workers)
 
     def run(self) -> Any:
+        start_ray(self.opts.ray_address, self.opts.workers)  # fail fast, before any work
         try:
             return super().run()
         finally:
@@ -272,9 +273,32 @@ def start_ray(address: str | None, workers: int | None) -> None:
     if address is None:
         kwargs["num_cpus"] = workers or os.cpu_count() or 1
     else:
+        check_reachable(address)
         kwargs["address"] = address
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot start or join Ray at {address!r}: {first}") from None
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast (UsageError) when a Ray address names no listening host:port, instead of
+    letting ``ray.init`` retry for a minute. ``auto`` and ``local`` are left to Ray."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1]
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"ray address must be HOST:PORT, got {address!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"ray address must be HOST:PORT, got {address!r}") from None
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot reach Ray at {address!r}: {exc.strerror or exc}") from None
