@@ -124,28 +124,36 @@ def x25519_agree(private: bytes | X25519PrivateKey, public_raw: bytes) -> bytes:
         raise MalformedMessageError(f"X25519 agreement failed: {err}") from err
 
 
-@functools.lru_cache(maxsize=1)
-def _probe_key() -> X25519PrivateKey:
-    # Any fixed scalar works: X25519 clamps it to a multiple of the cofactor 8, so its
-    # product with a point of small order is the identity (all-zero output) and with any
-    # other point is not. The key is public and used for nothing else.
-    return X25519PrivateKey.from_private_bytes(
-        hashlib.sha256(PROTOCOL_LABEL + b"|x25519-small-order-probe").digest()
-    )
+#: u-coordinates (mod p) of the X25519 points of small order (RFC 7748 Sec. 6.1; the
+#: same list as libsodium's blocklist): 0 and p - 1 (orders 2 and 4), 1 (order 1 on the
+#: twist), and the two points of order 8.
+_P25519 = 2**255 - 19
+_SMALL_ORDER_U = frozenset({
+    0,
+    1,
+    _P25519 - 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+})
+
+
+def x25519_is_small_order(public_raw: bytes) -> bool:
+    """Whether an X25519 public key encodes a point of small order, including
+    non-canonical encodings (u + p) and a set top bit (ignored by X25519, RFC 7748)."""
+    u = int.from_bytes(public_raw, "little") & ((1 << 255) - 1)
+    return u % _P25519 in _SMALL_ORDER_U
 
 
 def x25519_check_public(public_raw: bytes, what: str = "X25519 public key") -> None:
     """Reject a public key of small order (RFC 7748 Sec. 6.1: the shared secret with it
     is all zero whatever the other key, so it carries no secret), including non-canonical
-    encodings of such points. ``cryptography`` refuses the all-zero agreement; one
-    agreement with a fixed public probe key finds them. Raises
+    encodings of such points, by its u-coordinate (no scalar multiplication: the server
+    checks every advertised key, the client every neighbour's). Raises
     :class:`MalformedMessageError` naming ``what``."""
     if not isinstance(public_raw, bytes) or len(public_raw) != KEY_BYTES:
         raise MalformedMessageError(f"{what} must be {KEY_BYTES} bytes")
-    try:
-        _probe_key().exchange(X25519PublicKey.from_public_bytes(public_raw))
-    except ValueError as err:
-        raise MalformedMessageError(f"{what} is a point of small order: {err}") from err
+    if x25519_is_small_order(public_raw):
+        raise MalformedMessageError(f"{what} is a point of small order")
 
 
 def hkdf_sha256(

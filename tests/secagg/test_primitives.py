@@ -181,3 +181,41 @@ def test_keystream_domain_separation_and_reuse() -> None:
     assert np.array_equal(ks.fill(SEED, LAB), a)
     with pytest.raises(ValueError):
         ks.fill(SEED[:16], LAB)  # never a 128-bit key
+
+
+def test_small_order_check_agrees_with_the_all_zero_agreement() -> None:
+    """The u-coordinate blocklist rejects exactly the keys whose X25519 agreement is all
+    zero (cryptography refuses those): every small-order point in every encoding
+    (canonical, + p, top bit set), and no random key."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+    from secagg.crypto import x25519_is_small_order
+
+    p = 2**255 - 19
+    probe = X25519PrivateKey.generate()
+
+    def agreement_fails(raw: bytes) -> bool:
+        try:
+            probe.exchange(X25519PublicKey.from_public_bytes(raw))
+        except ValueError:
+            return True
+        return False
+
+    candidates = [0, 1, p - 1,
+                  325606250916557431795983626356110631294008115727848805560023387167927233504,
+                  39382357235489614581723060781553021112529911719440698176882885853963445705823]
+    encodings = []
+    for u in candidates:
+        for enc in (u, u + p, u | (1 << 255), (u + p) | (1 << 255)):
+            if enc < 2**256:
+                encodings.append(enc.to_bytes(32, "little"))
+    encodings += [os.urandom(32) for _ in range(200)]
+    encodings += [i.to_bytes(32, "little") for i in range(2, 40)]
+    for raw in encodings:
+        assert x25519_is_small_order(raw) == agreement_fails(raw), raw.hex()
+    assert sum(x25519_is_small_order(r) for r in encodings) >= 12
