@@ -28,6 +28,7 @@ from server.driver import RoundDriver
 from server.errors import install_handlers
 from server.limits import BodySizeLimit, RequestLimits
 from server.model import ModelService
+from server.round import ServerCore
 from server.routes import dashboard, devices, model, predict, rounds
 from server.security import Authenticator
 from server.store import Store
@@ -74,7 +75,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         try:
             models = ModelService(cfg.training.task, cfg.server.seed, cfg.server.data_dir)
             initial = await asyncio.to_thread(models.load)
-            driver = RoundDriver(cfg, store, models)
+            driver = RoundDriver(ServerCore(cfg, store, models))
             driver.restore(initial)
             app.state.settings = settings
             app.state.store = store

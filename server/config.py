@@ -131,7 +131,9 @@ class ServerConfig:
             object.__setattr__(self, "server_opt", "fedavgm")
 
         if self.server_opt not in OPTIMIZERS:
-            raise ConfigError(f"server.server_opt must be one of {OPTIMIZERS}, got {self.server_opt!r}")
+            raise ConfigError(
+                f"server.server_opt must be one of {OPTIMIZERS}, got {self.server_opt!r}"
+            )
         try:
             ServerOptimizer(self.server_opt, self.server_lr, self.momentum, self.server_beta1,
                             self.server_beta2, self.server_eps)
@@ -140,7 +142,9 @@ class ServerConfig:
         if self.server_opt == "fedavgm" and self.momentum == 0:
             raise ConfigError("server.server_opt 'fedavgm' needs server.momentum > 0")
         if self.sampling not in ("poisson", "fixed"):
-            raise ConfigError(f"server.sampling must be 'poisson' or 'fixed', got {self.sampling!r}")
+            raise ConfigError(
+                f"server.sampling must be 'poisson' or 'fixed', got {self.sampling!r}"
+            )
         _check_int("eval_every", self.eval_every, 0, 1_000_000)
         if self.epsilon_budget is not None:
             _check_float("epsilon_budget", self.epsilon_budget, 0.0, 1e9, open_lo=True)

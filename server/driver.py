@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +26,11 @@ import numpy as np
 
 from secagg import AbortError, AdvertiseKeys, SecAggError, Stage, UnmaskRequest, packed_size
 from server.config import ExperimentConfig
-from server.model import ModelService
 from server.round import (
     STAGE_NAMES,
     RoundError,
     RoundState,
     ServerCore,
-    UniformSource,
     stage_rank,
 )
 from server.store import Store
@@ -64,21 +61,11 @@ class Snapshot:
 class RoundDriver:
     """Runs rounds until the configured count, the ε budget, or too many aborts stop it."""
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        store: Store,
-        models: ModelService,
-        *,
-        random_bytes: Callable[[int], bytes] = os.urandom,
-        sampler_source: UniformSource | None = None,
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.models = models
-        self.core = ServerCore(
-            config, store, models, random_bytes=random_bytes, sampler_source=sampler_source
-        )
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        self.config: ExperimentConfig = core.config
+        self.store: Store = core.store
+        self.models = core.models
         self._version = 0
         self._changed = asyncio.Event()
         self._registered = asyncio.Event()

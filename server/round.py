@@ -226,14 +226,14 @@ class RoundState:
             raise RoundError(
                 400, f"round_id {msg.round_id!r} does not match round {self.round_id}"
             )
-        add: Callable[[Any], None] = {
+        adders: dict[Stage, Callable[[Any], None]] = {
             Stage.ADVERTISE_KEYS: self.agg.add_advertise,
             Stage.SHARE_KEYS: self.agg.add_share_keys,
             Stage.MASKED_INPUT: self.agg.add_masked_input,
             Stage.CONSISTENCY_CHECK: self.agg.add_consistency,
             Stage.UNMASK: self.agg.add_unmask,
-        }[stage]
-        add(msg)
+        }
+        adders[stage](msg)
         self.received.add(device_id)
         return self.all_in
 
@@ -380,9 +380,11 @@ class ServerCore:
         population = self.store.get_meta("population")
         if q is not None:
             self._make_accountant(float(q), None if population is None else int(population))
-            for plan_dict, n, _ in self.store.privacy_events():
+            for plan_dict, n, _, cohort in self.store.privacy_ledger():
                 plan = EncodingPlan.from_dict(plan_dict)
-                self.accountant.compose(plan.privacy_event(n))  # type: ignore[union-attr]
+                self.accountant.compose(  # type: ignore[union-attr]
+                    plan.privacy_event(n), cohort=cohort
+                )
         self.rounds_done = sum(1 for r in self.store.rounds() if r.get("status") == "done")
         last = self.store.next_round_id() - 1
         self.last_round_id = last if last >= 0 else None
@@ -489,10 +491,11 @@ class ServerCore:
             )
             return self.finished_reason
         accountant = self.accountant
-        assert accountant is not None  # noqa: S101 - set above
+        if accountant is None:  # pragma: no cover - made just above
+            raise RuntimeError("accountant missing")
         budget = self.config.server.epsilon_budget
         worst = plan.privacy_event(params.min_survivors)
-        if budget is not None and accountant.would_exceed(worst, budget):
+        if budget is not None and accountant.would_exceed(worst, budget, cohort=len(sampled)):
             self.finished_reason = (
                 f"the epsilon budget {budget:g} would be exceeded by round {round_id} "
                 f"(worst case {params.min_survivors} contributors)"
@@ -555,7 +558,7 @@ class ServerCore:
             raise RuntimeError("accountant missing")
         event = rnd.plan.privacy_event(n)
         self.store.charge_round(rnd.round_id, rnd.plan.to_dict(), n, rnd.sample_rate)
-        accountant.compose(event)
+        accountant.compose(event, cohort=len(rnd.participants))
         t0 = time.perf_counter()
         total_mod = np.asarray(rnd.agg.finish() if compute_sum is None else compute_sum())
         rnd.timings["reconstruct"] = time.perf_counter() - t0

@@ -394,6 +394,22 @@ class Store:
             ).fetchall()
         return [(json.loads(p), int(n), float(q)) for p, n, q in rows]
 
+    def privacy_ledger(self) -> list[tuple[dict[str, Any], int, float, int]]:
+        """Like :meth:`privacy_events`, with each round's cohort size (the number of
+        devices sampled, which the amplified figure is conditioned on)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT plan, n_survivors, sample_rate, record FROM rounds "
+                "WHERE plan IS NOT NULL AND n_survivors IS NOT NULL "
+                "AND status IN ('done', 'unmasking', 'aborted') ORDER BY round"
+            ).fetchall()
+        out = []
+        for p, n, q, rec in rows:
+            sampled = json.loads(rec).get("sampled")
+            cohort = len(sampled) if isinstance(sampled, list) else int(sampled)
+            out.append((json.loads(p), int(n), float(q), cohort))
+        return out
+
     def next_round_id(self) -> int:
         with self._lock:
             row = self._conn.execute("SELECT MAX(round) FROM rounds").fetchone()

@@ -121,10 +121,12 @@ class LocalFleet:
         from the run's secret, not taken from the round): what active rounds pin."""
         from cryptography.hazmat.primitives import serialization
 
+        master = self.identity_master
+        if master is None:  # pragma: no cover - callers check
+            raise RuntimeError("active rounds need the run's identity secret")
         if self._pinned is None or set(self._pinned) != set(ids):
-            assert self.identity_master is not None  # noqa: S101 - checked by the caller
             self._pinned = {
-                c: identity_key(self.identity_master, self.index_of[c]).public_key()
+                c: identity_key(master, self.index_of[c]).public_key()
                 .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
                 for c in ids
             }
