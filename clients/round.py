@@ -87,6 +87,18 @@ class DeviceRound:
             raise RoundRefused(
                 f"encoding plan for {plan.n_clients} devices, round has {len(params.participants)}"
             )
+        # The noise share is sized for min_contributors - corrupt honest shares: a plan
+        # that assumes fewer colluders than this device does would make its share too small.
+        from dp import corrupt_count
+        from secagg.policy import ClientPolicy
+
+        own = policy if policy is not None else ClientPolicy()
+        needed = corrupt_count(float(own.corrupt), len(params.participants))
+        if plan.config.mechanism != "none" and int(getattr(plan, "corrupt", 0)) < needed:
+            raise RoundRefused(
+                f"noise shares sized for {getattr(plan, 'corrupt', 0)} colluding devices; this "
+                f"device assumes up to {needed} (corrupt fraction {own.corrupt})"
+            )
         self.params = params
         self.plan = plan
         self.device_id = device_id
