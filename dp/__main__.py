@@ -2,11 +2,18 @@
 
 Every figure printed comes from `dp.accounting` (the same code the server charges
 rounds with), with the adjacency it holds under. `--sampling poisson|fixed` is the
-sampling the amplified figure is proven for (fixed-size needs `--clients N`, the
-population); `--corrupt F` is the colluding fraction of each cohort whose noise shares
-are not counted (default 0.1, the protocol's default threat model; `--sampling poisson
---corrupt 0` gives the figures from before both existed). Bad values give one line on
-stderr and exit code 2; never a traceback.
+sampling the amplified figure is proven for, as K of N devices sampled without
+replacement under replace-one adjacency (`--clients N`, the population; for Poisson N
+defaults to K / q). For Poisson sampling the run's figure is conditioned on each round's
+actual cohort size; here every round is charged at the expected cohort K = qN.
+`--corrupt F` is the colluding fraction of each cohort whose noise shares are not counted
+(default 0.1, the protocol's default threat model).
+
+`epsilon --json` with Poisson sampling also carries `epsilon_amplified_approx`: the
+add/remove Poisson figure printed before the amplified figure was conditioned on the
+cohort size (REFERENCES.md's Poisson values, with `--corrupt 0`), an approximation that
+is NOT a guarantee for distributed noise (see `dp.accounting`); the text output never
+prints it. Bad values give one line on stderr and exit code 2; never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from dp.accounting import ACCOUNTANTS, EpsilonReport, calibrate_noise, epsilon_report
+from dp.accounting import (
+    ACCOUNTANTS,
+    ADD_REMOVE,
+    EpsilonReport,
+    calibrate_noise,
+    epsilon_amplified_approx,
+    epsilon_report,
+)
 from dp.config import MECHANISMS, SAMPLINGS, DPConfigError
 from dp.mechanisms import accounting_note
 
@@ -36,8 +50,11 @@ def _assumptions(rep: EpsilonReport) -> dict[str, str]:
         amp = "no sampling (q = 1): the same figure as without amplification"
     elif rep.sampling == "poisson":
         amp = (
-            f"Poisson sampling amplification at q={rep.sample_rate:g}: valid only if the "
-            "adversary does not learn who took part in a round"
+            f"Poisson sampling amplification at q={rep.sample_rate:g} of N={rep.population},"
+            " conditioned on each round's public cohort size (charged here at the expected "
+            f"cohort qN={round(rep.sample_rate * (rep.population or 0))} every round; a run "
+            "charges each round's actual cohort): valid only if the adversary does not "
+            "learn who took part in a round"
         )
     else:
         amp = (
@@ -64,7 +81,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="how the cohort is drawn: poisson (each device with probability q; "
                         "default) or fixed (K of N without replacement; needs --clients)")
     p.add_argument("--clients", type=int, default=None,
-                   help="N: the population the cohort is drawn from (fixed-size sampling)")
+                   help="N: the population the cohort is drawn from (fixed-size sampling "
+                        "needs it; Poisson defaults to K / q)")
     p.add_argument("--corrupt", type=float, default=DEFAULT_CORRUPT,
                    help="fraction of each cohort colluding with the server, whose noise "
                         f"shares are not counted, in [0, 1) (default {DEFAULT_CORRUPT})")
@@ -167,6 +185,20 @@ def _run(args: argparse.Namespace) -> None:
             out = rep.to_dict()
             out["noise_multiplier"] = args.noise_multiplier
             out["assumptions"] = assumptions
+            out["cohort_per_round"] = (
+                args.clients_per_round if rep.sample_rate < 1 else None
+            )
+            approx = None
+            if args.sampling == "poisson":
+                kw = _common_kwargs(args)
+                del kw["sampling"]
+                approx = _json_float(epsilon_amplified_approx(
+                    args.mechanism, args.noise_multiplier, q, args.rounds, args.delta, **kw
+                ))
+            out["epsilon_amplified_approx"] = approx
+            out["epsilon_amplified_approx_note"] = (
+                ADD_REMOVE if approx is not None else None
+            )
             out["approximation"] = accounting_note(args.mechanism)
             print(json.dumps(out))
         else:

@@ -17,6 +17,7 @@ from dp import (
     EncodingPlan,
     PrivacyAccountant,
     calibrate_noise,
+    epsilon_amplified_approx,
     epsilon_for,
     epsilon_report,
     subsampled_rdp,
@@ -36,16 +37,29 @@ def test_gaussian_matches_dp_accounting_rdp(z: float, q: float, T: int, delta: f
     config = DPConfig(mechanism="gaussian", noise_multiplier=z, bits=40, delta=delta)
     plan = EncodingPlan.create(config, 1000, 100, 100)
     event = plan.privacy_event(100)
-    acc = PrivacyAccountant(config, q, "rdp")
-    acc.compose(event, T)
-    ref = dp_accounting.rdp.RdpAccountant()
+    n_pop = round(100 / q)
+    acc = PrivacyAccountant(config, q, "rdp", population=n_pop)
+    acc.compose(event, T, cohort=100)
     inner = dp_accounting.GaussianDpEvent(event.gaussian_noise_multiplier)
-    ref.compose(
+    # amplified: 100 of N without replacement, replace-one (sensitivity 2C: z / 2)
+    ref = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    half = dp_accounting.GaussianDpEvent(event.gaussian_noise_multiplier / 2)
+    ref.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.SampledWithoutReplacementDpEvent(n_pop, 100, half), T
+    ))
+    expected = ref.get_epsilon(delta) if q < 1 else None
+    if q < 1:
+        assert acc.report().epsilon_amplified == pytest.approx(expected, rel=1e-9)
+    # the add/remove approximation is dp-accounting's Poisson-sampled Gaussian
+    approx = dp_accounting.rdp.RdpAccountant()
+    approx.compose(
         dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(q, inner) if q < 1 else inner, T
         )
     )
-    assert acc.report().epsilon_amplified == pytest.approx(ref.get_epsilon(delta), abs=1e-9)
+    assert acc.epsilon_amplified_approx() == pytest.approx(approx.get_epsilon(delta), abs=1e-9)
     plain = dp_accounting.rdp.RdpAccountant()
     plain.compose(dp_accounting.SelfComposedDpEvent(inner, T))
     assert acc.report().epsilon == pytest.approx(plain.get_epsilon(delta), rel=1e-9)
@@ -53,9 +67,13 @@ def test_gaussian_matches_dp_accounting_rdp(z: float, q: float, T: int, delta: f
 
 
 def test_gaussian_reference_values() -> None:
-    assert epsilon_for("gaussian", 1.0, 0.1, 100, 1e-5) == pytest.approx(7.899, abs=1e-3)
-    assert epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5) == pytest.approx(2.101, abs=1e-3)
-    pld = epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, accountant="pld")
+    # REFERENCES.md's Poisson values are the add/remove approximation (not a guarantee
+    # for distributed noise; see dp.accounting)
+    assert epsilon_amplified_approx("gaussian", 1.0, 0.1, 100, 1e-5) == pytest.approx(
+        7.899, abs=1e-3)
+    assert epsilon_amplified_approx("gaussian", 1.0, 0.01, 1000, 1e-5) == pytest.approx(
+        2.101, abs=1e-3)
+    pld = epsilon_amplified_approx("gaussian", 1.0, 0.01, 1000, 1e-5, accountant="pld")
     assert pld == pytest.approx(1.83, abs=5e-3)
 
 
@@ -136,6 +154,23 @@ def _subsampled_ref(eps, alpha: int, q: float) -> float:  # type: ignore[no-unty
     return min(val, eps(alpha))
 
 
+def _wbk_ref(eps, alpha: int, gamma: float) -> float:  # type: ignore[no-untyped-def]
+    """Wang-Balle-Kasiviswanathan (AISTATS 2019) Thm. 9 with eps(inf) = inf, the terms
+    summed in log space by hand, min'd with eps(alpha)."""
+    e2 = eps(2)
+    logs = [
+        0.0,
+        math.log(math.comb(alpha, 2)) + 2 * math.log(gamma)
+        + min(math.log(4) + math.log(math.expm1(e2)), e2 + math.log(2)),
+    ]
+    for j in range(3, alpha + 1):
+        logs.append(math.log(2) + math.log(math.comb(alpha, j)) + j * math.log(gamma)
+                    + (j - 1) * eps(j))
+    m = max(logs)
+    val = (m + math.log(sum(math.exp(x - m) for x in logs))) / (alpha - 1)
+    return min(val, eps(alpha))
+
+
 def _epsilon_ref(rdp_by_order: dict[float, float], delta: float) -> float:
     """RDP -> (eps, delta): Canonne-Kamath-Steinke / Asoodeh et al. conversion,
     eps = rdp + log1p(-1/a) - log(delta a) / (a - 1), minimised over the orders
@@ -179,6 +214,9 @@ def test_distributed_epsilon_matches_formulas_written_again(
         def eps1(a: float) -> float:
             return _ddg_rdp_ref(a, l2, l1, plan.local_stddev, n, d)
 
+        def eps_replace(a: float) -> float:  # replace-one: both sensitivities doubled
+            return _ddg_rdp_ref(a, 2 * l2, 2 * l1, plan.local_stddev, n, d)
+
         # Kairouz-Liu-Steinke's bound holds at every real order: the fine grid.
         plain_orders: list[float] = [a for a in FINE_RDP_ORDERS if a <= 256]
     else:
@@ -186,18 +224,26 @@ def test_distributed_epsilon_matches_formulas_written_again(
         def eps1(a: float) -> float:
             return _skellam_rdp_ref(a, l2, l1, n * plan.local_stddev**2)
 
+        def eps_replace(a: float) -> float:
+            return _skellam_rdp_ref(a, 2 * l2, 2 * l1, n * plan.local_stddev**2)
+
         # Agarwal-Kairouz-Liu's is stated for integer orders only.
         plain_orders = [a for a in INTEGER_RDP_ORDERS if a <= 256]
 
     orders = [a for a in INTEGER_RDP_ORDERS if a <= 256]
     plain = {a: T * eps1(a) for a in plain_orders}
-    # q = 1 samples nothing: the amplified figure is the unamplified one.
-    amp = {a: T * _subsampled_ref(eps1, a, q) for a in orders} if q < 1 else plain
-    acc = PrivacyAccountant(config, q)
-    acc.compose(ev, T)
+    # q = 1 samples nothing: the amplified figure is the unamplified one. Otherwise the
+    # cohort of n is n of N = n / q without replacement (WBK at replace-one) ...
+    amp = {a: T * _wbk_ref(eps_replace, a, q) for a in orders} if q < 1 else plain
+    # ... and the add/remove approximation is Zhu-Wang's Poisson bound at zero-out.
+    approx = {a: T * _subsampled_ref(eps1, a, q) for a in orders} if q < 1 else plain
+    acc = PrivacyAccountant(config, q, population=round(n / q))
+    acc.compose(ev, T, cohort=n)
     rep = acc.report()
     assert rep.epsilon == pytest.approx(_epsilon_ref(plain, delta), rel=1e-6)
     assert rep.epsilon_amplified == pytest.approx(_epsilon_ref(amp, delta), rel=1e-6)
+    assert acc.epsilon_amplified_approx() == pytest.approx(_epsilon_ref(approx, delta),
+                                                           rel=1e-6)
 
 
 def test_subsampled_bound_is_above_the_exact_gaussian_and_close() -> None:
@@ -258,8 +304,8 @@ def test_survivors_are_charged(mechanism: str) -> None:
     for s in (40, 60, 80, 100):
         ev = plan.privacy_event(s)
         assert ev.n_shares == s
-        acc = PrivacyAccountant(config, 0.1)
-        acc.compose(ev, 10)
+        acc = PrivacyAccountant(config, 0.1, population=1000)
+        acc.compose(ev, 10, cohort=100)
         eps.append(acc.report().epsilon_amplified)
     assert eps[0] > eps[1] > eps[2] > eps[3]
     # with exactly t survivors the achieved noise multiplier is (at least) the target
@@ -270,26 +316,32 @@ def test_ledger_composition_order_and_would_exceed() -> None:
     config = DPConfig(mechanism="ddgauss", noise_multiplier=1.0, bits=18)
     plan = EncodingPlan.create(config, 1000, 20, 15)
     a, b = plan.privacy_event(15), plan.privacy_event(20)
-    acc1 = PrivacyAccountant(config, 0.2)
-    acc2 = PrivacyAccountant(config, 0.2)
+    acc1 = PrivacyAccountant(config, 0.2, population=100)
+    acc2 = PrivacyAccountant(config, 0.2, population=100)
     for ev in (a, b, a):
-        acc1.compose(ev)
-    acc2.compose(a, 2)
-    acc2.compose(b)
+        acc1.compose(ev, cohort=20)
+    acc2.compose(a, 2, cohort=20)
+    acc2.compose(b, cohort=20)
     assert acc1.report().epsilon == pytest.approx(acc2.report().epsilon, rel=1e-12)
+    assert acc1.report().epsilon_amplified == pytest.approx(
+        acc2.report().epsilon_amplified, rel=1e-12)
     assert acc1.report().rounds == 3
     now = acc1.report().epsilon
     assert acc1.would_exceed(a, now)  # one more round costs something
     assert not acc1.would_exceed(a, now * 10)
+    amp = acc1.report().epsilon_amplified
+    assert acc1.would_exceed(a, amp, cohort=20, amplified=True)
+    assert not acc1.would_exceed(a, amp * 10, cohort=20, amplified=True)
     assert acc1.report().rounds == 3  # would_exceed left the ledger alone
-    assert PrivacyAccountant(config, 0.2).report().epsilon == 0.0
+    assert acc1.report().epsilon_amplified == amp
+    assert PrivacyAccountant(config, 0.2, population=100).report().epsilon == 0.0
 
 
 def test_report_to_dict_and_infinite_none() -> None:
     config = DPConfig(mechanism="none", noise_multiplier=0.0)
     plan = EncodingPlan.create(config, 100, 10, 10)
-    acc = PrivacyAccountant(config, 0.5)
-    acc.compose(plan.privacy_event(10))
+    acc = PrivacyAccountant(config, 0.5, population=20)
+    acc.compose(plan.privacy_event(10), cohort=10)
     d = acc.report().to_dict()
     assert d["epsilon"] is None and d["epsilon_amplified"] is None
     assert set(d) >= {"epsilon", "epsilon_amplified", "delta", "rounds"}
@@ -305,7 +357,7 @@ def test_accountant_rejects_bad_input() -> None:
         PrivacyAccountant(config, 0.1, "bogus")
     other = EncodingPlan.create(DPConfig(mechanism="skellam"), 10, 5, 5).privacy_event(5)
     with pytest.raises(ValueError, match="skellam"):
-        PrivacyAccountant(config, 0.1).compose(other)
+        PrivacyAccountant(config, 0.1, population=1000).compose(other, cohort=5)
     with pytest.raises(DPConfigError, match="rounds"):
         epsilon_for("gaussian", 1.0, 0.1, 0, 1e-5)
 
@@ -342,7 +394,9 @@ def test_epsilon_for_charges_the_clipped_count() -> None:
                                n, n)
     z_update = plan.privacy_event(n).gaussian_noise_multiplier
     z_eff = (z_update**-2 + (2 * n / 20) ** -2) ** -0.5
-    ref = dp_accounting.rdp.RdpAccountant()
+    ref = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     ref.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(z_eff)), 500))
+        dp_accounting.SampledWithoutReplacementDpEvent(
+            10_000, n, dp_accounting.GaussianDpEvent(z_eff / 2)), 500))
     assert with_count == pytest.approx(ref.get_epsilon(1e-5), rel=1e-4)

@@ -32,12 +32,18 @@ def test_epsilon_json_matches_the_library() -> None:
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert {"epsilon", "epsilon_amplified", "delta", "rounds", "assumptions"} <= set(out)
-    assert out["epsilon_amplified"] == pytest.approx(2.101, abs=1e-3)
-    # the CLI's default corrupt fraction is the protocol's, 0.1
-    assert out["epsilon"] == pytest.approx(
-        epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, amplified=False, corrupt=0.1),
-        rel=1e-12,
-    )
+    # the CLI's default corrupt fraction is the protocol's, 0.1; N = K / q = 10,000
+    for amplified in (False, True):
+        key = "epsilon_amplified" if amplified else "epsilon"
+        assert out[key] == pytest.approx(epsilon_for(
+            "gaussian", 1.0, 0.01, 1000, 1e-5, amplified=amplified, corrupt=0.1), rel=1e-12)
+    assert out["population"] == 10_000 and out["cohort_per_round"] == 100
+    assert "conditioned on each round's public cohort size" in out["assumptions"][
+        "epsilon_amplified"]
+    # REFERENCES.md's 2.101 is the add/remove approximation, named as such
+    assert out["epsilon_amplified_approx"] == pytest.approx(2.101, abs=1e-3)
+    assert out["epsilon_amplified_approx_note"].startswith(
+        "add/remove (approximation, not a guarantee)")
     assert out["epsilon"] > out["epsilon_amplified"]
 
 
@@ -88,15 +94,22 @@ def test_json_keeps_its_keys_and_states_sampling_adjacency_corrupt() -> None:
 
 
 def test_old_figures_with_poisson_and_corrupt_0(capsys: pytest.CaptureFixture[str]) -> None:
-    """--sampling poisson --corrupt 0 prints what the accountant printed before this
-    change (the gaussian reference 2.101 and its unamplified figure, bit for bit)."""
+    """--sampling poisson --corrupt 0: the unamplified figure as before, bit for bit; the
+    old Poisson add/remove figure (the gaussian reference 2.101) only under its
+    approximation key; the amplified figure is replace-one, conditioned on the cohort."""
     assert main(["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "poisson",
                  "--corrupt", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["epsilon_amplified"] == pytest.approx(2.101, abs=1e-3)
+    assert out["epsilon_amplified_approx"] == pytest.approx(2.101, abs=1e-3)
     assert out["epsilon"] == epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, amplified=False)
     assert out["corrupt_fraction"] == 0.0 and out["adjacency"]["epsilon_amplified"].startswith(
-        "add/remove")
+        "replace-one")
+    # = 100 of 10,000 without replacement at 2C (dp-accounting's event at z / 2)
+    assert out["epsilon_amplified"] == pytest.approx(20.99, abs=0.01)
+    # text output never prints the approximation
+    assert main(["epsilon", "--noise-multiplier", "1", *COMMON, "--corrupt", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "2.10" not in text and "approx" not in text.replace("approximation, not a proof", "")
 
 
 def test_text_output_names_the_adjacency(capsys: pytest.CaptureFixture[str]) -> None:

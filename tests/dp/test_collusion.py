@@ -28,14 +28,22 @@ CONFIG = DPConfig(mechanism="ddgauss", noise_multiplier=1.0, bits=20)
 
 
 def _figures(event, integer_orders: bool = False) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    acc = PrivacyAccountant(CONFIG, Q)
-    acc.compose(event, ROUNDS)
+    """(unamplified, Poisson add/remove approximation): the two figures the issue quoted
+    (the approximation was the amplified figure then; it is not a guarantee now)."""
+    acc = PrivacyAccountant(CONFIG, Q, population=round(N / Q))
+    acc.compose(event, ROUNDS, cohort=N)
     rep = acc.report()
     if not integer_orders:
-        return rep.epsilon, rep.epsilon_amplified
+        return rep.epsilon, acc.epsilon_amplified_approx()
     ints = np.array(INTEGER_RDP_ORDERS, dtype=float)
     plain = compute_epsilon(list(ints), (ROUNDS * event.rdp(ints)).tolist(), CONFIG.delta)[0]
-    return plain, rep.epsilon_amplified
+    return plain, acc.epsilon_amplified_approx()
+
+
+def _amplified(event) -> float:  # type: ignore[no-untyped-def]
+    acc = PrivacyAccountant(CONFIG, Q, population=round(N / Q))
+    acc.compose(event, ROUNDS, cohort=N)
+    return acc.report().epsilon_amplified
 
 
 def test_issue_example_colluders_noise_was_counted() -> None:
@@ -47,6 +55,8 @@ def test_issue_example_colluders_noise_was_counted() -> None:
     real = old.privacy_event(T_MIN - C)  # the same shares, 10 of them known
     assert _figures(charged, True) == pytest.approx((110.1, 9.82), abs=0.05)
     assert _figures(real, True) == pytest.approx((127.7, 12.28), abs=0.05)
+    # the amplified figure (replace-one, 100 of 1000) moves the same way
+    assert _amplified(real) > _amplified(charged)
 
 
 def test_plan_sizes_for_and_charges_only_the_honest_survivors() -> None:
@@ -90,8 +100,8 @@ def test_harary_example_honest_shares_fall_to_one() -> None:
     assert plan.privacy_event(27).n_shares == 1
     assert plan.privacy_event(27).noise_multiplier >= 1.0 - 1e-12
     # fewer survivors than colluders: no honest share, no guarantee
-    acc = PrivacyAccountant(CONFIG, 0.1)
-    acc.compose(plan.privacy_event(20))
+    acc = PrivacyAccountant(CONFIG, 0.1, population=10_000)
+    acc.compose(plan.privacy_event(20), cohort=1000)
     assert math.isinf(acc.report().epsilon)
 
 
@@ -120,6 +130,7 @@ def test_corrupt_count_and_the_library_take_the_fraction() -> None:
     plan = EncodingPlan.create(
         DPConfig(mechanism="ddgauss", noise_multiplier=1.0), 100_000, N, T_MIN, corrupt=10
     )
-    acc = PrivacyAccountant(plan.config, Q)
-    acc.compose(plan.privacy_event(T_MIN), 10)
+    acc = PrivacyAccountant(plan.config, Q, population=round(N / Q))
+    acc.compose(plan.privacy_event(T_MIN), 10, cohort=N)
     assert rep.epsilon == acc.report().epsilon and rep.corrupt_fraction == 0.1
+    assert rep.epsilon_amplified == acc.report().epsilon_amplified

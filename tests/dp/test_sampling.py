@@ -30,6 +30,7 @@ from dp import (
     PrivacyAccountant,
     RoundPrivacy,
     calibrate_noise,
+    epsilon_amplified_approx,
     epsilon_for,
     epsilon_report,
     wbk_subsampled_rdp,
@@ -52,11 +53,12 @@ def _dp_accounting_fixed(z: float, n: int, k: int, rounds: int, delta: float) ->
 
 
 def test_reference_values_reproduced() -> None:
-    # REFERENCES.md: Poisson-sampled Gaussian (RDP, RDP, PLD) and fixed-size sampling.
-    assert epsilon_for("gaussian", 1.0, 0.1, 100, 1e-5) == pytest.approx(7.899, abs=1e-3)
-    assert epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5) == pytest.approx(2.101, abs=1e-3)
-    pld = epsilon_for("gaussian", 1.0, 0.01, 1000, 1e-5, accountant="pld")
-    assert pld == pytest.approx(1.83, abs=5e-3)
+    # REFERENCES.md: Poisson-sampled Gaussian (RDP, RDP, PLD; add/remove, reachable only
+    # as the named approximation) and fixed-size sampling.
+    approx = functools.partial(epsilon_amplified_approx, "gaussian", 1.0)
+    assert approx(0.1, 100, 1e-5) == pytest.approx(7.899, abs=1e-3)
+    assert approx(0.01, 1000, 1e-5) == pytest.approx(2.101, abs=1e-3)
+    assert approx(0.01, 1000, 1e-5, accountant="pld") == pytest.approx(1.83, abs=5e-3)
     assert _dp_accounting_fixed(1.0, 1000, 100, 100, 1e-5) == pytest.approx(14.054, abs=1e-3)
 
 
@@ -77,17 +79,16 @@ def test_fixed_size_gaussian_is_dp_accountings_event_at_sensitivity_2c() -> None
         )
         assert rep.epsilon_amplified == pytest.approx(expected, abs=0.01)
         assert event.replace_one().gaussian_noise_multiplier == pytest.approx(z_eff / 2)
-    # the Poisson figure at the same point is the reference 7.899
-    assert epsilon_for("gaussian", 1.0, 0.1, 100, 1e-5, bits=40, dim=1000) == pytest.approx(
-        7.899, abs=2e-3
-    )
+    # the Poisson add/remove approximation at the same point is the reference 7.899
+    assert epsilon_amplified_approx("gaussian", 1.0, 0.1, 100, 1e-5, bits=40,
+                                    dim=1000) == pytest.approx(7.899, abs=2e-3)
 
 
 def test_fixed_sampling_was_accounted_as_poisson_before() -> None:
     """The finding: at z=1, N=1000, k=100, T=100 the old accountant printed the Poisson
     7.90 for the server's fixed-size sampling. Now the fixed-size figure is >= 14."""
     fixed = epsilon_for("gaussian", 1.0, 0.1, 100, 1e-5, sampling="fixed", population=1000)
-    poisson = epsilon_for("gaussian", 1.0, 0.1, 100, 1e-5, sampling="poisson")
+    poisson = epsilon_amplified_approx("gaussian", 1.0, 0.1, 100, 1e-5)
     assert poisson == pytest.approx(7.899, abs=2e-3)
     assert fixed > 14.0
 
@@ -153,10 +154,12 @@ def test_fixed_size_discrete_mechanisms_use_wbk_at_replace_one(mechanism: str) -
     rdp = 50 * wbk_subsampled_rdp(per_round, 0.1, INTEGER_RDP_ORDERS)
     ref = compute_epsilon(list(INTEGER_RDP_ORDERS), rdp.tolist(), config.delta)[0]
     assert rep.epsilon_amplified == pytest.approx(ref, rel=1e-12)
-    # the same discrete mechanism under Poisson sampling (add/remove at Delta2) is lower
-    poisson = PrivacyAccountant(config, 0.1)
-    poisson.compose(event, 50)
-    assert poisson.report().epsilon_amplified < rep.epsilon_amplified
+    # Poisson sampling with every cohort at k: the same figure; its add/remove
+    # approximation (Zhu-Wang at Delta2, not a guarantee) is lower
+    poisson = PrivacyAccountant(config, 0.1, population=1000)
+    poisson.compose(event, 50, cohort=100)
+    assert poisson.report().epsilon_amplified == rep.epsilon_amplified
+    assert poisson.epsilon_amplified_approx() < rep.epsilon_amplified
     # and close to the Gaussian figure at 20 bits (same noise, same 2C)
     g = epsilon_for("gaussian", 1.0, 0.1, 50, 1e-5, dim=10_000, sampling="fixed",
                     population=1000)
@@ -181,7 +184,8 @@ def test_every_report_states_adjacency_sampling_and_corrupt_fraction() -> None:
     f = epsilon_report("ddgauss", 1.0, 0.1, 10, 1e-5, corrupt=0.1, sampling="fixed",
                        population=1000)
     one = epsilon_report("ddgauss", 1.0, 1.0, 10, 1e-5)
-    assert (p.sampling, p.adjacency, p.adjacency_amplified) == ("poisson", ZERO_OUT, ADD_REMOVE)
+    assert (p.sampling, p.adjacency, p.adjacency_amplified) == ("poisson", ZERO_OUT, REPLACE_ONE)
+    assert p.population == 1000  # k / q: the expected cohort of 100 at q = 0.1
     assert (f.sampling, f.adjacency, f.adjacency_amplified) == ("fixed", ZERO_OUT, REPLACE_ONE)
     assert f.population == 1000 and p.corrupt_fraction == 0.1
     # q = 1 samples nothing: the amplified figure is the unamplified one, same adjacency
@@ -190,6 +194,7 @@ def test_every_report_states_adjacency_sampling_and_corrupt_fraction() -> None:
     assert d["adjacency"] == {"epsilon": ZERO_OUT, "epsilon_amplified": REPLACE_ONE}
     assert {"sampling", "corrupt_fraction", "population", "amplified_refused"} <= set(d)
     assert "zero-out" in ZERO_OUT and "add/remove" in ADD_REMOVE and "2C" in REPLACE_ONE
+    assert "not a guarantee" in ADD_REMOVE and "conditioned on" in REPLACE_ONE
 
 
 def test_pld_with_fixed_sampling_refuses_the_amplified_figure() -> None:
@@ -214,7 +219,7 @@ def test_sampling_arguments_are_checked() -> None:
     with pytest.raises(DPConfigError, match="0.5"):
         epsilon_report("ddgauss", 1.0, 0.5, 10, 1e-5, sampling="fixed", population=1000)
     with pytest.raises(DPConfigError, match="corrupt"):
-        PrivacyAccountant(config, 0.1, corrupt_fraction=1.0)
+        PrivacyAccountant(config, 0.1, population=1000, corrupt_fraction=1.0)
 
 
 def test_calibration_uses_the_runs_accountant() -> None:
@@ -223,8 +228,10 @@ def test_calibration_uses_the_runs_accountant() -> None:
     assert epsilon_for("ddgauss", z, 0.1, 50, 1e-5, **kw) == pytest.approx(  # type: ignore[arg-type]
         8.0, rel=2e-3
     )
-    z_poisson = calibrate_noise(8.0, 0.1, 50, 1e-5, mechanism="ddgauss", bits=20, dim=10_000)
-    assert z > z_poisson  # replace-one at 2C needs more noise
+    # Poisson sampling is calibrated at the expected cohort k = qN: the same accountant
+    z_poisson = calibrate_noise(8.0, 0.1, 50, 1e-5, mechanism="ddgauss", bits=20, dim=10_000,
+                                corrupt=0.1)
+    assert z_poisson == z
 
 
 # ------------------------------------------------------------------ fine order grid
@@ -235,8 +242,8 @@ def test_unamplified_ddgauss_uses_a_fine_order_grid() -> None:
     at this point; a fine fractional grid gives ~239 (the issue: 324.9 vs 246.8)."""
     config = DPConfig(mechanism="ddgauss", noise_multiplier=0.8, bits=16)
     event = EncodingPlan.create(config, 100_000, 100, 100).privacy_event(100)
-    acc = PrivacyAccountant(config, 0.01)
-    acc.compose(event, 200)
+    acc = PrivacyAccountant(config, 0.01, population=10_000)
+    acc.compose(event, 200, cohort=100)
     fine = acc.report().epsilon
     ints = np.array(INTEGER_RDP_ORDERS, dtype=float)
     integer_only = compute_epsilon(list(ints), (200 * event.rdp(ints)).tolist(), 1e-5)[0]
@@ -252,8 +259,8 @@ def test_unamplified_ddgauss_uses_a_fine_order_grid() -> None:
 def test_skellam_keeps_integer_orders() -> None:
     config = DPConfig(mechanism="skellam", noise_multiplier=0.8, bits=16)
     event = EncodingPlan.create(config, 100_000, 100, 100).privacy_event(100)
-    acc = PrivacyAccountant(config, 0.01)
-    acc.compose(event, 200)
+    acc = PrivacyAccountant(config, 0.01, population=10_000)
+    acc.compose(event, 200, cohort=100)
     ints = list(INTEGER_RDP_ORDERS)
     ref = compute_epsilon(ints, (200 * event.rdp(np.array(ints, float))).tolist(), 1e-5)[0]
     assert acc.report().epsilon == pytest.approx(ref, rel=1e-12)
@@ -269,11 +276,11 @@ def test_ledger_round_trips_through_json(sampling: str) -> None:
     acc = PrivacyAccountant(config, 0.05, sampling=sampling, population=1000,
                             corrupt_fraction=0.1)
     for n in (50, 45, 45, 41):
-        acc.compose(plan.privacy_event(n))
+        acc.compose(plan.privacy_event(n), cohort=50)
     stored = json.loads(json.dumps(acc.to_dict()))
     again = PrivacyAccountant.from_dict(stored)
     assert again.report() == acc.report()
-    assert [c for _, c in again.ledger] == [1, 2, 1]
+    assert [(c, s) for _, c, s in again.ledger] == [(1, 50), (2, 50), (1, 50)]
     # one event at a time, as a write-ahead charge would be stored
     ev = plan.privacy_event(45)
     assert RoundPrivacy.from_dict(json.loads(json.dumps(ev.to_dict()))) == ev
@@ -292,4 +299,5 @@ def test_stored_records_are_validated() -> None:
     with pytest.raises(DPConfigError, match="mechanism"):
         RoundPrivacy.from_dict({k: v for k, v in ev.items() if k != "mechanism"})
     with pytest.raises(DPConfigError, match="events"):
-        PrivacyAccountant.from_dict({"config": DPConfig().to_dict(), "sample_rate": 0.1})
+        PrivacyAccountant.from_dict({"config": DPConfig().to_dict(), "sample_rate": 0.1,
+                                     "population": 1000})
