@@ -932,7 +932,7 @@ def _accountant_for(
         if abs(n_float - population) > 1e-6 * max(1.0, n_float):
             raise DPConfigError(
                 f"Poisson sampling is accounted per cohort size, as s of N devices: give the "
-                f"population N (with q = {sample_rate!r}, k = {k} devices per round is "
+                f"population N (--clients) (with q = {sample_rate!r}, k = {k} devices a round is "
                 f"N = {n_float:g}, not an integer)"
             )
     _check_population(
