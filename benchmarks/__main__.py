@@ -43,6 +43,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("cost", "benchmarks.cost", "one secure-aggregation round: time, bytes, exactness"),
     Subcommand("privacy", "benchmarks.privacy", "accuracy against ε through the real pipeline"),
     Subcommand("audit", "benchmarks.audit", "measured lower bound on ε against the claim"),
+    Subcommand("sim", "benchmarks.sim", "seconds per round of the engines against the floor"),
 )
 
 ALL_HELP = "every benchmark's full suite (make bench): writes benchmarks/results/"

@@ -1,21 +1,23 @@
 """``python -m benchmarks privacy``: accuracy against ε through the real pipeline.
 
-Every federated point runs :class:`clients.simulation.Simulation`: a ``python -m server``
-subprocess on loopback, N device objects talking signed HTTP to it, secure aggregation
-(Harary graph, the server's threshold), each device's share of distributed noise
-(``gaussian``, ``ddgauss`` or ``skellam``) and the server's accountant. Every figure in the
-table comes from that run: accuracy from the server's evaluation of the global model on
-the task's test set (``GET /v1/rounds``), spent ε from the server's accountant.
+Every federated point runs the in-process research engine
+(:class:`clients.engines.local.InProcessEngine`): the server's round logic
+(:mod:`server.round`) and N simulated devices (:class:`clients.round.DeviceRound`) with
+the real secure aggregation (Harary graph, the server's threshold), each device's share of
+distributed noise (``gaussian``, ``ddgauss`` or ``skellam``) and the server's accountant —
+the same code the HTTP server and devices run, without sockets. Every figure in the
+table comes from that run's round log: accuracy from the server's evaluation of the
+global model on the task's test set, spent ε from the server's accountant.
 
 Two ε per point, as the server reports them:
 
 - **ε (unamplified)** holds against anyone, including this server, which knows whom it
   sampled;
-- **ε amplified** uses Poisson subsampling at q = per_round / clients and holds only if the
-  adversary does not learn who took part in a round.
+- **ε amplified** is proven for the sampling the server did (Poisson at q = per_round /
+  clients by default) and holds only if the adversary does not learn who took part.
 
 The *target* ε is what the noise is calibrated for (``SimOptions(target_epsilon=...)``,
-see ``clients.simulation.resolve_noise``): the amplified ε after the planned rounds when
+see ``clients.options.resolve_noise``): the amplified ε after the planned rounds when
 only m of the sampled devices survive, m = max(t, ceil(min_survivors · per_round)) with t
 the secure-aggregation threshold (``--min-survivors``, default 0.9; devices refuse to
 unmask a round with fewer than m inputs). Shares are sized for m contributors (DESIGN.md:
@@ -294,15 +296,8 @@ def _base_record(point: Point, settings: Settings) -> dict[str, Any]:
 def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
     import tempfile  # noqa: PLC0415
 
-    import httpx  # noqa: PLC0415
-
-    from clients.device import DeviceError  # noqa: PLC0415
-    from clients.simulation import (  # noqa: PLC0415
-        ServerStartError,
-        SimOptions,
-        Simulation,
-        UsageError,
-    )
+    from clients.engines.local import InProcessEngine  # noqa: PLC0415
+    from clients.options import SimOptions, UsageError  # noqa: PLC0415
     from dp import DPConfigError  # noqa: PLC0415
 
     rec = _base_record(point, settings)
@@ -315,11 +310,11 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
         target_epsilon=point.epsilon if private else None, delta=point.delta,
         clip=settings.clip, bits=int(point.bits or 20), graph=settings.graph,
         seed=point.seed, stage_timeout=settings.stage_timeout,
-        min_survivors=settings.min_survivors,
+        min_survivors=settings.min_survivors, engine="local",
     )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp:
-        sim = Simulation(opts, workdir=Path(tmp), console=None)
+        sim = InProcessEngine(opts, workdir=Path(tmp), console=None)
         try:
             result = sim.run()
         except (DPConfigError, UsageError) as exc:
@@ -327,8 +322,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
             rec["status"] = "unreachable: " + " ".join(str(exc).split())
             rec["wall_s"] = time.monotonic() - t0
             return rec
-        except (ServerStartError, DeviceError, httpx.HTTPError, OSError, ValueError,
-                RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             rec["status"] = f"failed: {type(exc).__name__}: " + " ".join(str(exc).split())
             rec["wall_s"] = time.monotonic() - t0
             return rec
@@ -336,7 +330,9 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
             sim.stop()
     rec["wall_s"] = float(result.elapsed_s)
     rec["noise_multiplier"] = float(result.noise_multiplier)
-    rec["stage_timeout"] = float(result.stage_timeout)
+    rec["stage_timeout"] = None
+    rec["engine"] = result.engine
+    rec["secure_sum"] = result.secure_sum
     rec["device_errors"] = len(result.device_errors)
     rec["device_error_messages"] = [str(e)[:300] for e in result.device_errors[:5]]
     rec["finished_reason"] = result.status.get("finished_reason")
@@ -347,7 +343,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
 def summarize_rounds(rounds: Sequence[dict[str, Any]], planned: int,
                      status: dict[str, Any]) -> dict[str, Any]:
     """Accuracy, ε and timing from the server's round log (``GET /v1/rounds``)."""
-    from clients.simulation import count  # noqa: PLC0415
+    from clients.engines.common import count  # noqa: PLC0415
 
     done = [r for r in rounds if r.get("status") == "done"]
     curve = [{"round": int(r["round"]), "accuracy": _num(r.get("accuracy")),

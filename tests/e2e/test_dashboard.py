@@ -532,9 +532,10 @@ def test_real_training_run_in_the_browser(browser: Any, tmp_path: Path) -> None:
     """A short real run (server subprocess + 3 devices, digits): the page follows it live."""
     _real_create_app()
     try:
-        from clients.simulation import SimOptions, Simulation
+        from clients.engines.http import HttpEngine as Simulation
+        from clients.options import SimOptions
     except ImportError as err:
-        pytest.skip(f"clients.simulation not available yet ({err})")
+        pytest.skip(f"clients.engines.http not available ({err})")
     import httpx
 
     opts = SimOptions(

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from clients.device import RoundTrace
-from clients.simulation import SimOptions, Simulation, SimulationResult
+from clients.engines.http import HttpEngine as Simulation
+from clients.engines.local import EngineResult as SimulationResult
+from clients.options import SimOptions
 
 pytestmark = pytest.mark.timeout(170)
 

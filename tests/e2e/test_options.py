@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.device import DROPOUT_STAGES, DropoutSchedule, TrainingSettings, parse_shard
-from clients.simulation import SimOptions, UsageError, load_options_file, merge_options
+from clients.device import TrainingSettings
+from clients.device.cli import parse_shard
+from clients.engines.common import DROPOUT_STAGES, DropoutSchedule
+from clients.options import SimOptions, UsageError, load_options_file, merge_options
 
 
 def test_cli_overrides_file_and_defaults(tmp_path: Path) -> None:
@@ -82,15 +84,17 @@ def test_training_settings_from_public_config() -> None:
 def test_summary_labels_an_unproven_epsilon(tmp_path: Path, mechanism: str, caveat: bool) -> None:
     """The closing summary prints both ε with their assumptions, and for `gaussian` the
     caveat that its accounting is an approximation."""
-    from clients.simulation import SimulationResult, summary_lines
+    from clients.engines.local import EngineResult
+    from clients.run import summary_lines
 
     opts = SimOptions(task="digits", mechanism=mechanism)
     rounds = [{"round": 0, "status": "done", "accuracy": 0.5, "loss": 1.0,
                "epsilon": 3.0, "epsilon_amplified": 1.0, "delta": 1e-5}]
-    result = SimulationResult(
+    result = EngineResult(
         rounds=rounds, status={"epsilon": 3.0, "epsilon_amplified": 1.0, "delta": 1e-5},
         db_path=tmp_path / "db", log_path=tmp_path / "log", workdir=tmp_path, url="",
         config=None, noise_multiplier=1.0, stage_timeout=10.0, elapsed_s=1.0,
+        engine="http", secure_sum="protocol",
     )
     text = "\n".join(summary_lines(result, opts))
     assert "ε = 3" in text and "ε amplified = 1" in text
@@ -98,14 +102,16 @@ def test_summary_labels_an_unproven_epsilon(tmp_path: Path, mechanism: str, cave
 
 
 def test_summary_says_no_dp_for_mechanism_none(tmp_path: Path) -> None:
-    from clients.simulation import SimulationResult, summary_lines
+    from clients.engines.local import EngineResult
+    from clients.run import summary_lines
 
     opts = SimOptions(task="digits", mechanism="none")
-    result = SimulationResult(
+    result = EngineResult(
         rounds=[{"round": 0, "status": "done", "accuracy": 0.5, "loss": 1.0}],
         status={"epsilon": None, "epsilon_amplified": None, "delta": 1e-5},
         db_path=tmp_path / "db", log_path=tmp_path / "log", workdir=tmp_path, url="",
         config=None, noise_multiplier=0.0, stage_timeout=10.0, elapsed_s=1.0,
+        engine="http", secure_sum="protocol",
     )
     text = "\n".join(summary_lines(result, opts))
     assert "ε = ∞" in text and "no differential privacy" in text
@@ -115,7 +121,8 @@ def test_summary_says_no_dp_for_mechanism_none(tmp_path: Path) -> None:
 def test_min_survivors_reaches_the_protocol_and_the_noise_sizing() -> None:
     """--min-survivors goes into the server's protocol config, and the noise is
     calibrated for that many contributors (not for the smaller threshold t)."""
-    from clients.simulation import Simulation, build_experiment
+    from clients.engines.http import HttpEngine as Simulation
+    from clients.options import build_experiment
 
     plain = Simulation(SimOptions(task="digits", clients=20, per_round=10))
     strict = Simulation(SimOptions(task="digits", clients=20, per_round=10, min_survivors=0.8))
@@ -132,7 +139,7 @@ def test_monitor_get_retries_dropped_connections(monkeypatch: pytest.MonkeyPatch
     dropped (transport errors are retried), and give up after the last attempt."""
     import httpx
 
-    import clients.simulation as sim
+    import clients.engines.http as sim
 
     monkeypatch.setattr(sim.time, "sleep", lambda s: None)
     calls: list[str] = []
