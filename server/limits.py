@@ -28,6 +28,7 @@ __all__ = [
     "ConcurrencyLimiter",
     "RequestLimits",
     "TokenBuckets",
+    "UploadGate",
     "read_body",
 ]
 
@@ -240,16 +241,58 @@ class ConcurrencyLimiter:
                 self._in_flight[key] = left
 
 
+class UploadGate:
+    """At most ``slots`` large bodies read at once, ``queue`` more waiting, 429 beyond.
+
+    Why both: a request waiting here has not had its body read by the app, but the ASGI
+    server has already buffered part of it (uvicorn reads up to its 64 KiB high-water mark
+    plus one socket read of up to 256 KiB before it pauses the connection), so a waiting
+    upload is not free. Refusing past the queue (429, ``Retry-After``) instead of queueing
+    every upload keeps the server's memory bounded by ``(slots + queue)`` bodies, whatever
+    the number of devices; a refused device retries and the stage deadline leaves it time.
+    """
+
+    def __init__(self, slots: int, queue: int) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"upload slots must be an int >= 1, got {slots!r}")
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
+            raise ValueError(f"upload queue must be an int >= 0, got {queue!r}")
+        self.slots = slots
+        self.queue = queue
+        self._admitted = 0  # reading or waiting to read
+        self._sem: asyncio.Semaphore | None = None
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._admitted >= self.slots + self.queue:
+            raise ApiError(
+                429,
+                f"{self._admitted} masked inputs are being received; retry in a second",
+                headers={"Retry-After": "1"},
+            )
+        if self._sem is None:  # created inside the running event loop
+            self._sem = asyncio.Semaphore(self.slots)
+        self._admitted += 1
+        try:
+            async with self._sem:
+                yield
+        finally:
+            self._admitted -= 1
+
+
 class RequestLimits:
     """Per-app limits that are not per-request: concurrent long-polls and body uploads.
 
     - ``device_polls``: long-polls in flight per authenticated device (a device needs one).
     - ``anon_polls``: unauthenticated long-polls in flight per client address and in total
       (the dashboard needs one per open page).
-    - ``uploads``: masked-input bodies read at the same time. Each is ``packed_size(d, b)``
-      bytes; bounding how many are in memory at once keeps the server's memory O(d), not
-      O(n * d), however many devices upload together (the rest wait before their body is
-      read; uvicorn stops reading their sockets meanwhile, so the bytes stay in the kernel).
+    - ``uploads``: masked-input bodies read at the same time, and waiting (:class:`UploadGate`).
+      Each body is ``packed_size(d, b)`` bytes; bounding how many are in the server at once
+      keeps its memory O(d), not O(n * d), however many devices upload together.
     """
 
     def __init__(
@@ -257,20 +300,11 @@ class RequestLimits:
         device_polls: int = 4,
         anon_polls_per_host: int = 16,
         anon_polls_total: int = 1024,
-        uploads: int = 4,
+        upload_slots: int = 4,
+        upload_queue: int = 12,
     ) -> None:
-        if isinstance(uploads, bool) or not isinstance(uploads, int) or uploads < 1:
-            raise ValueError(f"uploads must be an int >= 1, got {uploads!r}")
         self.device_polls = ConcurrencyLimiter(device_polls, 1 << 30, "long-polls")
         self.anon_polls = ConcurrencyLimiter(
             anon_polls_per_host, anon_polls_total, "unauthenticated long-polls"
         )
-        self.upload_slots = uploads
-        self._uploads: asyncio.Semaphore | None = None
-
-    @property
-    def uploads(self) -> asyncio.Semaphore:
-        """Created on first use, inside the running event loop."""
-        if self._uploads is None:
-            self._uploads = asyncio.Semaphore(self.upload_slots)
-        return self._uploads
+        self.uploads = UploadGate(upload_slots, upload_queue)

@@ -9,15 +9,19 @@ who took part, and these routes are open to anyone (:func:`public_round`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
 from server.deps import DriverDep, ModelsDep, SettingsDep, StoreDep
 from server.schemas import ModelMeta, Status
 
 router = APIRouter(prefix="/v1", tags=["model"])
+
+#: bytes per chunk of a streamed model download
+MODEL_CHUNK = 1 << 16
 
 
 @router.get(
@@ -33,11 +37,29 @@ router = APIRouter(prefix="/v1", tags=["model"])
     },
 )
 async def get_model(driver: DriverDep) -> Response:
-    """The current global model as float32 little-endian bytes."""
-    return Response(
-        content=driver.model_bytes,
+    """The current global model as float32 little-endian bytes.
+
+    Streamed in chunks of :data:`MODEL_CHUNK` bytes from the one shared copy: the ASGI
+    server then holds at most about a chunk per connection in its write buffers (it waits
+    for a slow reader before taking the next chunk), where one ``Response(content=...)``
+    would copy the rest of the model into the buffer of every connection that cannot take
+    it at once. With n devices downloading together that is O(n) small chunks, not n * d.
+    """
+    data, version = driver.model_bytes, driver.model_version
+    view = memoryview(data)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(view), MODEL_CHUNK):
+            yield bytes(view[start : start + MODEL_CHUNK])
+
+    return StreamingResponse(
+        chunks(),
         media_type="application/octet-stream",
-        headers={"X-Model-Version": str(driver.model_version), "Cache-Control": "no-store"},
+        headers={
+            "X-Model-Version": str(version),
+            "Cache-Control": "no-store",
+            "Content-Length": str(len(data)),
+        },
     )
 
 

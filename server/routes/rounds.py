@@ -163,15 +163,16 @@ async def post_masked_input(
 ) -> Accepted:
     """Masked input (octet-stream). Added to the running sum here; never stored or logged.
 
-    Only a few bodies are read at a time (``RequestLimits.uploads``): the others wait
-    before their body is read, so the server's memory stays O(d) with n devices uploading.
+    Only a few bodies are read at a time and a few more may wait (``RequestLimits.uploads``);
+    past that the upload is refused with 429 and ``Retry-After`` before its body is read,
+    so the server's memory stays O(d) however many of the n devices upload together.
     """
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/octet-stream":
         raise ApiError(415, "masked input must be sent as application/octet-stream")
     size = driver.masked_input_size(r)
     limit = size if size is not None else settings.experiment.server.max_json_bytes
-    async with limits.uploads:
+    async with limits.uploads.slot():
         body = await read_body(request, limit)
         device_id = auth.authenticate(request, body)
         await driver.submit_masked_input(r, device_id, body)
