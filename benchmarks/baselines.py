@@ -12,8 +12,9 @@ Both harnesses run the workload of ``sim_workload.py`` (Fashion-MNIST CNN of the
 ``fashion`` task, 56,714 parameters; 1000 devices x 60 IID examples; 100 per round;
 1 local epoch at batch 32; SGD lr 0.05; FedAvg) on legacy Keras (``tf_keras`` 2.21,
 Keras 2 like our stack; pfl 0.6 mis-handles Keras 3 models, see ``pfl_harness.py``),
-and also time a compiled-step floor in the same process, so a baseline measured on a
-busy machine can be read as a ratio to the floor measured at the same moment.
+and also time a compiled floor in the same process, one pass right after each round, so
+a baseline measured on a busy machine can be read as the median of the paired ratios
+round / floor (``ratio_to_floor``).
 
 :func:`run_pfl` and :func:`run_flower_sim` return a plain dict: ``status`` ``"ok"`` with
 ``seconds_per_round`` (median after the warm-up rounds), ``accuracy`` (test set, after
@@ -186,12 +187,14 @@ def parse_harness_output(framework: str, stdout: str, stderr: str, returncode: i
         if rounds != expected_rounds:
             raise ValueError(f"ran {rounds!r} rounds, asked for {expected_rounds}")
         floor = _number(raw, "floor_seconds") if "floor_seconds" in raw else None
+        ratio = _number(raw, "ratio_to_floor") if "ratio_to_floor" in raw else None
+        if (floor is None) != (ratio is None) or (ratio is not None and ratio <= 0.0):
+            raise ValueError(f"floor_seconds {floor!r} with ratio_to_floor {ratio!r}")
     except ValueError as err:
         return error_record(framework, f"bad result: {err}", rounds=expected_rounds, raw=raw)
     if returncode != 0:
         return error_record(framework, f"harness exit {returncode} after a result line",
                             rounds=expected_rounds, raw=raw)
-    ratio = spr / floor if floor else None
     record = {
         "status": "ok",
         "framework": framework,
@@ -218,8 +221,9 @@ def _notes(rec: dict[str, Any]) -> str:
     parts.append(f"TensorFlow {raw.get('tensorflow')}, {raw.get('keras')}")
     parts.append(f"median of rounds {int(rec['warmup'] or 0) + 1}..{rec['rounds']}")
     if rec["floor_seconds"] is not None:
-        parts.append(f"compiled-step floor {rec['floor_seconds']:.2f} s in the same venv "
-                     f"(ratio {rec['ratio_to_floor']:.2f})")
+        parts.append(f"compiled floor {rec['floor_seconds']:.2f} s in the same venv, one "
+                     f"pass after each round (median paired ratio "
+                     f"{rec['ratio_to_floor']:.2f})")
     if rec["load"]:
         parts.append(f"load average {rec['load'][0]:.2f}")
     return "; ".join(parts)
@@ -254,13 +258,13 @@ def run_harness(venv: Venv, args: Sequence[str], *, rounds: int, timeout_s: floa
     return record
 
 
-def _workload_args(warmup: int, floor_reps: int, seed: int, devices: int, cohort: int,
+def _workload_args(warmup: int, floor: bool, seed: int, devices: int, cohort: int,
                    epochs: int) -> list[str]:
-    return ["--warmup", str(warmup), "--floor-reps", str(floor_reps), "--seed", str(seed),
+    return ["--warmup", str(warmup), "--floor" if floor else "--no-floor", "--seed", str(seed),
             "--devices", str(devices), "--cohort", str(cohort), "--epochs", str(epochs)]
 
 
-def run_pfl(rounds: int = 12, *, warmup: int = 2, floor_reps: int = 3, seed: int = 0,
+def run_pfl(rounds: int = 12, *, warmup: int = 2, floor: bool = True, seed: int = 0,
             devices: int = 1000, cohort: int = 100, epochs: int = 1,
             timeout_s: float | None = None, create_venv: bool = True) -> dict[str, Any]:
     """pfl-research's ``SimulatedBackend`` on the workload (one process, one model)."""
@@ -268,13 +272,13 @@ def run_pfl(rounds: int = 12, *, warmup: int = 2, floor_reps: int = 3, seed: int
         return error_record("pfl-research", f"rounds {rounds} must exceed warmup {warmup}",
                             rounds=rounds)
     timeout = timeout_s if timeout_s is not None else 300.0 + 30.0 * rounds * epochs
-    return run_harness(VENVS["pfl"], _workload_args(warmup, floor_reps, seed, devices,
-                                                    cohort, epochs),
+    return run_harness(VENVS["pfl"], _workload_args(warmup, floor, seed, devices, cohort,
+                                                    epochs),
                        rounds=rounds, timeout_s=timeout, create_venv=create_venv)
 
 
 def run_flower_sim(rounds: int = 12, compiled: bool = True, *, warmup: int = 2,
-                   client_cpus: float = 1.0, floor_reps: int = 3, seed: int = 0,
+                   client_cpus: float = 1.0, floor: bool = True, seed: int = 0,
                    devices: int = 1000, cohort: int = 100, epochs: int = 1,
                    timeout_s: float | None = None, create_venv: bool = True
                    ) -> dict[str, Any]:
@@ -290,7 +294,7 @@ def run_flower_sim(rounds: int = 12, compiled: bool = True, *, warmup: int = 2,
                             rounds=rounds)
     per_round = 60.0 if compiled else 150.0  # Keras fit took 42 s a round at load 8-11
     timeout = timeout_s if timeout_s is not None else 300.0 + per_round * rounds * epochs
-    args = [*_workload_args(warmup, floor_reps, seed, devices, cohort, epochs),
+    args = [*_workload_args(warmup, floor, seed, devices, cohort, epochs),
             "--train", train, "--client-cpus", str(client_cpus)]
     return run_harness(VENVS["flwrsim"], args, rounds=rounds, timeout_s=timeout,
                        create_venv=create_venv, label=label)
@@ -307,7 +311,7 @@ def build_parser() -> OneLineParser:
     run.add_argument("--rounds", type=positive_int, default=12)
     run.add_argument("--warmup", type=int, default=2)
     run.add_argument("--client-cpus", type=float, default=1.0)
-    run.add_argument("--floor-reps", type=int, default=3)
+    run.add_argument("--no-floor", action="store_true", help="skip the compiled floor")
     run.add_argument("--no-create", action="store_true", help="fail instead of creating a venv")
     return parser
 
@@ -321,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"error: {err}\n")
             return 1
         return 0
-    common = {"warmup": args.warmup, "floor_reps": args.floor_reps,
+    common = {"warmup": args.warmup, "floor": not args.no_floor,
               "create_venv": not args.no_create}
     if args.which == "pfl":
         result = run_pfl(args.rounds, **common)

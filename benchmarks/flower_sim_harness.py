@@ -30,8 +30,10 @@ so Ray pickles it by reference and the per-actor cache survives from call to cal
 What is timed: each round from the strategy's ``configure_train`` to the end of its
 ``aggregate_train``: sampling, sending the model to 100 ClientApps through Ray, their
 training, the replies and FedAvg. Centralised evaluation is outside the loop; the test
-accuracy is computed once, after the run, on the final arrays. Ray's start-up and the
-actors' first calls (TensorFlow import, tracing) fall in the warm-up rounds.
+accuracy is computed once, after the run, on the final arrays. The paired
+compiled-floor pass runs in this process after each round's clock stops, while the
+actors wait for the next round. Ray's start-up and the actors' first calls (TensorFlow
+import, tracing) fall in the warm-up rounds.
 
 Prints one ``BENCH_RESULT {json}`` line (see ``sim_workload.emit``).
 """
@@ -140,6 +142,7 @@ class TimedFedAvg(FedAvg):  # type: ignore[misc]
         errors = [m.error.reason for m in replies if m.has_error()]
         out = super().aggregate_train(server_round, replies)
         self.round_times.append(time.perf_counter() - self._start)
+        RUN["measurement"].between_rounds()  # paired floor pass; the actors are idle now
         RUN["replies"].append(len(replies) - len(errors))
         if errors:
             RUN["errors"].append(errors[0])
@@ -183,7 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import flwr
     from flwr.simulation import run_simulation
 
-    m = wl.Measurement(args)  # data, shards, and the floor before the rounds
+    m = wl.Measurement(args)  # data, shards, the traced floor
+    RUN["measurement"] = m
     cores = os.cpu_count() or 1
     t0 = time.perf_counter()
     run_simulation(

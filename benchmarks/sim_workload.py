@@ -16,11 +16,12 @@ each harness gets the one workload definition from one place:
 - model: the same Keras architecture as ``FashionTask.build_model`` (56,714 parameters;
   ``tests/benchmarks/test_baselines.py`` checks the two agree layer by layer);
 - the compiled floor: the cohort's examples through one compiled local update per
-  device (``CompiledFloor``), on one stream, in the harness's own TensorFlow, so each
-  baseline's seconds per round can be read against the same machine's floor at the same
-  moment;
-- the harness scaffolding: the workload's flags, the Keras choice, the floor measured
-  around the rounds, the common fields of the result and the one ``BENCH_RESULT {json}``
+  device (``CompiledFloor``), on one stream, in the harness's own TensorFlow, one pass
+  right after each round, so each round's time can be read against the same machine's
+  floor at the same moment (this machine may be shared: the ratio is the steadier
+  figure);
+- the harness scaffolding: the workload's flags, the Keras choice, the floor passes
+  between rounds, the common fields of the result and the one ``BENCH_RESULT {json}``
   line on stdout that ``benchmarks/baselines.py`` parses (:func:`harness_main`).
 """
 
@@ -177,10 +178,9 @@ class CompiledFloor:
     update: assign the global weights in place, run ``epochs`` x ceil(per_device /
     batch) SGD steps (unrolled at trace time: shard sizes are fixed), add the delta to
     a running sum. No framework, no sampling machinery, no transport: the cost that any
-    simulator of this workload must pay, measured by this venv's TensorFlow. The first
-    pass traces the function and is not timed. A harness measures :meth:`measure`
-    before and after its rounds, so a load that drifts during the run shows up in the
-    floor too (the machine may be shared).
+    simulator of this workload must pay, measured by this venv's TensorFlow. The
+    constructor runs one untimed pass (tracing); each :meth:`one_pass` is one timed
+    cohort with freshly sampled devices.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, shards: np.ndarray, *, cohort: int,
@@ -214,9 +214,10 @@ class CompiledFloor:
 
         self._local_update = local_update
         self._rng = np.random.default_rng(seed + 1)
-        self._pass()  # trace
+        self.one_pass()  # trace
 
-    def _pass(self) -> float:
+    def one_pass(self) -> float:
+        """Seconds for one cohort's local updates (sampled anew)."""
         tf = self._tf
         chosen = self._rng.choice(len(self.shards), size=self.cohort, replace=False)
         t0 = time.perf_counter()
@@ -230,13 +231,22 @@ class CompiledFloor:
 
     def measure(self, reps: int) -> list[float]:
         """``reps`` timed passes of a whole cohort."""
-        return [self._pass() for _ in range(max(1, reps))]
+        return [self.one_pass() for _ in range(max(1, reps))]
 
 
-def floor_fields(before: list[float], after: list[float]) -> dict[str, Any]:
-    """The floor's fields of a result record: the median of all passes, and each side."""
-    return {"floor_seconds": statistics.median(before + after), "floor_before": before,
-            "floor_after": after}
+def floor_fields(round_times: list[float], floor_times: list[float], warmup: int
+                 ) -> dict[str, Any]:
+    """The floor's fields of a result record, from one floor pass after each round:
+    the median floor over the timed rounds, and the median of the paired ratios
+    round_i / floor_i (a load that changes during the run affects both of a pair)."""
+    if len(floor_times) != len(round_times):
+        raise ValueError(f"{len(floor_times)} floor passes for {len(round_times)} rounds")
+    pairs = list(zip(round_times[warmup:], floor_times[warmup:], strict=True))
+    if not pairs:
+        raise ValueError(f"{len(round_times)} rounds and {warmup} warm-up rounds: no pair")
+    return {"floor_seconds": statistics.median(f for _, f in pairs),
+            "ratio_to_floor": statistics.median(r / f for r, f in pairs),
+            "floor_times": floor_times}
 
 
 def median_after_warmup(times: list[float], warmup: int) -> float:
@@ -283,8 +293,8 @@ def workload_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=str(FASHION_DIR))
-    p.add_argument("--floor-reps", type=int, default=3,
-                   help="timed floor passes before and after the rounds each; 0 skips it")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="time one compiled-floor pass after each round (default: on)")
     p.add_argument("--keras", choices=("legacy", "3"), default="legacy",
                    help="legacy = tf_keras (Keras 2, like the project's stack)")
     return p
@@ -299,7 +309,7 @@ def parse_workload(parser: argparse.ArgumentParser, argv: list[str] | None) -> a
 
 class Measurement:
     """What every harness measures around its framework's rounds: the machine's load,
-    the compiled floor before and after (see :class:`CompiledFloor`), and the fields of
+    a compiled-floor pass after each round (see :class:`CompiledFloor`), and the fields of
     the result record that do not depend on the framework."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -308,18 +318,23 @@ class Measurement:
         self.x_train, self.y_train, self.x_test, self.y_test = load_fashion(args.data_dir)
         self.shards = iid_shards(len(self.x_train), args.devices, args.per_device, args.seed)
         self.floor: CompiledFloor | None = None
-        self.floor_before: list[float] = []
-        if args.floor_reps > 0:
+        self.floor_times: list[float] = []
+        if args.floor:
             self.floor = CompiledFloor(
                 self.x_train, self.y_train, self.shards, cohort=args.cohort,
                 epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
             )
-            self.floor_before = self.floor.measure(args.floor_reps)
+
+    def between_rounds(self) -> None:
+        """One timed floor pass; a harness calls this right after timing each round and
+        restarts its round clock afterwards, so the pass is in no round's time."""
+        if self.floor is not None:
+            self.floor_times.append(self.floor.one_pass())
 
     def record(self, framework: str, version_: str, round_times: list[float],
                total_seconds: float, trained_model: Any, **extra: Any) -> dict[str, Any]:
         """The result record: test accuracy of ``trained_model``, the median round time,
-        the floor after the rounds, the load; ``extra`` holds the framework's own fields."""
+        the paired floor figures, the load; ``extra`` holds the framework's own fields."""
         import tensorflow as tf
 
         a = self.args
@@ -348,7 +363,7 @@ class Measurement:
             **extra,
         }
         if self.floor is not None:
-            rec.update(floor_fields(self.floor_before, self.floor.measure(a.floor_reps)))
+            rec.update(floor_fields(round_times, self.floor_times, a.warmup))
         rec["load_end"] = machine_load()
         return rec
 

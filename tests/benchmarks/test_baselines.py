@@ -20,6 +20,7 @@ from benchmarks import sim_workload as wl
 def result_line(**fields: object) -> str:
     record = {"ok": True, "version": "0.6.0", "rounds": 5, "warmup": 2,
               "seconds_per_round": 1.5, "accuracy": 0.4, "floor_seconds": 1.2,
+              "ratio_to_floor": 1.25,
               "round_times": [3.0, 2.0, 1.5, 1.4, 1.6], "load_after_rounds": [1.0, 0.5, 0.2],
               "tensorflow": "2.21.0", "keras": "tf_keras 2.21.0"}
     record.update(fields)
@@ -49,8 +50,9 @@ def test_ok_line_among_logs_gives_figures_and_floor_ratio() -> None:
 
 
 def test_last_result_line_wins_and_floor_is_optional() -> None:
-    out = result_line(seconds_per_round=9.0) + "\n" + result_line(floor_seconds=None)
-    out = out.replace(', "floor_seconds": null', "")
+    last = json.loads(result_line()[len(wl.RESULT_PREFIX):])
+    del last["floor_seconds"], last["ratio_to_floor"]
+    out = result_line(seconds_per_round=9.0) + "\n" + wl.RESULT_PREFIX + json.dumps(last)
     rec = parse(out)
     assert rec["seconds_per_round"] == 1.5
     assert rec["floor_seconds"] is None and rec["ratio_to_floor"] is None
@@ -74,6 +76,8 @@ def test_no_result_line_quotes_exit_code_and_last_useful_stderr_line() -> None:
         (result_line(seconds_per_round=0.0), "not positive"),
         (result_line(seconds_per_round="fast"), "not a number"),
         (result_line(accuracy=None), "accuracy is None"),
+        (result_line(ratio_to_floor=None), "ratio_to_floor is None"),
+        (result_line(ratio_to_floor=-1.0), "with ratio_to_floor -1.0"),
     ],
 )
 def test_bad_result_lines_give_error_records(line: str, fragment: str) -> None:
@@ -196,7 +200,7 @@ def test_compiled_floor_sums_the_same_deltas_as_a_plain_sgd_loop() -> None:
     y = rng.integers(0, 10, size=40).astype(np.int64)
     shards = wl.iid_shards(40, 4, 10, seed=1)
     floor = wl.CompiledFloor(x, y, shards, cohort=4, epochs=2, batch=4, lr=0.05, seed=0)
-    assert all(t > 0 for t in floor.measure(1))
+    assert floor.one_pass() > 0
     got = [s.numpy() for s in floor._sums]
 
     model = wl.build_fashion_cnn(seed=0)
@@ -212,3 +216,11 @@ def test_compiled_floor_sums_the_same_deltas_as_a_plain_sgd_loop() -> None:
         want = [acc + w - s for acc, w, s in zip(want, model.get_weights(), start, strict=True)]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_floor_fields_pair_each_round_with_the_pass_after_it() -> None:
+    fields = wl.floor_fields([9.0, 2.0, 6.0, 3.0], [1.0, 1.0, 2.0, 1.0], warmup=1)
+    assert fields["floor_seconds"] == 1.0  # median of the timed rounds' passes 1, 2, 1
+    assert fields["ratio_to_floor"] == 3.0  # median of 2/1, 6/2, 3/1
+    with pytest.raises(ValueError, match="3 floor passes for 4 rounds"):
+        wl.floor_fields([9.0, 2.0, 6.0, 3.0], [1.0, 1.0, 2.0], warmup=1)
