@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,12 +25,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Scope
 
 from server.config import AppSettings
+from server.control import OperatorControl, new_operator_token, token_digest
 from server.driver import RoundDriver
 from server.errors import install_handlers
 from server.limits import BodySizeLimit, RequestLimits
 from server.model import ModelService
 from server.round import ServerCore
-from server.routes import dashboard, devices, model, predict, rounds
+from server.routes import control, dashboard, devices, model, predict, rounds
 from server.security import Authenticator
 from server.store import Store
 
@@ -63,8 +65,15 @@ class _OptionalStatic(StaticFiles):
         return await super().get_response(path, scope)
 
 
-def create_app(settings: AppSettings | None = None) -> FastAPI:
-    """Build the app for ``settings`` (defaults: the default experiment, ./secagg_dp.sqlite3)."""
+def create_app(
+    settings: AppSettings | None = None, *, operator_token: str | None = None
+) -> FastAPI:
+    """Build the app for ``settings`` (defaults: the default experiment, ./secagg_dp.sqlite3).
+
+    ``operator_token``: the bearer token of the operator controls (``server.control``).
+    By default a new one is drawn from the OS CSPRNG at start-up and printed once on
+    standard output (not to the log); only its SHA-256 is kept.
+    """
     settings = settings if settings is not None else AppSettings()
     cfg = settings.experiment
 
@@ -76,7 +85,15 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             models = ModelService(cfg.training.task, cfg.server.seed, cfg.server.data_dir)
             initial = await asyncio.to_thread(models.load)
             driver = RoundDriver(ServerCore(cfg, store, models))
+            token = operator_token if operator_token is not None else new_operator_token()
+            app.state.control = OperatorControl(driver, token_digest(token))
+            app.state.control.restore()
             driver.restore(initial)
+            if operator_token is None:
+                # stdout only, once: the log file must not hold the secret
+                print(f"operator token: {token}", file=sys.stdout, flush=True)
+            log.info("operator token issued (printed on stdout once, stored as its SHA-256)")
+            del token
             app.state.settings = settings
             app.state.store = store
             app.state.models = models
@@ -99,7 +116,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
             yield
             await driver.stop()
         finally:
-            for name in ("driver", "auth", "limits", "models", "store"):
+            for name in ("control", "driver", "auth", "limits", "models", "store"):
                 setattr(app.state, name, None)
             store.close()
             if handler is not None:
@@ -127,7 +144,10 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         return s.max_json_bytes
 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
-    for router in (devices.router, rounds.router, model.router, predict.router, dashboard.router):
+    for router in (
+        devices.router, rounds.router, model.router, predict.router, control.router,
+        dashboard.router,
+    ):
         app.include_router(router)
     static = dashboard.static_dir(settings.static_dir)
     app.mount("/static", _OptionalStatic(directory=static, check_dir=False), name="static")

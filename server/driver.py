@@ -75,6 +75,12 @@ class RoundDriver:
         self._all_in = asyncio.Event()
         self._deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
+        # operator controls (server.control): a pause takes effect between rounds; disabled
+        # devices are left out of the candidates a round is sampled from
+        self.paused = False
+        self._resumed = asyncio.Event()
+        self.disabled: frozenset[int] = frozenset()
+        self.start_requested = False
 
     # ---------------------------------------------------------------- state
     def restore(self, initial_weights: np.ndarray) -> None:
@@ -214,7 +220,10 @@ class RoundDriver:
                 if reason is not None:
                     self._finish(reason)
                     return
-                registered = self.store.device_keys()
+                if self.paused:
+                    await self._wait_resumed()
+                    continue
+                registered = self.candidates()
                 if len(registered) < 2:
                     self._registered.clear()
                     await self._registered.wait()
@@ -244,7 +253,7 @@ class RoundDriver:
             self._publish("waiting")
         while True:
             n = self.store.device_count()
-            if n >= cfg.clients:
+            if n >= cfg.clients or (self.start_requested and n >= 2):
                 return
             remaining = end - loop.time()
             if remaining <= 0 and n >= 2:
@@ -257,6 +266,41 @@ class RoundDriver:
                 )
             except TimeoutError:
                 pass
+
+    # ---------------------------------------------------------------- operator controls
+    def candidates(self) -> dict[int, bytes]:
+        """The registered devices a round may sample: all but the disabled ones."""
+        keys = self.store.device_keys()
+        return {i: k for i, k in keys.items() if i not in self.disabled} if self.disabled else keys
+
+    def pause(self) -> None:
+        """No new round starts until :meth:`resume`; a round in flight runs to its end."""
+        self.paused = True
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._resumed.set()
+
+    async def _wait_resumed(self) -> None:
+        self._publish("paused")
+        log.info("training paused by the operator")
+        await self._resumed.wait()
+        log.info("training resumed by the operator")
+
+    def start_now(self) -> None:
+        """Start rounds without waiting for ``clients`` registrations (2 suffice), and run
+        the loop again if it had finished (the caller cleared the reason)."""
+        self.start_requested = True
+        self._registered.set()
+        if self._task is not None and self._task.done():
+            self._task = None
+            self._publish("waiting")
+        self.start()
+
+    def touch(self) -> None:
+        """Bump the state version (same stage) so long-polling dashboards refresh."""
+        self._publish(self._stage)
 
     def _finish(self, reason: str) -> None:
         self.core.finished_reason = reason

@@ -161,6 +161,12 @@ class RoundState:
     dropouts: dict[str, list[int]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     opened: bool = False
+    #: enabled devices the cohort was drawn from (operator-disabled ones are left out)
+    candidates: int | None = None
+    #: the cohort size the accountant charges (see :func:`charged_cohort`)
+    charged_cohort: int | None = None
+    #: the sampler's per-round target when the round was drawn
+    per_round: int | None = None
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -380,16 +386,55 @@ class ServerCore:
         population = self.store.get_meta("population")
         if q is not None:
             self._make_accountant(float(q), None if population is None else int(population))
-            for plan_dict, n, _, cohort in self.store.privacy_ledger():
-                plan = EncodingPlan.from_dict(plan_dict)
-                self.accountant.compose(  # type: ignore[union-attr]
-                    plan.privacy_event(n), cohort=cohort
-                )
+            self._replay_ledger()
         self.rounds_done = sum(1 for r in self.store.rounds() if r.get("status") == "done")
         last = self.store.next_round_id() - 1
         self.last_round_id = last if last >= 0 else None
         if self.rounds_done >= self.config.server.rounds:
             self.finished_reason = "all planned rounds are done"
+
+    def _replay_ledger(self) -> None:
+        """Compose every charged round of the store, in order, into the accountant."""
+        accountant = self.accountant
+        if accountant is None:  # pragma: no cover - callers make it first
+            raise RuntimeError("accountant missing")
+        for plan_dict, n, _, cohort in self.store.privacy_ledger():
+            plan = EncodingPlan.from_dict(plan_dict)
+            accountant.compose(plan.privacy_event(n), cohort=cohort)
+
+    def _sync_accountant(self, candidates: int) -> None:
+        """Make the accountant match the sampling the next round does.
+
+        The first round fixes the population N (the devices registered then) and
+        q = per_round / N. The operator may later change ``per_round`` (Poisson only) or
+        disable devices (``server.control``); then the accountant is rebuilt for the new
+        (q, N) and the stored ledger replayed, each round with the cohort it was charged
+        with, which is exactly what a restart does (meta ``sample_rate``/``population``).
+
+        - Poisson: every round is charged as its cohort s_r of N without replacement, so
+          q itself only decides whether there is an amplified figure (q < 1); a new q is
+          a rebuild with the same N.
+        - Fixed size: the accountant charges k of N every round. When fewer than N devices
+          are enabled, N shrinks to that number for good, and every earlier round is then
+          charged at k / N_new >= k / N_old (the amplified bounds grow with the sampling
+          fraction): an upper bound, never an undercharge.
+        """
+        if self.accountant is None or self.population is None:
+            q, population = self.sampler.rate(candidates), candidates
+        else:
+            population = self.population
+            if self.sampler.kind == "fixed" and candidates < population:
+                population = candidates
+            q = self.sampler.rate(population)
+            if q == self.sample_rate and population == self.population:
+                return
+        self.store.set_meta("sample_rate", q)
+        self.store.set_meta("population", population)
+        rebuild = self.accountant is not None
+        self._make_accountant(q, population)
+        if rebuild:
+            self._replay_ledger()
+            log.info("accountant rebuilt for sample rate %.4g of %d devices", q, population)
 
     def _make_accountant(self, q: float, population: int | None) -> None:
         self.sample_rate = q
@@ -470,13 +515,13 @@ class ServerCore:
             return reason
         round_id = self.store.next_round_id()
         n_reg = len(registered)
-        if self.accountant is None:
-            q = self.sampler.rate(n_reg)
-            self.store.set_meta("sample_rate", q)
-            self.store.set_meta("population", n_reg)
-            self._make_accountant(q, n_reg)
+        self._sync_accountant(n_reg)
         population = int(self.population or n_reg)
-        sampled = self.sampler.sample(sorted(registered), population)
+        # ``registered`` holds the enabled devices only: with some disabled, the rate
+        # follows the smaller candidate set and the round is charged accordingly
+        drawn_from = min(population, n_reg)
+        sampled = self.sampler.sample(sorted(registered), drawn_from)
+        charged = charged_cohort(len(sampled), population, n_reg)
         if len(sampled) < 2:
             self._record_small_cohort(round_id, sampled)
             return self.stop_reason() or ""
@@ -495,7 +540,7 @@ class ServerCore:
             raise RuntimeError("accountant missing")
         budget = self.config.server.epsilon_budget
         worst = plan.privacy_event(params.min_survivors)
-        if budget is not None and accountant.would_exceed(worst, budget, cohort=len(sampled)):
+        if budget is not None and accountant.would_exceed(worst, budget, cohort=charged):
             self.finished_reason = (
                 f"the epsilon budget {budget:g} would be exceeded by round {round_id} "
                 f"(worst case {params.min_survivors} contributors)"
@@ -507,8 +552,11 @@ class ServerCore:
             plan=plan,
             rotation_seed=self._random_bytes(32),
             agg=AggregatorProtocol(params),
-            sample_rate=float(self.sample_rate or 0.0),
+            sample_rate=float(self.sampler.rate(drawn_from)),
             started_at=time.time(),
+            candidates=n_reg,
+            charged_cohort=charged,
+            per_round=self.sampler.per_round,
         )
         self.store.put_round(self.record(rnd, "running"))
         log.info(
@@ -558,7 +606,7 @@ class ServerCore:
             raise RuntimeError("accountant missing")
         event = rnd.plan.privacy_event(n)
         self.store.charge_round(rnd.round_id, rnd.plan.to_dict(), n, rnd.sample_rate)
-        accountant.compose(event, cohort=len(rnd.participants))
+        accountant.compose(event, cohort=rnd.charged_cohort or len(rnd.participants))
         t0 = time.perf_counter()
         total_mod = np.asarray(rnd.agg.finish() if compute_sum is None else compute_sum())
         rnd.timings["reconstruct"] = time.perf_counter() - t0
@@ -663,6 +711,9 @@ class ServerCore:
             "sampling": self.sampler.kind,
             "epsilon_budget": self.config.server.epsilon_budget,
             "sample_rate": rnd.sample_rate,
+            "per_round": rnd.per_round,
+            "candidates": rnd.candidates,
+            "charged_cohort": rnd.charged_cohort,
             "clip": float(rnd.plan.config.clip),
             "clip_rate": None,
             "model_version": self.model_version,
@@ -670,6 +721,25 @@ class ServerCore:
             "finished_at": None,
             "timings": dict(rnd.timings),
         }
+
+
+def charged_cohort(sampled: int, population: int, candidates: int) -> int:
+    """The cohort size to charge a round with, for an accountant of population N.
+
+    A round draws ``sampled`` devices from the ``candidates`` enabled ones; given that size
+    the cohort is a uniform subset of them, so its amplified cost is the bound at
+    gamma = sampled / candidates (a disabled device is never sampled: its cost is 0). The
+    accountant computes gamma = cohort / N. With all N candidates (or more, registered
+    since N was fixed: charging s / N >= s / candidates is then an upper bound) that is
+    ``sampled``; with fewer it is ceil(sampled * N / candidates), the smallest cohort
+    whose gamma is >= the true one. That is an upper bound because the subsampled RDP
+    bounds used (Wang-Balle-Kasiviswanathan, general and Gaussian) are
+    log(1 + sum_j gamma^j a_j) / (alpha - 1) with a_j >= 0: non-decreasing in gamma
+    (tests/server/test_control.py checks it numerically).
+    """
+    if candidates >= population or sampled == 0:
+        return sampled
+    return min(population, -(-sampled * population // candidates))
 
 
 def corrupt_bound(fraction: float, n: int) -> int:

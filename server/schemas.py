@@ -79,6 +79,74 @@ class Status(BaseModel):
     model_version: int
     task: str
     config: dict[str, Any]
+    #: operator controls in effect (server.control); None on a server without them
+    operator: OperatorState | None = None
+    #: the latest operator changes, oldest first (public form: counts, never device ids)
+    changes: list[ControlEntry] = Field(default_factory=list)
+
+
+class OperatorState(BaseModel):
+    """What the operator has set, public (counts only: who is disabled is not published)."""
+
+    paused: bool = Field(..., description="no new round starts until resumed")
+    pausing: bool = Field(..., description="paused while a round is still in flight")
+    training: str = Field(..., description="running | paused | waiting | finished")
+    rounds_planned: int
+    rounds_done: int
+    per_round: int = Field(..., description="devices sampled per round (expected, Poisson)")
+    epsilon_budget: float | None
+    sampling: str
+    registered: int
+    enabled: int
+    disabled: int
+    cohort_change: str | None = Field(
+        None, description="why the per-round cohort cannot be changed (None: it can)"
+    )
+
+
+class ControlEntry(BaseModel):
+    """One operator change: when, what, and the first round it can affect."""
+
+    id: int
+    at: float = Field(..., description="Unix time of the change")
+    action: str = Field(..., description="start | pause | resume | settings | devices")
+    before_round: int = Field(..., description="the change applies from this round on")
+    detail: dict[str, Any]
+
+
+class ControlSettings(BaseModel):
+    """Any subset of the settings, applied from the next round. ``epsilon_budget: null``
+    removes the budget; a field left out keeps its value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    rounds: int | None = Field(None, ge=1, le=1_000_000, description="rounds planned")
+    per_round: int | None = Field(
+        None, ge=2, le=1_000_000, description="devices sampled per round (Poisson sampling)"
+    )
+    epsilon_budget: float | None = Field(
+        None, gt=0, le=1e9, description="stop before a round whose worst case exceeds it"
+    )
+
+
+class DevicesRequest(BaseModel):
+    """Enable or disable registered devices (disabled ones are not sampled)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    device_ids: list[int] = Field(..., min_length=1, max_length=100_000)
+    enabled: bool
+
+
+class DeviceInfo(BaseModel):
+    device_id: int
+    enabled: bool
+
+
+class ControlResult(BaseModel):
+    """The answer of a control: the state now, the change log entry, a sentence."""
+
+    state: OperatorState
+    entry: ControlEntry | None
+    message: str
 
 
 class PredictFeatures(BaseModel):
@@ -100,3 +168,6 @@ MESSAGE_SCHEMA: dict[str, Any] = {
     "description": "secagg message .to_dict() (bytes as base64); round_id and sender must "
     "match the URL and the authenticated device",
 }
+
+
+Status.model_rebuild()

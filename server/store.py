@@ -11,7 +11,10 @@ honest-but-curious and must not learn individual updates; the store therefore ho
   privacy accountant is rebuilt after a restart;
 - ``meta``: small key/value facts (task name, model dimension, sampling rate);
 - ``nonces``: (device id, request nonce, expiry) of authenticated requests still inside
-  the timestamp window, so that a request replayed after a restart is refused too.
+  the timestamp window, so that a request replayed after a restart is refused too;
+- ``control_log``: every operator change (pause, resume, rounds planned, cohort, ε budget,
+  devices enabled or disabled) with its time and the round it applies from, because a
+  change of cohort or budget changes the privacy accounting (``server.control``).
 
 It never holds a device's vector, masked or not: masked inputs are folded into a running
 sum in memory by ``secagg.AggregatorProtocol`` and the request body is dropped.
@@ -65,6 +68,13 @@ CREATE TABLE IF NOT EXISTS nonces (
     PRIMARY KEY (device_id, nonce)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces(expires_at);
+CREATE TABLE IF NOT EXISTS control_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    before_round INTEGER NOT NULL
+);
 """
 
 #: prune expired nonces after this many insertions
@@ -405,10 +415,48 @@ class Store:
             ).fetchall()
         out = []
         for p, n, q, rec in rows:
-            sampled = json.loads(rec).get("sampled")
-            cohort = len(sampled) if isinstance(sampled, list) else int(sampled)
+            record = json.loads(rec)
+            # the cohort the round was charged with: larger than the number sampled when
+            # devices were disabled (see ServerCore.begin_round), so replay that figure
+            charged = record.get("charged_cohort")
+            sampled = record.get("sampled")
+            if isinstance(charged, int) and not isinstance(charged, bool):
+                cohort = charged
+            else:
+                cohort = len(sampled) if isinstance(sampled, list) else int(sampled)
             out.append((json.loads(p), int(n), float(q), cohort))
         return out
+
+    # -- operator change log ------------------------------------------------------------
+    def log_control(self, action: str, detail: dict[str, Any], before_round: int) -> dict[str, Any]:
+        """Append an operator change; ``before_round`` is the first round it can affect.
+        Returns the entry as :meth:`control_log` gives it."""
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO control_log(at, action, detail, before_round) VALUES (?, ?, ?, ?)",
+                (now, str(action), json.dumps(detail), int(before_round)),
+            )
+        return {"id": int(cur.lastrowid or 0), "at": now, "action": str(action),
+                "detail": dict(detail), "before_round": int(before_round)}
+
+    def control_log(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Operator changes, oldest first (the last ``limit`` if given)."""
+        with self._lock:
+            if limit:
+                rows = self._conn.execute(
+                    "SELECT id, at, action, detail, before_round FROM control_log "
+                    "ORDER BY id DESC LIMIT ?", (int(limit),)
+                ).fetchall()[::-1]
+            else:
+                rows = self._conn.execute(
+                    "SELECT id, at, action, detail, before_round FROM control_log ORDER BY id"
+                ).fetchall()
+        return [
+            {"id": int(i), "at": float(at), "action": str(a), "detail": json.loads(d),
+             "before_round": int(b)}
+            for i, at, a, d, b in rows
+        ]
 
     def next_round_id(self) -> int:
         with self._lock:

@@ -12,13 +12,16 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from server.deps import DriverDep, ModelsDep, SettingsDep, StoreDep
 from server.schemas import ModelMeta, Status
 
 router = APIRouter(prefix="/v1", tags=["model"])
+
+#: operator changes shown in the status (all of them: GET /v1/control/log)
+STATUS_CHANGES = 50
 
 #: bytes per chunk of a streamed model download
 MODEL_CHUNK = 1 << 16
@@ -151,11 +154,14 @@ async def get_rounds(
 
 @router.get("/status", response_model=Status)
 async def get_status(
-    driver: DriverDep, store: StoreDep, models: ModelsDep, settings: SettingsDep
+    request: Request, driver: DriverDep, store: StoreDep, models: ModelsDep,
+    settings: SettingsDep,
 ) -> Status:
     snap = driver.snapshot()
     eps = driver.epsilon_report()
     cfg = settings.experiment
+    live = driver.core.config.server  # the operator may have changed rounds and budget
+    control = getattr(request.app.state, "control", None)
     return Status(
         stage=snap.stage,
         round=snap.round,
@@ -163,10 +169,10 @@ async def get_status(
         training_done=driver.finished,
         finished_reason=driver.finished_reason,
         rounds_done=driver.rounds_done,
-        rounds_planned=cfg.server.rounds,
+        rounds_planned=live.rounds,
         epsilon=eps["epsilon"],
         epsilon_amplified=eps["epsilon_amplified"],
-        epsilon_budget=cfg.server.epsilon_budget,
+        epsilon_budget=live.epsilon_budget,
         delta=eps["delta"],
         sample_rate=driver.sample_rate,
         sampling=eps.get("sampling"),
@@ -176,4 +182,6 @@ async def get_status(
         model_version=driver.model_version,
         task=models.task.name,
         config=cfg.public_dict(),
+        operator=None if control is None else control.state(),
+        changes=[] if control is None else control.public_log(STATUS_CHANGES),
     )
