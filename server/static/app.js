@@ -4,6 +4,9 @@
  * GET v1/rounds/current?wait=..&after=.. (long-poll), POST v1/predict.
  * Shows aggregates only (counts, global metrics, epsilon); never a device id or a
  * device's data. No external network, no build step, no dependencies: charts are SVG.
+ * The operator panel calls v1/control/... only once the operator has typed the token
+ * (kept in memory, sent as "Authorization: Bearer"); the device list it shows comes
+ * from that authenticated call, the change log from the public status.
  * Everything the server sends is inserted with textContent, never as HTML.
  */
 "use strict";
@@ -24,6 +27,7 @@
     done: "Round finished · preparing the next round",
     aborted: "Round aborted: too few devices left (nothing was revealed)",
     finished: "Training finished",
+    paused: "Paused by the operator: no new round starts until resumed",
   };
   const STEP_ORDER = ["advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask"];
 
@@ -35,6 +39,9 @@
     version: -1,
     metaVersion: null,
     longPoll: true,
+    token: null,      // operator token: memory only
+    devices: null,    // [{device_id, enabled}] from the authenticated device list
+    dirty: new Set(), // settings inputs the operator is editing
   };
 
   const $ = (id) => document.getElementById(id);
@@ -163,8 +170,10 @@
       detail.push(`${s.rounds_done} of ${s.rounds_planned} planned rounds completed.`);
       if (s.finished_reason) detail.push(`Reason: ${s.finished_reason}.`);
     }
+    const op = s.operator;
+    if (op && op.pausing) detail.push("Pausing: the round in flight finishes, then no new round starts.");
     const cur = state.current;
-    if (cur && isNum(cur.deadline) && !["waiting", "finished", "done", "aborted"].includes(stage)) {
+    if (cur && isNum(cur.deadline) && !["waiting", "finished", "done", "aborted", "paused"].includes(stage)) {
       const left = Math.max(0, Math.round(cur.deadline - Date.now() / 1000));
       detail.push(`Stage deadline in about ${left} s; devices silent past it count as dropouts.`);
     }
@@ -422,9 +431,32 @@
   // ---------------------------------------------------------------- rendering: table
   function renderTable() {
     const tbody = document.querySelector("#round-table tbody");
-    const rows = state.rounds.slice(-200).reverse();
+    const recent = state.rounds.slice(-200);
+    const first = recent.length ? recent[0].round : 0;
+    // operator changes sit between the rounds they separate (a change applies from its
+    // before_round on): oldest first, then reversed like the rounds
+    const items = recent.map((r) => ({ key: r.round, order: 1, r }));
+    for (const c of changes()) {
+      if (c.before_round >= first) items.push({ key: c.before_round, order: 0, c });
+    }
+    items.sort((a, b) => a.key - b.key || a.order - b.order || (a.c && b.c ? a.c.id - b.c.id : 0));
     const frag = document.createDocumentFragment();
-    for (const r of rows) {
+    for (const item of items.reverse()) {
+      if (item.c) {
+        const tr = document.createElement("tr");
+        tr.className = "change";
+        tr.dataset.change = String(item.c.id);
+        const th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = "⚙";
+        const td = document.createElement("td");
+        td.colSpan = 9;
+        td.textContent = `operator, from round ${item.c.before_round}: ${changeText(item.c)}`;
+        tr.append(th, td);
+        frag.appendChild(tr);
+        continue;
+      }
+      const r = item.r;
       const tr = document.createElement("tr");
       tr.className = `st-${r.status}`;
       tr.dataset.round = r.round;
@@ -449,11 +481,206 @@
     tbody.replaceChildren(frag);
   }
 
+  // ---------------------------------------------------------------- operator panel
+  function changes() {
+    const s = state.status;
+    return s && Array.isArray(s.changes) ? s.changes : [];
+  }
+
+  const SETTING_NAMES = { rounds: "rounds planned", per_round: "devices per round", epsilon_budget: "ε budget" };
+  function settingValue(v) { return v === null || v === undefined ? "none" : isNum(v) ? fmt(v, 4) : String(v); }
+
+  function changeText(c) {
+    const d = c.detail || {};
+    switch (c.action) {
+      case "start": return d.resumed ? "training resumed (start)" : "training started";
+      case "pause": return d.round_in_flight ? "paused after the round in flight" : "paused";
+      case "resume": return "resumed";
+      case "devices": return `${count(d.count)} device(s) ${d.enabled ? "enabled" : "disabled"}`;
+      case "settings":
+        return Object.entries(d).map(([k, v]) => (Array.isArray(v)
+          ? `${SETTING_NAMES[k] || k} ${settingValue(v[0])} → ${settingValue(v[1])}`
+          : `${SETTING_NAMES[k] || k} ${settingValue(v)}`)).join("; ");
+      default: return c.action;
+    }
+  }
+
+  function renderControl() {
+    const s = state.status;
+    const op = s ? s.operator : null;
+    const panel = $("control");
+    show(panel, Boolean(op));
+    if (!op) return;
+    const parts = [`Training ${op.training}${op.pausing ? " (pausing after the round in flight)" : ""}`,
+      `${op.rounds_done} of ${op.rounds_planned} rounds`,
+      `${op.per_round} device(s) per round (${op.sampling} sampling)`,
+      isNum(op.epsilon_budget) ? `ε budget ${fmt(op.epsilon_budget)}` : "no ε budget",
+      `${op.enabled} of ${op.registered} device(s) enabled`];
+    setText("control-state", parts.join(" · ") + ".");
+    panel.dataset.training = op.training;
+    const fill = (id, key, v) => {
+      const el = $(id);
+      if (document.activeElement !== el && !state.dirty.has(key)) el.value = v === null || v === undefined ? "" : String(v);
+    };
+    fill("set-rounds", "rounds", op.rounds_planned);
+    fill("set-per-round", "per_round", op.per_round);
+    fill("set-budget", "epsilon_budget", op.epsilon_budget);
+    $("set-per-round").disabled = Boolean(op.cohort_change);
+    const note = $("cohort-note");
+    note.textContent = op.cohort_change ? `The cohort cannot change: ${op.cohort_change}.` : "";
+    show(note, Boolean(op.cohort_change));
+    $("ctl-pause").disabled = op.paused || op.training === "finished";
+    $("ctl-resume").disabled = !op.paused;
+    $("ctl-start").disabled = op.training === "running";
+    const list = $("change-log");
+    const items = changes().slice().reverse();
+    const frag = document.createDocumentFragment();
+    for (const c of items) {
+      const li = document.createElement("li");
+      li.dataset.action = c.action;
+      const t = document.createElement("time");
+      const when = new Date(c.at * 1000);
+      t.dateTime = when.toISOString();
+      t.textContent = when.toLocaleTimeString();
+      li.append(t, `from round ${c.before_round}: ${changeText(c)}`);
+      frag.appendChild(li);
+    }
+    list.replaceChildren(frag);
+    const empty = document.querySelector('[data-empty-for="change-log"]');
+    if (empty) show(empty, items.length === 0);
+  }
+
+  function renderDevices() {
+    const ul = $("device-list");
+    const frag = document.createDocumentFragment();
+    for (const d of state.devices || []) {
+      const li = document.createElement("li");
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = Boolean(d.enabled);
+      box.dataset.device = String(d.device_id);
+      label.append(box, ` device ${d.device_id}`);
+      li.appendChild(label);
+      frag.appendChild(li);
+    }
+    ul.replaceChildren(frag);
+  }
+
+  function controlMessage(ok, text) {
+    const msg = $("control-msg"), err = $("control-error");
+    msg.textContent = ok ? text || "" : "";
+    err.textContent = ok ? "" : text || "";
+    show(msg, ok && Boolean(text));
+    show(err, !ok && Boolean(text));
+  }
+
+  function controlApi(path, body) {
+    const headers = { Authorization: `Bearer ${state.token}` };
+    const options = { method: body === undefined ? "GET" : "POST", headers };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return api(`v1/control/${path}`, options);
+  }
+
+  async function loadDevices() {
+    state.devices = await controlApi("devices");
+    renderDevices();
+  }
+
+  async function onToken(ev) {
+    ev.preventDefault();
+    const token = $("control-token").value.trim();
+    if (!token) { controlMessage(false, "Type the operator token first."); return; }
+    state.token = token;
+    try {
+      await loadDevices();
+      $("control-actions").disabled = false;
+      $("control-token").value = "";
+      controlMessage(true, "Unlocked: the controls below act on the server.");
+    } catch (err) {
+      state.token = null;
+      $("control-actions").disabled = true;
+      controlMessage(false, err.message);
+    }
+  }
+
+  async function runControl(work) {
+    const box = $("control-actions");
+    box.disabled = true;
+    try {
+      const out = await work();
+      controlMessage(true, out && out.message ? out.message : "Done.");
+      await refresh();
+    } catch (err) {
+      if (err.status === 401) state.token = null;
+      controlMessage(false, err.message);
+    } finally {
+      box.disabled = !state.token;
+      if (state.status) renderControl();
+    }
+  }
+
+  function onAction(ev) {
+    const action = ev.currentTarget.dataset.action;
+    runControl(() => controlApi(action, {}));
+  }
+
+  function onSettings(ev) {
+    ev.preventDefault();
+    const op = state.status && state.status.operator;
+    if (!op) return;
+    const body = {};
+    const intOf = (id) => { const v = $(id).value.trim(); return v === "" ? NaN : Number(v); };
+    const rounds = intOf("set-rounds");
+    if (rounds !== op.rounds_planned) body.rounds = rounds;
+    if (!$("set-per-round").disabled) {
+      const per = intOf("set-per-round");
+      if (per !== op.per_round) body.per_round = per;
+    }
+    const rawBudget = $("set-budget").value.trim();
+    const budget = rawBudget === "" ? null : Number(rawBudget);
+    if (budget !== op.epsilon_budget) body.epsilon_budget = budget;
+    for (const [k, v] of Object.entries(body)) {
+      if (v !== null && !Number.isFinite(v)) { controlMessage(false, `${SETTING_NAMES[k]} must be a number.`); return; }
+    }
+    if (!Object.keys(body).length) { controlMessage(true, "Nothing changed."); return; }
+    runControl(async () => {
+      const out = await controlApi("settings", body);
+      state.dirty.clear();
+      return out;
+    });
+  }
+
+  function onDevices(ev) {
+    ev.preventDefault();
+    const before = new Map((state.devices || []).map((d) => [d.device_id, Boolean(d.enabled)]));
+    const on = [], off = [];
+    document.querySelectorAll("#device-list input[type=checkbox]").forEach((box) => {
+      const id = Number(box.dataset.device);
+      if (before.get(id) !== box.checked) (box.checked ? on : off).push(id);
+    });
+    if (!on.length && !off.length) { controlMessage(true, "Nothing changed."); return; }
+    runControl(async () => {
+      const said = [];
+      try {
+        if (on.length) said.push((await controlApi("devices", { device_ids: on, enabled: true })).message);
+        if (off.length) said.push((await controlApi("devices", { device_ids: off, enabled: false })).message);
+      } finally {
+        await loadDevices().catch(() => {});
+      }
+      return { message: said.join("; ") };
+    });
+  }
+
   function renderAll() {
     renderStatus();
     renderCards();
     renderCharts();
     renderTable();
+    renderControl();
     const hasFeatures = state.meta && state.meta.num_classes === null;
     show($("features-field"), Boolean(hasFeatures));
     const shape = state.meta && Array.isArray(state.meta.input_shape) ? state.meta.input_shape : null;
@@ -636,6 +863,13 @@
   async function start() {
     $("predict-form").addEventListener("submit", onPredict);
     $("predict-file").addEventListener("change", onFileChange);
+    $("token-form").addEventListener("submit", onToken);
+    $("settings-form").addEventListener("submit", onSettings);
+    $("devices-form").addEventListener("submit", onDevices);
+    document.querySelectorAll("#control-actions button[data-action]").forEach((b) => b.addEventListener("click", onAction));
+    for (const [id, key] of [["set-rounds", "rounds"], ["set-per-round", "per_round"], ["set-budget", "epsilon_budget"]]) {
+      $(id).addEventListener("input", () => state.dirty.add(key));
+    }
     setInterval(() => { if (state.current && isNum(state.current.deadline)) renderStatus(); }, 1000);
     for (let backoff = 1000; ; backoff = Math.min(MAX_BACKOFF_MS, backoff * 2)) {
       try {
