@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from clients.engines.common import count, fmt
@@ -30,7 +32,10 @@ from clients.options import (
     merge_options,
 )
 
-__all__ = ["count", "fmt", "main", "round_table", "summary_lines"]
+__all__ = ["count", "fmt", "main", "operator_token", "round_table", "summary_lines"]
+
+#: the line ``python -m server`` prints once at start with the operator token
+_TOKEN_LINE = re.compile(r"^operator token: (\S+)$", re.MULTILINE)
 
 
 # --------------------------------------------------------------------------- output
@@ -179,6 +184,20 @@ def make_engine(opts: SimOptions, console: Any = None) -> Any:
     return InProcessEngine(opts, console=console)
 
 
+def operator_token(server: Any) -> str | None:
+    """The operator token a ``LocalServer`` printed at start (read from its console
+    output; the last one, since that file is appended to across restarts), or None."""
+    path = getattr(server, "console_path", None)
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = _TOKEN_LINE.findall(text)
+    return found[-1] if found else None
+
+
 def serve_until_interrupted(engine: Any, result: Any, console: Any) -> None:
     """``--keep-serving``: leave the dashboard up until Ctrl-C (the http engine's own
     server; for the in-process engines a server started on the run's database)."""
@@ -191,6 +210,12 @@ def serve_until_interrupted(engine: Any, result: Any, console: Any) -> None:
         server.start()
         engine.server = server
     console.print(f"serving the dashboard at {server.url}/  (Ctrl-C to stop)", highlight=False)
+    token = operator_token(server)
+    if token is not None:
+        console.print(
+            f"operator token (the dashboard's controls; Authorization: Bearer): {token}",
+            highlight=False,
+        )
     try:
         while server.proc is not None and server.proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):

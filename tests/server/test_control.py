@@ -116,7 +116,9 @@ def test_bad_device_changes_get_a_clear_4xx(ctl: Any) -> None:
         assert r.status_code == status, (body, r.text)
         assert words in r.json()["detail"], (body, r.json())
     assert [d["enabled"] for d in ctl.get("/v1/control/devices", headers=AUTH).json()] == [
-        True, True, True,
+        True,
+        True,
+        True,
     ]
     # state conflicts: resume while running, start while running
     assert ctl.post("/v1/control/resume", headers=AUTH).status_code == 409
@@ -167,7 +169,8 @@ def test_rounds_and_budget_apply_from_the_next_round_and_are_logged(ctl: Any) ->
     r = ctl.post("/v1/control/settings", json={"epsilon_budget": spent * 0.5}, headers=AUTH)
     assert r.status_code == 409 and "already spent" in r.json()["detail"]
     r = ctl.post(
-        "/v1/control/settings", json={"rounds": done + 1, "epsilon_budget": spent * 50},
+        "/v1/control/settings",
+        json={"rounds": done + 1, "epsilon_budget": spent * 50},
         headers=AUTH,
     )
     assert r.status_code == 200, r.text
@@ -203,8 +206,9 @@ def test_token_is_printed_once_stored_hashed_and_renewed_at_restart(
 
     tokens = []
     for _ in range(2):
-        with _client(tmp_path, token=None, rounds=4, clients=3, per_round=3,
-                     sampling="poisson") as c:
+        with _client(
+            tmp_path, token=None, rounds=4, clients=3, per_round=3, sampling="poisson"
+        ) as c:
             out = capsys.readouterr().out
             lines = [x for x in out.splitlines() if x.startswith("operator token: ")]
             assert len(lines) == 1, out
@@ -227,8 +231,10 @@ def test_token_is_printed_once_stored_hashed_and_renewed_at_restart(
     assert tokens[0] != tokens[1]
     store = Store(tmp_path / "server.sqlite3")
     try:
-        assert store.get_meta("operator_token_sha256") == hashlib.sha256(
-            tokens[1].encode()).hexdigest()
+        assert (
+            store.get_meta("operator_token_sha256")
+            == hashlib.sha256(tokens[1].encode()).hexdigest()
+        )
     finally:
         store.close()
     # the secret is in neither the database nor the log file
@@ -237,6 +243,31 @@ def test_token_is_printed_once_stored_hashed_and_renewed_at_restart(
         data = path.read_bytes()
         for token in tokens:
             assert token.encode() not in data, path
+
+
+def test_python_m_server_prints_the_token_and_clients_run_reads_it(tmp_path: Path) -> None:
+    """The real ``python -m server`` process: one token line on its output, which is what
+    ``python -m clients run --keep-serving`` shows with the URL; the log file has none."""
+    import httpx
+
+    from clients.engines.http import LocalServer
+    from clients.run import operator_token
+
+    config = tmp_path / "experiment.toml"
+    config.write_text(experiment(rounds=2).to_toml(), encoding="utf-8")
+    server = LocalServer(config, tmp_path / "run.sqlite3", tmp_path / "run.log")
+    server.start()
+    try:
+        token = operator_token(server)
+        assert token is not None and len(token) >= 43
+        assert server.console_path.read_text().count("operator token: ") == 1
+        url = server.url + "/v1/control/pause"
+        assert httpx.post(url, timeout=10).status_code == 401
+        r = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    assert token not in (tmp_path / "run.log").read_text()
 
 
 # ------------------------------------------------------------------ accounting
@@ -248,8 +279,7 @@ def _core(tmp: Path, n: int, per_round: int, seed: int = 3) -> Any:
     from server.round import ServerCore
     from server.store import Store
 
-    cfg = experiment(sampling="poisson", clients=n, per_round=per_round, rounds=20,
-                     eval_every=0)
+    cfg = experiment(sampling="poisson", clients=n, per_round=per_round, rounds=20, eval_every=0)
     store = Store(tmp / "core.sqlite3")
     store.register_devices([os.urandom(32) for _ in range(n)])
     models = ModelService("digits", seed=0)
@@ -269,8 +299,9 @@ def _release(core: Any, candidates: dict[int, bytes]) -> Any:
     else:  # pragma: no cover - 50 tiny Poisson cohorts in a row
         raise AssertionError("no round could start")
     dim = int(rnd.params.dim)
-    core.release(rnd, lambda: np.zeros(dim, dtype=np.uint64), secure_sum="exact",
-                 survivors=rnd.participants)
+    core.release(
+        rnd, lambda: np.zeros(dim, dtype=np.uint64), secure_sum="exact", survivors=rnd.participants
+    )
     return rnd
 
 
@@ -328,8 +359,12 @@ def test_accountant_follows_disabled_devices_and_cohort_changes(tmp_path: Path) 
     assert r1.candidates == 4 and r1.charged_cohort == 8  # gamma = 4 / 4 = 8 / 8
 
     def expected(q: float, rounds: list[Any]) -> Any:
-        acc = PrivacyAccountant(core.config.dp, sample_rate=q, population=8,
-                                corrupt_fraction=core.config.protocol.corrupt)
+        acc = PrivacyAccountant(
+            core.config.dp,
+            sample_rate=q,
+            population=8,
+            corrupt_fraction=core.config.protocol.corrupt,
+        )
         for rnd, cohort in rounds:
             acc.compose(rnd.plan.privacy_event(len(rnd.participants)), cohort=cohort)
         return acc.report()
@@ -350,8 +385,7 @@ def test_accountant_follows_disabled_devices_and_cohort_changes(tmp_path: Path) 
     assert got["sample_rate"] == 0.25
     assert got["epsilon_amplified"] == pytest.approx(want.epsilon_amplified, rel=1e-12)
     log = [r for r in core.store.rounds() if r["status"] == "done"]
-    assert [r["charged_cohort"] for r in log] == [len(r0.participants), 8,
-                                                 len(r2.participants)]
+    assert [r["charged_cohort"] for r in log] == [len(r0.participants), 8, len(r2.participants)]
     assert [r["candidates"] for r in log] == [8, 4, 8]
 
     again = ServerCore(core.config, core.store, core.models)
