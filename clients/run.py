@@ -215,6 +215,7 @@ def serve_until_interrupted(engine: Any, result: Any, console: Any) -> None:
         console.print(
             f"operator token (the dashboard's controls; Authorization: Bearer): {token}",
             highlight=False,
+            soft_wrap=True,  # one line, so that the token copies whole
         )
     try:
         while server.proc is not None and server.proc.poll() is None:
