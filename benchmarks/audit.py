@@ -641,15 +641,16 @@ def render_markdown(data: dict[str, Any]) -> str:
             "VIOLATION" if r["violation"] else "no", round(r["seconds"], 1)]
            for r in data["one_run_audits"]]
     conf = f"{ok[0]['confidence']:.0%}" if ok else "95%"
+    compute_min = sum(r.get("seconds", 0.0) for r in ok + data["one_run_audits"]) / 60
     sources = "\n".join(f"  - `{name}`: {UPDATE_SUM_SOURCES[name].description}."
                          for name in g["one_run_sources"] if name in UPDATE_SUM_SOURCES)
     parts = [
         "# Privacy audit (`python -m benchmarks audit --full`)\n",
         f"Status: {status}. Generated {m['date_utc']} by `{data['command']}` on "
-        f"{m['cpu_model']} ({m['cores']} cores, shared with other jobs), "
-        f"{data.get('seconds', 0) / 60:.0f} min this run ({data.get('from_cache', 0)} points "
-        f"from the cache). Seed {data['seed']}." + (" QUICK grid." if data["quick"] else "")
-        + "\n",
+        f"{m['cpu_model']} ({m['cores']} cores, shared with other jobs): "
+        f"{compute_min:.0f} min of compute over all points ({data.get('from_cache', 0)} of "
+        f"them from the cache of an earlier run). Seed {data['seed']}."
+        + (" QUICK grid." if data["quick"] else "") + "\n",
         "Every ε the project prints is an upper bound from its accountant. This audit runs "
         "the real pipeline on neighbouring inputs and turns an attacker's success into a "
         f"lower bound on ε that holds with {conf} confidence. A lower bound above the claim "
@@ -736,6 +737,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.bar(x + 0.27, [r["epsilon_lower"] for r in ok], 0.27, label="audit lower bound (95 %)")
     ax.set_xticks(x, [f"{r['mechanism']}\n{r['bits']}b z={r['noise_multiplier']:g}"
                       for r in ok], fontsize=7)
+    if ok:
+        ax.axhline(ok[0]["ceiling"], ls="--", color="grey", lw=1,
+                   label=f"ceiling of {ok[0]['trials']} trials (no error at all)")
     ax.set_ylabel("ε (δ = 1e-5)")
     ax.set_title("one round, real encoder / exact modular sum / decoder")
     ax.legend(fontsize=8)
@@ -744,6 +748,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     x1 = np.arange(len(one))
     ax.bar(x1 - 0.2, [r["epsilon_claim"] for r in one], 0.4, label="claimed ε")
     ax.bar(x1 + 0.2, [r["epsilon_lower"] for r in one], 0.4, label="one-run lower bound")
+    if one:
+        ax.axhline(one[0]["ceiling"], ls="--", color="grey", lw=1,
+                   label=f"ceiling of {one[0]['canaries']} canaries")
     ax.set_xticks(x1, [f"{r['source']}\nε {r['target_epsilon']:g}" for r in one], fontsize=7)
     ax.set_title("one run (Steinke et al. 2023)")
     ax.legend(fontsize=8)
