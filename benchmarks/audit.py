@@ -204,7 +204,8 @@ class EngineSource:
                                f"{result.status.get('finished_reason')}")
         return PipelineRun(update_sum=delta, epsilon_claim=float(result.status["epsilon"]),
                            rounds=rounds, survivors=background + canaries.directions.shape[0],
-                           secure_sum=f"{result.secure_sum} (the engine's)")
+                           secure_sum=f"engine --secure-sum {result.secure_sum}: "
+                                      f"{SECURE_SUM}")
 
 
 #: The one-run audit's sources of "the sum of the model's updates" (``--source``).
