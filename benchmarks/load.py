@@ -532,8 +532,32 @@ def _mib(x: int | None) -> float | None:
 
 
 # ---------------------------------------------------------------- crash
+KILL_POINTS = (*PROTOCOL_STAGES, "unmasking")
+
+
+def _wait_unmasking(url: str, rid: int, limit_s: float) -> str | None:
+    """Poll the public round log until round ``rid`` is charged ("unmasking") or over."""
+    import httpx
+
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        try:
+            log = httpx.get(f"{url}/v1/rounds?limit=3", timeout=5).json()
+        except httpx.HTTPError:
+            return None
+        status = next((r["status"] for r in log if r["round"] == rid), None)
+        if status != "running":
+            return status
+        time.sleep(0.005)  # the window between the charge and the round log is short
+    return None
+
+
 def crash(n: int, dim: int, rounds: int, stage_timeout: float, kill_at: str) -> dict:
-    """Kill -9 the server when round 1 reaches ``kill_at``, restart it, let training end."""
+    """Kill -9 the server when round 1 reaches ``kill_at``, restart it, let training end.
+
+    ``kill_at`` is a protocol stage (killed 0.3 s after the stage opened, messages half
+    in) or ``"unmasking"``: killed as soon as the public log shows round 1 charged
+    (written ahead, before its sum is unmasked) and not yet done."""
     import httpx
 
     _raise_fd_limit(4 * n + 256)
@@ -550,6 +574,7 @@ def crash(n: int, dim: int, rounds: int, stage_timeout: float, kill_at: str) -> 
         th = threading.Thread(target=devices, daemon=True)
         th.start()
         version, killed = -1, None
+        stage = "unmask" if kill_at == "unmasking" else kill_at
         end = time.monotonic() + run_s
         while time.monotonic() < end and killed is None:
             try:
@@ -559,30 +584,29 @@ def crash(n: int, dim: int, rounds: int, stage_timeout: float, kill_at: str) -> 
             except httpx.HTTPError:
                 continue
             version = st["version"]
-            if st["round"] == 1 and st["stage"] == kill_at:
-                time.sleep(0.3)  # let part of the stage's messages in
-                before = {
-                    "log": _get_json(server.url, "/v1/rounds"),
-                    "status": _get_json(server.url, "/v1/status"),
-                }
-                server.kill()
-                killed = time.time()
-                out["killed_in"] = {"round": 1, "stage": kill_at}
-                out["before_kill"] = _summary(before)
             if st["stage"] == "finished":
                 break
+            if st["round"] != 1 or st["stage"] != stage:
+                continue
+            if kill_at == "unmasking":
+                seen = _wait_unmasking(server.url, 1, 5 * stage_timeout)
+                out["status_seen_at_kill"] = seen
+            else:
+                time.sleep(0.3)  # let part of the stage's messages in
+            server.kill()
+            killed = time.time()
+            out["killed_in"] = {"round": 1, "stage": kill_at}
         if killed is None:
             server.stop()
-            out["error"] = "round 1 never reached the stage to kill at"
+            out["error"] = "round 1 never reached the point to kill at"
             return out
+        db = Path(tmp) / "server.sqlite3"
+        out["before_restart"] = _db_rounds(db)
         time.sleep(1.0)
         server.start()
         out["restart_s"] = round(time.time() - killed, 1)
-        after_restart = {
-            "log": _get_json(server.url, "/v1/rounds"),
-            "status": _get_json(server.url, "/v1/status"),
-        }
-        out["after_restart"] = _summary(after_restart)
+        log = _get_json(server.url, "/v1/rounds")
+        out["after_restart"] = _summary({"log": log, "status": _get_json(server.url, "/v1/status")})
         th.join(run_s)
         final = {
             "log": _get_json(server.url, "/v1/rounds"),
@@ -592,6 +616,20 @@ def crash(n: int, dim: int, rounds: int, stage_timeout: float, kill_at: str) -> 
         out["final"] = _summary(final)
         out["devices"] = dataclasses.asdict(tally_box[0]) if tally_box else None
     return out
+
+
+def _db_rounds(db: Path) -> list[dict[str, Any]]:
+    """The round table as the killed server left it on disk (status, and whether charged)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT round, status, plan IS NOT NULL, n_survivors FROM rounds ORDER BY round"
+        ).fetchall()
+    return [
+        {"round": r, "status": s, "charge_written": bool(p), "n_survivors": m}
+        for r, s, p, m in rows
+    ]
 
 
 def _summary(snap: dict[str, Any]) -> dict[str, Any]:
@@ -674,47 +712,59 @@ def write_load_report(results: list[dict[str, Any]], out: Path) -> None:
     (out / "server_load.md").write_text("\n".join(lines) + "\n")
 
 
-def write_crash_report(result: dict[str, Any], out: Path) -> None:
-    data = {"benchmark": "server_crash", "machine": machine(), "run": result}
+def write_crash_report(results: list[dict[str, Any]], out: Path) -> None:
+    data = {"benchmark": "server_crash", "machine": machine(), "runs": results}
     (out / "server_crash.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# Server crash: kill -9 mid-round under load, then restart",
         "",
-        "Produced by `python -m benchmarks.load --crash` (see its docstring).",
-        "",
-        f"n = {result['n']} devices, d = {result['dim']}, {result['rounds_planned']} rounds "
-        f"planned; the server is killed with SIGKILL when round 1 is in stage "
-        f"`{result['kill_at']}`, then restarted on the same database.",
+        "Produced by `python -m benchmarks.load --crash` (see `crash` in that module). The "
+        "server is killed with SIGKILL during round 1, then restarted on the same database; "
+        "the devices retry their requests (backoff, up to 180 s) and carry on.",
         "",
     ]
-    for name in ("before_kill", "after_restart", "final"):
-        snap = result.get(name)
-        if not snap:
-            continue
+    for result in results:
         lines += [
-            f"## {name.replace('_', ' ')}",
+            f"## Killed at `{result['kill_at']}` (n = {result['n']}, d = {result['dim']}, "
+            f"{result['rounds_planned']} rounds planned)",
             "",
-            f"ε = {snap['epsilon']}, rounds done {snap['rounds_done']}, "
-            f"training done {snap['training_done']}, stage {snap['stage']}.",
-            "",
-            "| round | status | survivors | ε after it | abort reason |",
-            "| ---: | --- | ---: | ---: | --- |",
         ]
-        for r in snap["rounds"]:
-            lines.append(
-                f"| {r['round']} | {r['status']} | {r['survivors']} | {r['epsilon']} | "
-                f"{r.get('abort_reason') or ''} |"
-            )
-        lines.append("")
-    if result.get("devices"):
-        dev = result["devices"]
-        lines.append(
-            f"Devices: finished {dev['finished']} of {result['n']}, rounds completed "
-            f"{dev['rounds_completed']}, lost {dev['rounds_lost']}, reconnect retries "
-            f"{dev['reconnects']}, refusals {dev['rejected'] or 'none'}."
-        )
-    if result.get("error"):
-        lines.append(f"Error: {result['error']}")
+        if result.get("error"):
+            lines += [f"Error: {result['error']}", ""]
+            continue
+        if "status_seen_at_kill" in result:
+            lines.append(f"Round 1 status in the public log at the kill: "
+                         f"`{result['status_seen_at_kill']}`.")  # fmt: skip
+        lines += ["", "On disk after the kill (before the restart):", "",
+                  "| round | status | privacy charge written | survivors charged |",
+                  "| ---: | --- | --- | ---: |"]  # fmt: skip
+        for r in result["before_restart"]:
+            lines.append(f"| {r['round']} | {r['status']} | {r['charge_written']} | "
+                         f"{r['n_survivors']} |")  # fmt: skip
+        for name in ("after_restart", "final"):
+            snap = result[name]
+            lines += [
+                "",
+                f"{name.replace('_', ' ').capitalize()}: ε = {snap['epsilon']}, rounds done "
+                f"{snap['rounds_done']}, training done {snap['training_done']}.",
+                "",
+                "| round | status | survivors | ε after it | abort reason |",
+                "| ---: | --- | ---: | ---: | --- |",
+            ]
+            for r in snap["rounds"]:
+                lines.append(
+                    f"| {r['round']} | {r['status']} | {r['survivors']} | {r['epsilon']} | "
+                    f"{r.get('abort_reason') or ''} |"
+                )
+        dev = result.get("devices") or {}
+        lines += [
+            "",
+            f"Devices: {dev.get('finished')} of {result['n']} saw training finish; rounds "
+            f"completed {dev.get('rounds_completed')}, lost {dev.get('rounds_lost')}; "
+            f"connection retries {dev.get('reconnects')}; refusals "
+            f"{dev.get('rejected') or 'none'}. Restart took {result.get('restart_s')} s.",
+            "",
+        ]
     (out / "server_crash.md").write_text("\n".join(lines) + "\n")
 
 
@@ -731,7 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-timeout", type=float, default=120.0)
     p.add_argument("--no-model", action="store_true", help="devices skip GET /v1/model")
     p.add_argument("--crash", action="store_true", help="the kill -9 / restart run")
-    p.add_argument("--kill-at", default="unmask", choices=PROTOCOL_STAGES)
+    p.add_argument(
+        "--kill-at",
+        default="unmasking,masked_input",
+        help=f"comma-separated kill points for --crash, of {', '.join(KILL_POINTS)}",
+    )
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     # serve mode
     p.add_argument("--port", type=int, default=0)
@@ -758,9 +812,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.crash:
-        result = crash(sizes[0], args.dim, max(3, args.rounds), args.stage_timeout, args.kill_at)
-        write_crash_report(result, out)
-        print(json.dumps(result, indent=2))
+        points = [k.strip() for k in args.kill_at.split(",") if k.strip()]
+        if not points or any(k not in KILL_POINTS for k in points):
+            print(f"python -m benchmarks.load: error: --kill-at {args.kill_at!r}: choose from "
+                  f"{', '.join(KILL_POINTS)}", file=sys.stderr)  # fmt: skip
+            return 2
+        crashes = [
+            crash(sizes[0], dims[0], max(3, args.rounds), args.stage_timeout, k) for k in points
+        ]
+        write_crash_report(crashes, out)
+        print(json.dumps(crashes, indent=2))
         return 0
     results = []
     for n, dim in [(n, d) for d in dims for n in sizes]:

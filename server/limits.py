@@ -242,21 +242,26 @@ class ConcurrencyLimiter:
 
 
 class UploadGate:
-    """At most ``slots`` large bodies read at once, ``queue`` more waiting, 429 beyond.
+    """At most ``slots`` masked-input bodies read by the app at once; the rest wait.
 
-    Why both: a request waiting here has not had its body read by the app, but the ASGI
-    server has already buffered part of it (uvicorn reads up to its 64 KiB high-water mark
-    plus one socket read of up to 256 KiB before it pauses the connection), so a waiting
-    upload is not free. Refusing past the queue (429, ``Retry-After``) instead of queueing
-    every upload keeps the server's memory bounded by ``(slots + queue)`` bodies, whatever
-    the number of devices; a refused device retries and the stage deadline leaves it time.
+    ``queue`` (None: unbounded) refuses uploads past ``slots + queue`` with 429 and
+    ``Retry-After``. It is off by default, because refusing does not save memory: the
+    device sends its body right after the headers, and the ASGI server has buffered up to
+    about 320 KiB of it (uvicorn's 64 KiB high-water mark plus one socket read of up to
+    256 KiB) before the route can answer, whether the answer is "wait" or "429". Measured
+    with 1000 devices at d = 1e5 (``benchmarks/load.py``), refusing only made devices
+    retry in lockstep and miss the stage deadline. So the server's memory in the masked
+    input stage is O(d) for the sum and the ``slots`` bodies being added, plus up to that
+    buffer per upload still in flight; bounding the latter needs the device to wait for a
+    slot before it sends its body (``Expect: 100-continue``, or an admission step).
     """
 
-    def __init__(self, slots: int, queue: int) -> None:
+    def __init__(self, slots: int, queue: int | None = None) -> None:
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"upload slots must be an int >= 1, got {slots!r}")
-        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
-            raise ValueError(f"upload queue must be an int >= 0, got {queue!r}")
+        bad_queue = isinstance(queue, bool) or not isinstance(queue, int) or queue < 0
+        if queue is not None and bad_queue:
+            raise ValueError(f"upload queue must be None or an int >= 0, got {queue!r}")
         self.slots = slots
         self.queue = queue
         self._admitted = 0  # reading or waiting to read
@@ -268,7 +273,7 @@ class UploadGate:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._admitted >= self.slots + self.queue:
+        if self.queue is not None and self._admitted >= self.slots + self.queue:
             raise ApiError(
                 429,
                 f"{self._admitted} masked inputs are being received; retry in a second",
@@ -290,9 +295,9 @@ class RequestLimits:
     - ``device_polls``: long-polls in flight per authenticated device (a device needs one).
     - ``anon_polls``: unauthenticated long-polls in flight per client address and in total
       (the dashboard needs one per open page).
-    - ``uploads``: masked-input bodies read at the same time, and waiting (:class:`UploadGate`).
-      Each body is ``packed_size(d, b)`` bytes; bounding how many are in the server at once
-      keeps its memory O(d), not O(n * d), however many devices upload together.
+    - ``uploads``: masked-input bodies read by the app at the same time (:class:`UploadGate`);
+      each is ``packed_size(d, b)`` bytes, so the app holds O(slots * d) of them, not
+      O(n * d). (What the ASGI server buffers before the app reads is discussed there.)
     """
 
     def __init__(
@@ -301,7 +306,7 @@ class RequestLimits:
         anon_polls_per_host: int = 16,
         anon_polls_total: int = 1024,
         upload_slots: int = 4,
-        upload_queue: int = 12,
+        upload_queue: int | None = None,
     ) -> None:
         self.device_polls = ConcurrencyLimiter(device_polls, 1 << 30, "long-polls")
         self.anon_polls = ConcurrencyLimiter(

@@ -85,7 +85,17 @@ _ID_LISTS = ("sampled", "survivors", "participants", "contributed")
 #: round-log fields that hold a mapping of stage -> device ids: published as stage -> count
 _ID_MAPS = ("dropouts",)
 #: free-text fields that are published (with any device id scrubbed)
-_TEXT = ("status", "graph", "metric", "abort_reason", "mechanism", "accountant", "note")
+_TEXT = (
+    "status",
+    "graph",
+    "metric",
+    "abort_reason",
+    "mechanism",
+    "accountant",
+    "sampling",
+    "secure_sum",
+    "note",
+)
 _IDS_IN_TEXT = re.compile(r"\b(clients?|devices?|senders?|ids?)\s*\[?[\d,\s]*\d\]?", re.I)
 _LIST_IN_TEXT = re.compile(r"\[[\d,\s]+\]")
 
@@ -107,7 +117,7 @@ def _scrub(text: str) -> str:
 
 def _numeric_map(value: Any) -> bool:
     return isinstance(value, Mapping) and all(
-        isinstance(v, int | float | type(None)) and not isinstance(v, bool) for v in value.values()
+        isinstance(v, int | float | bool | type(None)) for v in value.values()
     )
 
 
@@ -117,8 +127,9 @@ def public_round(record: Mapping[str, Any]) -> dict[str, Any]:
     An allow-list, not a deny-list: numbers, booleans and null pass; the id lists become
     counts (``sampled``, ``survivors``: ints; ``dropouts``: stage -> int); free text passes
     only for known fields, with ids scrubbed (abort reasons may name a client); a mapping
-    passes only if all its values are numbers (``timings``); any other list or mapping,
-    present or added later, is left out until someone decides it is public.
+    passes only if all its values are numbers or booleans (``timings``, ``wrap``); any
+    other list or mapping, present or added later, is left out until someone decides it
+    is public.
     """
     out: dict[str, Any] = {}
     for key, value in record.items():
@@ -154,7 +165,10 @@ async def get_rounds(
 
 @router.get("/status", response_model=Status)
 async def get_status(
-    request: Request, driver: DriverDep, store: StoreDep, models: ModelsDep,
+    request: Request,
+    driver: DriverDep,
+    store: StoreDep,
+    models: ModelsDep,
     settings: SettingsDep,
 ) -> Status:
     snap = driver.snapshot()

@@ -163,9 +163,9 @@ async def post_masked_input(
 ) -> Accepted:
     """Masked input (octet-stream). Added to the running sum here; never stored or logged.
 
-    Only a few bodies are read at a time and a few more may wait (``RequestLimits.uploads``);
-    past that the upload is refused with 429 and ``Retry-After`` before its body is read,
-    so the server's memory stays O(d) however many of the n devices upload together.
+    Only a few bodies are read and added at a time (``RequestLimits.uploads``); the other
+    uploads wait before the app reads their body (see ``server.limits.UploadGate`` for
+    what the ASGI server buffers meanwhile).
     """
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/octet-stream":

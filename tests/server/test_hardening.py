@@ -208,13 +208,17 @@ def test_public_round_scrubs_ids_and_drops_unknown_lists() -> None:
         "timings": {"share_keys": 0.5},
         "new_list_field": [3, 5],
         "epsilon": 1.5,
+        "sampling": "poisson",
+        "wrap": {"near_wrap": 0, "wrap_suspected": False},
+        "charged": True,
     }
     out = public_round(rec)
     assert out["sampled"] == 3 and out["survivors"] == 0
     assert out["dropouts"] == {"share_keys": 1, "masked_input": 0}
     assert "client 9" not in out["abort_reason"] and "threshold 2" in out["abort_reason"]
     assert "new_list_field" not in out and out["timings"] == {"share_keys": 0.5}
-    assert out["epsilon"] == 1.5 and out["round"] == 4
+    assert out["epsilon"] == 1.5 and out["round"] == 4 and out["charged"] is True
+    assert out["sampling"] == "poisson" and out["wrap"] == rec["wrap"]
 
 
 # ---------------------------------------------------------------- finding 11
@@ -255,6 +259,38 @@ def test_concurrency_limiter_counts_and_releases() -> None:
         assert lim.in_flight() == 0 and lim.in_flight("a") == 0
 
     asyncio.run(main())
+
+
+def test_upload_gate_refuses_past_its_queue() -> None:
+    """With a queue bound, masked inputs past ``slots + queue`` are refused before their
+    body is read; by default (no bound) they wait their turn."""
+    from server.errors import ApiError
+    from server.limits import UploadGate
+
+    gate = UploadGate(slots=1, queue=1)
+
+    async def main() -> list[str]:
+        release = asyncio.Event()
+        log: list[str] = []
+
+        async def upload(name: str) -> None:
+            try:
+                async with gate.slot():
+                    log.append(f"{name} in")
+                    await release.wait()
+            except ApiError as err:
+                log.append(f"{name} {err.status}")
+
+        tasks = [asyncio.create_task(upload(n)) for n in "abc"]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert gate.admitted == 2
+        release.set()
+        await asyncio.gather(*tasks)
+        assert gate.admitted == 0
+        return log
+
+    assert asyncio.run(main()) == ["a in", "c 429", "b in"]
 
 
 def test_long_polls_are_bounded(tmp_path: Path) -> None:
