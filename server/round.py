@@ -163,8 +163,9 @@ class RoundState:
     opened: bool = False
     #: enabled devices the cohort was drawn from (operator-disabled ones are left out)
     candidates: int | None = None
-    #: the cohort size the accountant charges (see :func:`charged_cohort`)
+    #: the cohort size the accountant charges (see :func:`charged_cohort`), of this N
     charged_cohort: int | None = None
+    charged_population: int | None = None
     #: the sampler's per-round target when the round was drawn
     per_round: int | None = None
 
@@ -384,6 +385,9 @@ class ServerCore:
             self.clip = float(stored_clip)
         q = self.store.get_meta("sample_rate")
         population = self.store.get_meta("population")
+        if population is not None and self.store.get_meta("legacy_population") is None:
+            # the N of rounds logged before each round kept its own (it never changed then)
+            self.store.set_meta("legacy_population", int(population))
         if q is not None:
             self._make_accountant(float(q), None if population is None else int(population))
             self._replay_ledger()
@@ -398,33 +402,49 @@ class ServerCore:
         accountant = self.accountant
         if accountant is None:  # pragma: no cover - callers make it first
             raise RuntimeError("accountant missing")
-        for plan_dict, n, _, cohort in self.store.privacy_ledger():
+        population = self.population
+        legacy = self.store.get_meta("legacy_population")
+        for plan_dict, n, _, cohort, charged_of in self.store.privacy_ledger():
+            charged_of = legacy if charged_of is None else charged_of
+            if (
+                self.sampler.kind == "poisson"
+                and population is not None
+                and charged_of is not None
+                and population > charged_of
+            ):
+                # charged as c of a smaller N: the same fraction (or more) of today's N
+                cohort = min(population, -(-cohort * population // charged_of))
             plan = EncodingPlan.from_dict(plan_dict)
             accountant.compose(plan.privacy_event(n), cohort=cohort)
 
     def _sync_accountant(self, candidates: int) -> None:
         """Make the accountant match the sampling the next round does.
 
-        The first round fixes the population N (the devices registered then) and
-        q = per_round / N. The operator may later change ``per_round`` (Poisson only) or
-        disable devices (``server.control``); then the accountant is rebuilt for the new
-        (q, N) and the stored ledger replayed, each round with the cohort it was charged
-        with, which is exactly what a restart does (meta ``sample_rate``/``population``).
+        The first round fixes the population N (the devices it is drawn from) and
+        q = per_round / N. Later, devices register or the operator changes ``per_round``
+        (Poisson only) or disables and enables devices (``server.control``); then the
+        accountant is rebuilt for the new (q, N) and the stored ledger replayed, which is
+        exactly what a restart does (meta ``sample_rate``/``population``). The amplified
+        bounds grow with the sampling fraction (see :func:`charged_cohort`), so:
 
         - Poisson: every round is charged as its cohort s_r of N without replacement, so
-          q itself only decides whether there is an amplified figure (q < 1); a new q is
-          a rebuild with the same N.
+          q itself only decides whether there is an amplified figure (q < 1). N grows
+          with the candidates (a cohort may then exceed the old N); earlier rounds are
+          replayed at ceil(c * N_new / N_old) of N_new, at least their old fraction.
+          Fewer candidates than N: the round's own charge is raised instead.
         - Fixed size: the accountant charges k of N every round. When fewer than N devices
           are enabled, N shrinks to that number for good, and every earlier round is then
-          charged at k / N_new >= k / N_old (the amplified bounds grow with the sampling
-          fraction): an upper bound, never an undercharge.
+          charged at k / N_new >= k / N_old; more candidates than N keep N (k of N is
+          then more than k of the candidates): an upper bound, never an undercharge.
         """
         if self.accountant is None or self.population is None:
             q, population = self.sampler.rate(candidates), candidates
         else:
             population = self.population
-            if self.sampler.kind == "fixed" and candidates < population:
-                population = candidates
+            if self.sampler.kind == "fixed":
+                population = min(population, candidates)
+            else:
+                population = max(population, candidates)
             q = self.sampler.rate(population)
             if q == self.sample_rate and population == self.population:
                 return
@@ -517,10 +537,9 @@ class ServerCore:
         n_reg = len(registered)
         self._sync_accountant(n_reg)
         population = int(self.population or n_reg)
-        # ``registered`` holds the enabled devices only: with some disabled, the rate
-        # follows the smaller candidate set and the round is charged accordingly
-        drawn_from = min(population, n_reg)
-        sampled = self.sampler.sample(sorted(registered), drawn_from)
+        # ``registered`` holds the enabled devices only: the Poisson rate follows them
+        # (per_round of n_reg expected), and the round is charged as drawn from n_reg
+        sampled = self.sampler.sample(sorted(registered), n_reg)
         charged = charged_cohort(len(sampled), population, n_reg)
         if len(sampled) < 2:
             self._record_small_cohort(round_id, sampled)
@@ -552,10 +571,11 @@ class ServerCore:
             plan=plan,
             rotation_seed=self._random_bytes(32),
             agg=AggregatorProtocol(params),
-            sample_rate=float(self.sampler.rate(drawn_from)),
+            sample_rate=float(self.sampler.rate(n_reg)),
             started_at=time.time(),
             candidates=n_reg,
             charged_cohort=charged,
+            charged_population=population,
             per_round=self.sampler.per_round,
         )
         self.store.put_round(self.record(rnd, "running"))
@@ -714,6 +734,7 @@ class ServerCore:
             "per_round": rnd.per_round,
             "candidates": rnd.candidates,
             "charged_cohort": rnd.charged_cohort,
+            "charged_population": rnd.charged_population,
             "clip": float(rnd.plan.config.clip),
             "clip_rate": None,
             "model_version": self.model_version,
@@ -729,13 +750,14 @@ def charged_cohort(sampled: int, population: int, candidates: int) -> int:
     A round draws ``sampled`` devices from the ``candidates`` enabled ones; given that size
     the cohort is a uniform subset of them, so its amplified cost is the bound at
     gamma = sampled / candidates (a disabled device is never sampled: its cost is 0). The
-    accountant computes gamma = cohort / N. With all N candidates (or more, registered
-    since N was fixed: charging s / N >= s / candidates is then an upper bound) that is
-    ``sampled``; with fewer it is ceil(sampled * N / candidates), the smallest cohort
-    whose gamma is >= the true one. That is an upper bound because the subsampled RDP
-    bounds used (Wang-Balle-Kasiviswanathan, general and Gaussian) are
+    accountant computes gamma = cohort / N. With N candidates that is ``sampled``; with
+    fewer it is ceil(sampled * N / candidates), the smallest cohort whose gamma is >= the
+    true one. (More candidates than N happen only under fixed-size sampling, whose N does
+    not grow: k of N is then more than k of the candidates; see
+    ``ServerCore._sync_accountant``.) An upper bound, because the subsampled RDP bounds
+    used (Wang-Balle-Kasiviswanathan, general and Gaussian) are
     log(1 + sum_j gamma^j a_j) / (alpha - 1) with a_j >= 0: non-decreasing in gamma
-    (tests/server/test_control.py checks it numerically).
+    (tests/server/test_control.py checks it through the accountant).
     """
     if candidates >= population or sampled == 0:
         return sampled

@@ -404,9 +404,10 @@ class Store:
             ).fetchall()
         return [(json.loads(p), int(n), float(q)) for p, n, q in rows]
 
-    def privacy_ledger(self) -> list[tuple[dict[str, Any], int, float, int]]:
+    def privacy_ledger(self) -> list[tuple[dict[str, Any], int, float, int, int | None]]:
         """Like :meth:`privacy_events`, with each round's cohort size (the number of
-        devices sampled, which the amplified figure is conditioned on)."""
+        devices sampled, which the amplified figure is conditioned on) and the population
+        the accountant charged it against (None in records from before it was kept)."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT plan, n_survivors, sample_rate, record FROM rounds "
@@ -424,7 +425,9 @@ class Store:
                 cohort = charged
             else:
                 cohort = len(sampled) if isinstance(sampled, list) else int(sampled)
-            out.append((json.loads(p), int(n), float(q), cohort))
+            pop = record.get("charged_population")
+            population = pop if isinstance(pop, int) and not isinstance(pop, bool) else None
+            out.append((json.loads(p), int(n), float(q), cohort, population))
         return out
 
     # -- operator change log ------------------------------------------------------------

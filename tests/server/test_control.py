@@ -196,6 +196,43 @@ def test_rounds_and_budget_apply_from_the_next_round_and_are_logged(ctl: Any) ->
     assert ctl.get("/v1/status").json()["rounds_done"] == done + 2
 
 
+def test_start_now_and_disabled_devices_sit_out(tmp_path: Path) -> None:
+    """Start without waiting for the 10 expected devices; a disabled device is not
+    sampled; the public log says how many devices changed, not which."""
+    with _client(tmp_path, rounds=5, clients=10, per_round=3, sampling="poisson") as c:
+        devs = [Device(c) for _ in range(4)]
+        devs[0].register()
+        r = c.post("/v1/control/start", headers=AUTH)
+        assert r.status_code == 409 and "at least 2 enabled devices" in r.json()["detail"]
+        for d in devs[1:]:
+            d.register()
+        r = c.post("/v1/control/devices", json={"device_ids": [3], "enabled": False}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["state"]["enabled"] == 3 and r.json()["state"]["disabled"] == 1
+        assert c.get("/v1/status").json()["stage"] == "waiting"  # 4 of 10 registered
+        r = c.post("/v1/control/start", headers=AUTH)
+        assert r.status_code == 200, r.text
+        state = wait_stage(devs[0], {"advertise_keys"}, timeout=30)
+        # N = the 3 enabled devices, q = 3 / 3: exactly those are sampled
+        assert state["params"]["participants"] == [0, 1, 2]
+        assert devs[3].current()["sampled"] is False
+        assert c.post("/v1/control/start", headers=AUTH).status_code == 409  # running
+        assert run_round(devs[:3], encode=False)["stage"] == "done"
+        rec = c.get("/v1/rounds").json()[0]
+        assert rec["candidates"] == 3 and rec["sampled"] == 3 and rec["charged_cohort"] == 3
+        r = c.post("/v1/control/devices", json={"device_ids": [3], "enabled": True}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["state"]["enabled"] == 4
+        listed = c.get("/v1/control/devices", headers=AUTH).json()
+        assert [d["enabled"] for d in listed] == [True] * 4
+        log = c.get("/v1/control/log").json()
+        devices = [e for e in log if e["action"] == "devices"]
+        assert [e["detail"] for e in devices] == [
+            {"enabled": False, "count": 1},
+            {"enabled": True, "count": 1},
+        ]
+        assert [e["action"] for e in log] == ["devices", "start", "devices"]
+
+
 # ------------------------------------------------------------------ token issuing
 
 
@@ -341,7 +378,8 @@ def test_amplified_epsilon_grows_with_the_cohort(mechanism: str) -> None:
 
 def test_accountant_follows_disabled_devices_and_cohort_changes(tmp_path: Path) -> None:
     """Poisson, N = 8: a round drawn from 4 enabled devices is charged as a cohort of
-    s * 8 / 4 of 8; a new per_round rebuilds the accountant for the new q; a restart
+    s * 8 / 4 of 8; a new per_round rebuilds the accountant for the new q; 4 more devices
+    grow N to 12 and every earlier round is charged at ceil(c * 12 / 8) of 12; a restart
     gives the same ε. Each figure is checked against an accountant built here from the
     rounds' plans and what they were drawn from."""
     from dp import PrivacyAccountant
@@ -358,11 +396,11 @@ def test_accountant_follows_disabled_devices_and_cohort_changes(tmp_path: Path) 
     assert sorted(r1.participants) == [0, 1, 2, 3] and r1.sample_rate == 1.0
     assert r1.candidates == 4 and r1.charged_cohort == 8  # gamma = 4 / 4 = 8 / 8
 
-    def expected(q: float, rounds: list[Any]) -> Any:
+    def expected(q: float, rounds: list[Any], population: int = 8) -> Any:
         acc = PrivacyAccountant(
             core.config.dp,
             sample_rate=q,
-            population=8,
+            population=population,
             corrupt_fraction=core.config.protocol.corrupt,
         )
         for rnd, cohort in rounds:
@@ -387,6 +425,19 @@ def test_accountant_follows_disabled_devices_and_cohort_changes(tmp_path: Path) 
     log = [r for r in core.store.rounds() if r["status"] == "done"]
     assert [r["charged_cohort"] for r in log] == [len(r0.participants), 8, len(r2.participants)]
     assert [r["candidates"] for r in log] == [8, 4, 8]
+
+    # more devices than N (e.g. registered after an early start): N grows to 12
+    core.store.register_devices([os.urandom(32) for _ in range(4)])
+    every = core.store.device_keys()
+    r3 = _release(core, every)
+    assert core.population == 12 and core.sample_rate == pytest.approx(2 / 12)
+    assert r3.candidates == 12 and r3.charged_population == 12
+    c0, c2 = len(r0.participants), len(r2.participants)
+    scaled = [(r0, -(-c0 * 12 // 8)), (r1, 12), (r2, -(-c2 * 12 // 8)), (r3, len(r3.participants))]
+    want = expected(2 / 12, scaled, population=12)
+    got = core.epsilon_report()
+    assert got["epsilon"] == pytest.approx(want.epsilon, rel=1e-12)
+    assert got["epsilon_amplified"] == pytest.approx(want.epsilon_amplified, rel=1e-12)
 
     again = ServerCore(core.config, core.store, core.models)
     again.restore(core.weights)
