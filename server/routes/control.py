@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from server.control import OperatorControl
@@ -31,11 +32,16 @@ router = APIRouter(prefix="/v1/control", tags=["control"])
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "no or a wrong operator token (Authorization: Bearer <token>)"},
 }
-_REFUSED: dict[int | str, dict[str, Any]] = {
+_CONFLICT: dict[int | str, dict[str, Any]] = {
     **_UNAUTHORIZED,
     409: {"description": "refused in the current state (the detail says why)"},
+}
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    **_CONFLICT,
     422: {"description": "a value out of range (the detail names it)"},
 }
+#: documents the scheme in OpenAPI ("Authorize" in /docs); the check is ``authorize``
+_BEARER = HTTPBearer(auto_error=False, description="the operator token printed at start")
 
 
 def get_control(request: Request) -> OperatorControl:
@@ -48,7 +54,12 @@ def get_control(request: Request) -> OperatorControl:
 ControlDep = Annotated[OperatorControl, Depends(get_control)]
 
 
-def require_operator(request: Request, control: ControlDep, auth: AuthDep) -> OperatorControl:
+def require_operator(
+    request: Request,
+    control: ControlDep,
+    auth: AuthDep,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> OperatorControl:
     """The operator token check, per client address rate-limited like other public
     writes (a guess costs a request; the token has 256 bits)."""
     auth.limit_anonymous(request)
@@ -102,7 +113,7 @@ async def get_log(
     return [ControlEntry(**e) for e in control.public_log(limit)]
 
 
-@router.post("/start", response_model=ControlResult, responses=_REFUSED)
+@router.post("/start", response_model=ControlResult, responses=_CONFLICT)
 async def start(control: OperatorDep) -> ControlResult:
     """Start training now: without waiting for every expected device (2 enabled suffice),
     after a pause (same as resume), or again after it finished once the reason is gone
@@ -111,7 +122,7 @@ async def start(control: OperatorDep) -> ControlResult:
     return _result(control, entry, message)
 
 
-@router.post("/pause", response_model=ControlResult, responses=_REFUSED)
+@router.post("/pause", response_model=ControlResult, responses=_CONFLICT)
 async def pause(control: OperatorDep) -> ControlResult:
     """Pause between rounds: the round in flight finishes or aborts as usual, then no
     round starts until resumed."""
@@ -119,7 +130,7 @@ async def pause(control: OperatorDep) -> ControlResult:
     return _result(control, entry, message)
 
 
-@router.post("/resume", response_model=ControlResult, responses=_REFUSED)
+@router.post("/resume", response_model=ControlResult, responses=_CONFLICT)
 async def resume(control: OperatorDep) -> ControlResult:
     """Resume a paused training."""
     entry, message = control.resume()
