@@ -32,8 +32,11 @@ system-packages:
 	  else echo "note: could not install$$need (needs root and apt-get)"; fi; \
 	fi
 
+# The demo: the HTTP engine (a server subprocess, devices over signed HTTP) with the
+# defaults of clients/options.py: fashion, 1000 devices, 50 a round, 12 rounds, ddgauss
+# z = 1.2 (about 72-75 % accuracy at amplified ε about 6, δ = 1e-5; 1-2 min on 2 cores).
 run: install
-	$(PY) -m clients run
+	$(PY) -m clients run --engine http
 
 test: install
 	$(PY) -m pytest -q

@@ -33,15 +33,26 @@ class OneLineParser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class SimOptions:
-    """Every knob of ``python -m clients run`` (CLI flag ``--a-b`` = field ``a_b``)."""
+    """Every knob of ``python -m clients run`` (CLI flag ``--a-b`` = field ``a_b``).
+
+    The defaults are the demo (``make run``): Fashion-MNIST, 1000 devices, 50 sampled per
+    round (Poisson, q = 0.05), 12 rounds of 3 local epochs (batch 10, lr 0.15), FedAvg,
+    ddgauss at z = 1.2 with noise shares sized for 75 % of the cohort. Measured on 2
+    shared cores: 72-75 % test accuracy at an amplified ε of about 6 (unamplified about
+    14) at δ = 1e-5, about 5-6 s a round over HTTP. Why these values: a device's update
+    must be large next to the clip (one local epoch at lr 0.05 moves about 0.05 against a
+    clip of 1, and the noise drowns it); and shares sized for the secagg threshold t (6 of
+    50) add 7x the calibrated noise std, sized for 75 % of the cohort 1.23x, at the price
+    that a round in which more than a quarter of its devices vanish is not unmasked.
+    """
 
     task: str = "fashion"
-    clients: int = 20
-    per_round: int = 10
-    rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
+    clients: int = 1000
+    per_round: int = 50
+    rounds: int = 12
+    local_epochs: int = 3
+    batch_size: int = 10
+    lr: float = 0.15
     server_lr: float = 1.0
     partition: str = "iid"
     alpha: float = 0.5
@@ -53,7 +64,7 @@ class SimOptions:
     bits: int = 20
     graph: str = "harary"
     dropout: float = 0.0
-    min_survivors: float = 0.0
+    min_survivors: float = 0.75
     seed: int = 0
     json_out: str | None = None
     db: str | None = None
@@ -75,7 +86,7 @@ class SimOptions:
     server_eps: float = 1e-3
     eval_every: int = 1
 
-    DEFAULT_NOISE_MULTIPLIER = 0.15
+    DEFAULT_NOISE_MULTIPLIER = 1.2
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is not None and self.target_epsilon is not None:

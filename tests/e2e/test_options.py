@@ -35,7 +35,7 @@ def test_bad_config_file_is_a_usage_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize(
     "kw",
-    [{"clients": 1}, {"per_round": 30}, {"dropout": 1.0}, {"rounds": 0},
+    [{"clients": 1}, {"clients": 20, "per_round": 30}, {"dropout": 1.0}, {"rounds": 0},
      {"noise_multiplier": 1.0, "target_epsilon": 1.0}, {"stage_timeout": 0.0}],
 )
 def test_invalid_options(kw: dict[str, object]) -> None:
@@ -124,7 +124,7 @@ def test_min_survivors_reaches_the_protocol_and_the_noise_sizing() -> None:
     from clients.engines.http import HttpEngine as Simulation
     from clients.options import build_experiment
 
-    plain = Simulation(SimOptions(task="digits", clients=20, per_round=10))
+    plain = Simulation(SimOptions(task="digits", clients=20, per_round=10, min_survivors=0.0))
     strict = Simulation(SimOptions(task="digits", clients=20, per_round=10, min_survivors=0.8))
     assert plain.min_contributors() == plain.threshold() < 8
     assert strict.min_contributors() == 8 and strict.threshold() == plain.threshold()
