@@ -264,6 +264,12 @@ class Fuzzer:
                 resp = self.http.send(req)
                 status = resp.status_code
                 text = resp.text[:300] if status >= 500 else ""
+            except httpx.LocalProtocolError as err:
+                # the client refused to write it (e.g. a header value with a trailing space);
+                # nothing reached the server
+                out.append(Outcome(label, mode, 0))
+                self._record(out[-1:], None, f"unsendable: {err}")
+                return out
             except httpx.TransportError as err:
                 status, text = 599, f"transport error: {type(err).__name__}: {err}"
             out.append(Outcome(label, mode, status))
