@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import base64
 import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -238,15 +237,6 @@ class ServerProcess:
 
 
 # ---------------------------------------------------------------- the devices
-def sign(key: Any, device_id: int, method: str, path: str, body: bytes, audience: str) -> dict:
-    """Signed-request headers, with the audience when the wire format has one."""
-    from secagg.auth import sign_request
-
-    if "audience" in inspect.signature(sign_request).parameters:
-        return sign_request(key, device_id, method, path, body, audience=audience)
-    return sign_request(key, device_id, method, path, body)
-
-
 class Rejected(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"{status}: {detail}")
@@ -293,6 +283,8 @@ class LoadDevice:
         timeout: float = 60.0,
     ) -> Any:
         import httpx
+
+        from benchmarks.fuzz import sign
 
         end = time.monotonic() + self.reconnect_s
         delay = 0.2
