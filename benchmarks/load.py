@@ -335,7 +335,8 @@ class LoadDevice:
             version = int(state["version"])
             stage, rid = state["stage"], state["round"]
             if session is not None and (session["round"] != rid or stage == "finished"):
-                session = self._end(session)
+                self._end(session)
+                session = None
             if stage == "finished":
                 self.tally.finished += 1
                 return
@@ -367,7 +368,6 @@ class LoadDevice:
             self.tally.rounds_completed += 1
         else:
             self.tally.rounds_lost += 1
-        return None
 
     async def step(self, session: dict[str, Any], stage: str) -> None:
         from secagg import AdvertiseKeys, ClientProtocol, RoundParams, UnmaskRequest
@@ -655,7 +655,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_load_report(results: list[dict[str, Any]], out: Path) -> None:
-    data = {"benchmark": "server_load", "machine": machine(), "runs": results}
+    data: dict[str, Any] = {"benchmark": "server_load", "machine": machine(), "runs": results}
     (out / "server_load.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# Server load: protocol-only devices against one uvicorn server",
@@ -724,7 +724,7 @@ def write_load_report(results: list[dict[str, Any]], out: Path) -> None:
 
 
 def write_crash_report(results: list[dict[str, Any]], out: Path) -> None:
-    data = {"benchmark": "server_crash", "machine": machine(), "runs": results}
+    data: dict[str, Any] = {"benchmark": "server_crash", "machine": machine(), "runs": results}
     (out / "server_crash.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# Server crash: kill -9 mid-round under load, then restart",

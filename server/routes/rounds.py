@@ -60,6 +60,7 @@ async def current(
     total) for unsigned ones, which also pass the per-address rate limit; past that, 429.
     """
     device_id = None
+    key: tuple[str, int | str]
     if auth.has_credentials(request):
         device_id = auth.authenticate(request, b"")
         limiter, key = limits.device_polls, ("device", device_id)
