@@ -74,8 +74,8 @@ def test_importing_tasks_does_not_import_device_code() -> None:
 
     code = (
         "import sys, clients.tasks; "
-        "bad = [m for m in sys.modules if m.startswith(('clients.device', 'clients.engines', 'clients.run',"
-        " 'server', 'secagg', 'dp'))]; print(bad)"
+        "bad = [m for m in sys.modules if m.startswith(('clients.device', 'clients.engines',"
+        " 'clients.run', 'server', 'secagg', 'dp'))]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -78,7 +78,7 @@ def test_compiled_update_equals_plain_sgd_steps(task_name: str) -> None:
             idx = order[start : start + 16]
             with tf.GradientTape() as tape:
                 loss = ref.loss(tf.constant(yy[idx]), ref(x[idx], training=True))
-            opt.apply_gradients(zip(tape.gradient(loss, ref.weights), ref.weights))
+            opt.apply_gradients(zip(tape.gradient(loss, ref.weights), ref.weights, strict=True))
     np.testing.assert_allclose(w0 + delta, get_flat_weights(ref), atol=2e-5)
 
 
