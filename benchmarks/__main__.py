@@ -44,6 +44,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("privacy", "benchmarks.privacy", "accuracy against ε through the real pipeline"),
     Subcommand("audit", "benchmarks.audit", "measured lower bound on ε against the claim"),
     Subcommand("sim", "benchmarks.sim", "seconds per round of the engines against the floor"),
+    Subcommand("recipe", "benchmarks.recipe", "a FedAvg recipe for fashion that converges"),
 )
 
 ALL_HELP = "every benchmark's full suite (make bench): writes benchmarks/results/"

@@ -2,19 +2,26 @@
 
 Every federated point runs the in-process research engine
 (:class:`clients.engines.local.InProcessEngine`): the server's round logic
-(:mod:`server.round`) and N simulated devices (:class:`clients.round.DeviceRound`) with
-the real secure aggregation (Harary graph, the server's threshold), each device's share of
-distributed noise (``gaussian``, ``ddgauss`` or ``skellam``) and the server's accountant —
-the same code the HTTP server and devices run, without sockets. Every figure in the
-table comes from that run's round log: accuracy from the server's evaluation of the
+(:mod:`server.round`) and the simulated devices (:class:`clients.round.DeviceRound`), each
+device's share of distributed noise (``gaussian``, ``ddgauss`` or ``skellam``) encoded at
+the point's bit width, the server's decoder, optimizer and accountant — the code the HTTP
+server and devices run, without sockets. The full grid hands the server the exact modular
+sum of the encoded vectors (``--secure-sum exact``, bit-identical to unmasking the
+protocol's masked sum, tests/clients/test_engines.py); the quick grid runs the real masks.
+Every figure comes from the run's round log: accuracy from the server's evaluation of the
 global model on the task's test set, spent ε from the server's accountant.
+
+Seeds: every spec (a point but its seed) runs with ``--seeds`` seeds (default 3); a seed
+fixes the cohorts, the model initialisation, local shuffling and each device's noise
+(simulation only: ``clients.engines.common``), so a point is reproducible and its cached
+record sound. The report gives mean ± std over the seeds.
 
 Two ε per point, as the server reports them:
 
 - **ε (unamplified)** holds against anyone, including this server, which knows whom it
   sampled;
 - **ε amplified** is proven for the sampling the server did (Poisson at q = per_round /
-  clients by default) and holds only if the adversary does not learn who took part.
+  clients) and holds only if the adversary does not learn who took part.
 
 The *target* ε is what the noise is calibrated for (``SimOptions(target_epsilon=...)``,
 see ``clients.options.resolve_noise``): the amplified ε after the planned rounds when
@@ -27,16 +34,18 @@ both are in the table.
 Baselines: ε = ∞ is non-private FedAvg through the same pipeline (mechanism ``none``);
 "central" is the same task model trained on the pooled training data with Keras for
 ``ceil(rounds * per_round / clients * local_epochs)`` epochs (the expected number of
-passes FedAvg makes over the data), evaluated with ``task.evaluate``.
+passes FedAvg makes over the data), at most ``central_max_epochs``.
 
-Resume: each finished point is cached as JSON in ``<out-dir>/.cache/privacy/<key>.json``
-(the key names task, partition, mechanism, bits, ε, δ, clients, per round, rounds, seed
-and a digest of the training settings); a rerun skips cached points (``--fresh`` ignores
-the cache). Results are rewritten after every point, marked "partial: N of M points"
-until the grid is done.
+Resume: each finished point (one seed) is cached as JSON in
+``<out-dir>/.cache/privacy/<key>.json`` (the key names task, partition, mechanism, bits,
+ε, δ, clients, per round, rounds, seed and a digest of the settings); a rerun skips
+cached points (``--fresh`` ignores the cache). Results are rewritten after every point,
+marked "partial: N of M points" until the grid is done, with the remaining time estimated
+from the measured per-point times.
 
-Outputs: ``<out-dir>/privacy_accuracy.md`` (table, targets, grid), ``.json`` (raw
-records) and ``.png`` (accuracy against ε; accuracy against round for a few settings).
+Outputs: ``<out-dir>/privacy_accuracy.md`` (table, targets, grid), ``.json`` (raw runs and
+per-spec aggregates) and ``.png`` (accuracy against ε with error bars, against bits, and
+against round).
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from typing import Any
 
 from benchmarks import cli
 from benchmarks.privacy_grid import (
+    DEFAULT_SEEDS,
     MECHANISMS,
     PARTITIONS,
     Point,
@@ -152,10 +162,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list of target ε, 'inf' = non-private FedAvg baseline")
     parser.add_argument("--partitions", type=_list_of(PARTITIONS), default=None,
                         help="comma list of iid,dirichlet")
-    parser.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
+    parser.add_argument("--seeds", type=cli.positive_int, default=DEFAULT_SEEDS,
+                        help=f"seeds per spec, 0..N-1 (default: {DEFAULT_SEEDS})")
+    parser.add_argument("--first-seed", type=_seed, default=0,
+                        help="first seed (default: 0)")
     parser.add_argument("--delta", type=_delta, default=1e-5, help="δ (default: 1e-5)")
-    parser.add_argument("--stage-timeout", type=_positive_float, default=None,
-                        help="seconds per protocol stage (default: the mode's)")
     parser.add_argument("--min-survivors", type=_fraction, default=None,
                         help="fraction of the sampled devices that must survive a round; "
                         "noise shares are sized for that many (default: 0.9; 0 sizes "
@@ -184,8 +195,8 @@ def run_suite(args: argparse.Namespace) -> int:
     out_dir = Path(getattr(args, "results", RESULTS_DIR))
     ns = argparse.Namespace(
         quick=bool(getattr(args, "quick", False)), task=None, clients=None, per_round=None,
-        rounds=None, mechanisms=None, bits=None, epsilons=None, partitions=None, seed=0,
-        delta=1e-5, stage_timeout=None, min_survivors=None, no_central=False,
+        rounds=None, mechanisms=None, bits=None, epsilons=None, partitions=None,
+        seeds=DEFAULT_SEEDS, first_seed=0, delta=1e-5, min_survivors=None, no_central=False,
         report_only=False,
         fresh=bool(getattr(args, "privacy_fresh", False)), out_dir=out_dir,
     )
@@ -197,8 +208,7 @@ def main(args: argparse.Namespace) -> int:
     unreachable, which is a result), 1 when some point failed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     scale = Scale.for_mode(bool(args.quick), task=args.task, clients=args.clients,
-                           per_round=args.per_round, rounds=args.rounds,
-                           stage_timeout=args.stage_timeout)
+                           per_round=args.per_round, rounds=args.rounds)
     if scale.per_round > scale.clients:
         cli.fail_usage(f"--per-round ({scale.per_round}) must be <= --clients "
                        f"({scale.clients})")
@@ -208,7 +218,8 @@ def main(args: argparse.Namespace) -> int:
         cli.fail_usage(f"--per-round must be >= 2 (secure aggregation), got {scale.per_round}")
     settings = Settings.for_mode(bool(args.quick),
                                  min_survivors=getattr(args, "min_survivors", None))
-    grid = build_grid(scale, settings, seed=args.seed, delta=args.delta,
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    grid = build_grid(scale, settings, seeds=seeds, delta=args.delta,
                       mechanisms=args.mechanisms, bits=args.bits, epsilons=args.epsilons,
                       partitions=args.partitions, central=not args.no_central,
                       quick=bool(args.quick))
@@ -289,7 +300,7 @@ def _base_record(point: Point, settings: Settings) -> dict[str, Any]:
                noise_multiplier=None, epsilon_spent=None, epsilon_amplified=None,
                final_accuracy=None, best_accuracy=None, final_loss=None, rounds_done=0,
                wall_s=None, round_s_mean=None, survivors_mean=None, curve=[],
-               finished_reason=None, device_errors=0, stage_timeout=None)
+               finished_reason=None, device_errors=0)
     return rec
 
 
@@ -305,12 +316,14 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
     opts = SimOptions(
         task=point.task, clients=point.clients, per_round=point.per_round,
         rounds=point.rounds, local_epochs=settings.local_epochs,
-        batch_size=settings.batch_size, lr=settings.lr, server_lr=settings.server_lr,
+        batch_size=settings.batch_size, lr=settings.lr, server_opt=settings.server_opt,
+        server_lr=settings.server_lr, server_momentum=settings.server_momentum,
         partition=point.partition, alpha=settings.alpha, mechanism=point.mechanism,
         target_epsilon=point.epsilon if private else None, delta=point.delta,
-        clip=settings.clip, bits=int(point.bits or 20), graph=settings.graph,
-        seed=point.seed, stage_timeout=settings.stage_timeout,
+        clip=settings.clip if private else settings.nonprivate_clip,
+        bits=int(point.bits or 20), graph=settings.graph, seed=point.seed,
         min_survivors=settings.min_survivors, engine="local",
+        secure_sum=settings.secure_sum, eval_every=settings.eval_every,
     )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp:
@@ -330,13 +343,14 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
             sim.stop()
     rec["wall_s"] = float(result.elapsed_s)
     rec["noise_multiplier"] = float(result.noise_multiplier)
-    rec["stage_timeout"] = None
     rec["engine"] = result.engine
     rec["secure_sum"] = result.secure_sum
     rec["device_errors"] = len(result.device_errors)
     rec["device_error_messages"] = [str(e)[:300] for e in result.device_errors[:5]]
     rec["finished_reason"] = result.status.get("finished_reason")
     rec.update(summarize_rounds(result.rounds, point.rounds, result.status))
+    secs = [float(x) for x in result.round_seconds]
+    rec["round_s_mean"] = sum(secs) / len(secs) if secs else rec.get("round_s_mean")
     return rec
 
 
@@ -391,9 +405,10 @@ def _num(value: Any) -> float | None:
 
 def central_epochs(point: Point, settings: Settings) -> int:
     """Epochs of the central baseline: the expected passes FedAvg makes over the pooled
-    data, ``ceil(rounds * per_round / clients * local_epochs)``, at least 1."""
+    data, ``ceil(rounds * per_round / clients * local_epochs)``, at least 1 and at most
+    ``settings.central_max_epochs`` (recipe.md has the central run to convergence)."""
     passes = point.rounds * point.per_round / point.clients * settings.local_epochs
-    return max(1, math.ceil(passes - 1e-9))
+    return min(settings.central_max_epochs, max(1, math.ceil(passes - 1e-9)))
 
 
 def _run_central(point: Point, settings: Settings) -> dict[str, Any]:

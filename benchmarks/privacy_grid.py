@@ -1,9 +1,12 @@
-"""The privacy benchmark's points, scales, grids and result cache.
+"""The privacy benchmark's points, settings, grids and result cache.
 
 A :class:`Point` is one run: a federated point (task, partition, mechanism, bit width,
-target ε, δ, clients, per round, rounds, seed) or the central baseline. Its
-:meth:`Point.key` encodes every setting, plus a digest of the fixed training
-:class:`Settings`, so a cached record is reused only for exactly the same experiment.
+target ε, δ, clients, per round, rounds, seed) or the central baseline. Points that
+differ only in their seed form one *spec*; the report gives each spec the mean ± std over
+its seeds. :meth:`Point.key` encodes every setting, plus a digest of the fixed training
+:class:`Settings`, so a cached record is reused only for exactly the same experiment. The
+runs are seeded (cohorts, model initialisation, local shuffling, each device's noise:
+``clients.engines.common``), so a cached record is what a rerun would produce.
 
 Cache files are plain JSON (no pickle), written atomically, one per point.
 """
@@ -14,7 +17,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,12 @@ from benchmarks.report import write_atomic
 
 MECHANISMS: tuple[str, ...] = ("gaussian", "ddgauss", "skellam")
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet")
-BITS_CHOICES: tuple[int, ...] = (12, 16, 20)
 BASELINE_BITS = 20
 """Bit width of the non-private FedAvg baseline (mechanism ``none``: no noise, the
-update is still quantized and securely summed at this width)."""
+update is still clipped, quantized and securely summed at this width)."""
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+DEFAULT_SEEDS = 3
 
 
 # --------------------------------------------------------------------------- settings
@@ -35,38 +38,48 @@ CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class Settings:
-    """Training and protocol settings held fixed over the grid (not tuned per point)."""
+    """Training and protocol settings held fixed over the grid (not tuned per point).
 
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
+    The full grid's values are the recipe of ``benchmarks/results/recipe.md`` (non-private
+    FedAvg at 1000 devices, 100 a round, tuned on a documented grid). The issue allows the
+    clip and the server lr to be re-tuned per ε; this grid does not: one clip for every
+    private point."""
+
+    local_epochs: int = 5
+    batch_size: int = 10
+    lr: float = 0.1
+    server_opt: str = "fedavgm"
     server_lr: float = 1.0
+    server_momentum: float = 0.5
     clip: float = 1.0
+    """L2 clip of the private points (about the median update norm of the recipe at the
+    first round, 1.35, so most updates are clipped a little and the noise z·C stays small)."""
+    nonprivate_clip: float = 10.0
+    """Clip of the non-private baseline: the recipe's, above every update norm (never binds)."""
     alpha: float = 0.5
     graph: str = "harary"
-    stage_timeout: float | None = 75.0
     min_survivors: float = 0.9
     """Fraction of the sampled devices that must survive for a round to be unmasked
-    (``--min-survivors`` of the simulation): the noise shares are sized for
-    m = max(t, ceil(min_survivors · per_round)) contributors, not for the secagg threshold
-    t alone, so that the summed noise is close to what the calibration asked for. 0.9
-    matches the 10 % dropout the secagg parameters assume."""
+    (``--min-survivors``): noise shares are sized for m = max(t, ceil(min_survivors · n))
+    contributors, not for the secagg threshold t alone, so that the summed noise is close
+    to what the calibration asked for."""
+    secure_sum: str = "exact"
+    """``exact``: the server gets the exact modular sum of the same encoded, noised vectors
+    (bit-identical to the masked protocol: tests/clients/test_engines.py), which saves key
+    agreement and masking for 100 devices a round; ``protocol``: the real masks."""
+    eval_every: int = 5
+    central_max_epochs: int = 15
 
     @classmethod
-    def for_mode(cls, quick: bool, stage_timeout: float | None = None,
-                 min_survivors: float | None = None) -> Settings:
-        """The settings of a mode. A stage ends as soon as every message arrived, so the
-        timeout matters only for slow or vanished devices. The simulation's own estimate
-        (3x one measured local training per sampled device) turned slow devices into
-        dropouts on a loaded 2-core machine (55 of 100 at 1000 clients); a very long one
-        makes every vanished device cost that long (in the full grid about one sampled
-        device per round never answered share keys, so the stage ran to its deadline).
-        75 s (60 s quick) fits the share-keys stage, which absorbs the serialized training +
-        encoding of 20 devices (8-11 s measured at load 6, 62 s once at load 12)."""
-        default = 60.0 if quick else 75.0
-        out = cls(stage_timeout=default if stage_timeout is None else stage_timeout)
+    def for_mode(cls, quick: bool, min_survivors: float | None = None) -> Settings:
+        """The settings of a mode. The quick grid runs the real masked protocol on the
+        small ``digits`` task with a recipe that moves its tiny shards (3 local epochs at
+        lr 0.3) and evaluates every round."""
+        out = cls(local_epochs=3, batch_size=10, lr=0.3, server_opt="fedavg",
+                  server_momentum=0.0, secure_sum="protocol", eval_every=1,
+                  central_max_epochs=10) if quick else cls()
         if min_survivors is not None:
-            out = cls(**{**out.to_dict(), "min_survivors": float(min_survivors)})
+            out = replace(out, min_survivors=float(min_survivors))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,19 +99,17 @@ class Scale:
     clients: int
     per_round: int
     rounds: int
-    stage_timeout: float | None = None
 
-    QUICK = ("digits", 20, 5, 8)
-    FULL = ("fashion", 1000, 100, 10)
+    QUICK = ("digits", 100, 20, 10)
+    FULL = ("fashion", 1000, 100, 100)
 
     @classmethod
     def for_mode(cls, quick: bool, *, task: str | None = None, clients: int | None = None,
-                 per_round: int | None = None, rounds: int | None = None,
-                 stage_timeout: float | None = None) -> Scale:
+                 per_round: int | None = None, rounds: int | None = None) -> Scale:
         """The mode's default scale, each part overridable by a flag."""
         d_task, d_clients, d_per, d_rounds = cls.QUICK if quick else cls.FULL
         return cls(task or d_task, clients or d_clients, per_round or d_per,
-                   rounds or d_rounds, stage_timeout)
+                   rounds or d_rounds)
 
     @property
     def sample_rate(self) -> float:
@@ -140,18 +151,19 @@ class Point:
                 f"-d{self.delta:g}-n{self.clients}-k{self.per_round}-r{self.rounds}"
                 f"-s{self.seed}-{settings.digest()}")
 
+    def spec(self) -> tuple[Any, ...]:
+        """Everything but the seed: the points of one spec are averaged."""
+        return (self.kind, self.task, self.partition, self.mechanism, self.bits,
+                self.epsilon, self.clients, self.per_round, self.rounds, self.delta)
+
     def label(self) -> str:
         if self.kind == "central":
-            return f"central baseline ({self.task}, pooled data)"
+            return f"central baseline ({self.task}, pooled data) seed {self.seed}"
+        cohort = f", {self.per_round}/round" if self.per_round else ""
         if self.mechanism == "none":
-            return f"FedAvg non-private ({self.partition})"
+            return f"FedAvg non-private ({self.partition}{cohort}) seed {self.seed}"
         return (f"{self.mechanism} {self.bits} bits ε={eps_text(self.epsilon)} "
-                f"({self.partition})")
-
-    def series(self) -> str:
-        """The line this point belongs to in the accuracy-against-ε plot."""
-        suffix = "" if self.partition == "iid" else f", {self.partition}"
-        return f"{self.mechanism} {self.bits} bits{suffix}"
+                f"({self.partition}{cohort}) seed {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,16 +174,21 @@ class Point:
 
 @dataclass(frozen=True)
 class Grid:
-    """An ordered list of points (most informative first, so partial results are useful)
-    with a description of what was chosen and why."""
+    """An ordered list of points (most informative specs first, each spec's seeds
+    together, so that partial results are whole specs) with a description."""
 
     points: tuple[Point, ...]
     scale: Scale
     settings: Settings
+    seeds: tuple[int, ...]
     description: str
     description_short: str
     curated: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_specs(self) -> int:
+        return len({p.spec() for p in self.points})
 
 
 def parse_epsilons(text: str) -> list[float | None]:
@@ -213,114 +230,99 @@ def parse_list(text: str, choices: Sequence[str]) -> list[str]:
     return out
 
 
-SCALE_NOTE = (
-    "Scale. The default full grid runs the issue's setting: Fashion-MNIST, 1000 clients, "
-    "100 sampled per round (q = 0.1), 10 rounds. Measured on this machine (2 cores, "
-    "2026-11-23), ddgauss at 16 bits, one round through the real pipeline: 63 s before "
-    "two fixes to the simulation (every device thread shared one httpx connection pool, "
-    "which httpcore scans on each request under a lock; and each device's first "
-    "TensorFlow call on its own thread paid a 0.2-0.3 s per-thread set-up, on nearly "
-    "every encode), 22 s after them (advertise 3.9 s, share keys 15.7 s, which absorbs "
-    "the 100 serialized trainings and encodings, masked input 1.2 s, unmask 0.6 s). A "
-    "federated point then takes 3-4.5 min with start-up and registration of the 1000 "
-    "devices, so the 29-point grid takes about 1.5-2 h on 2 cores, not the hour the issue "
-    "asks for; it is ordered so that a partial run (it resumes from the cache) answers "
-    "the targets first. Session 1 had run 200 clients / 20 per round instead (8-10 min "
-    "per round at 1000 / 100 on a loaded machine before the fixes)."
-)
-
 FULL_EPSILONS: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0, 1.0)
 QUICK_EPSILONS: tuple[float, ...] = (8.0, 2.0)
+SWEEP_BITS: tuple[int, ...] = (10, 12, 14, 16, 18, 20)
+COHORTS: tuple[int, ...] = (50, 200)
+
+Spec = tuple[str, str, int | None, float | None, int | None]
+"""(partition, mechanism, bits, ε, per_round or None for the scale's)."""
 
 
-def build_grid(scale: Scale, settings: Settings, *, seed: int = 0, delta: float = 1e-5,
-               mechanisms: Sequence[str] | None = None, bits: Sequence[int] | None = None,
+def full_specs() -> tuple[list[Spec], str]:
+    """The issue's 36 federated specs, most informative first."""
+    specs: list[Spec] = [("iid", "none", BASELINE_BITS, None, None)]
+    specs += [("iid", m, 16, 8.0, None) for m in MECHANISMS]
+    specs += [("iid", m, 12, 8.0, None) for m in ("ddgauss", "skellam")]
+    specs += [("iid", m, 16, 2.0, None) for m in MECHANISMS]
+    specs += [("iid", m, 16, e, None) for e in (16.0, 4.0, 1.0) for m in MECHANISMS]
+    specs += [("iid", m, b, 8.0, None) for m in ("ddgauss", "skellam")
+              for b in SWEEP_BITS if b not in (12, 16)]
+    specs += [("iid", m, b, 2.0, None) for m in ("ddgauss", "skellam") for b in (12, 20)]
+    specs.append(("dirichlet", "none", BASELINE_BITS, None, None))
+    specs += [("dirichlet", m, 16, 8.0, None) for m in MECHANISMS]
+    specs += [("iid", "ddgauss", 16, 8.0, k) for k in COHORTS]
+    why = ("Full grid (issue 10), specs in the order run, each over its seeds: non-private "
+           "FedAvg (IID); gaussian, ddgauss, skellam at 16 bits at target ε 8; ddgauss and "
+           "skellam at 12 bits at ε 8; the three at 16 bits at ε 2, then 16, 4, 1; the "
+           "bit-width sweep of ddgauss and skellam at ε 8 (10, 14, 18, 20 bits; 12 and 16 "
+           "above) and at ε 2 (12 and 20 bits); Dirichlet(α = 0.5): non-private and the "
+           "three at 16 bits at ε 8; ddgauss 16 bits at ε 8 with 50 and 200 devices a "
+           "round. Plus the central baseline.")
+    return specs, why
+
+
+def quick_specs() -> tuple[list[Spec], str]:
+    specs: list[Spec] = [("iid", "none", BASELINE_BITS, None, None)]
+    for eps in QUICK_EPSILONS:
+        specs += [("iid", m, 16, eps, None) for m in MECHANISMS]
+    specs.append(("iid", "ddgauss", 12, 8.0, None))
+    why = ("Quick grid: the non-private FedAvg baseline, the three mechanisms at 16 bits "
+           "at target ε 8 and 2, ddgauss at 12 bits at ε 8, and the central baseline (IID "
+           "only), on the small `digits` task with the real masked protocol; it checks the "
+           "pipeline end to end in minutes, its accuracies say nothing about the "
+           "Fashion-MNIST targets.")
+    return specs, why
+
+
+def build_grid(scale: Scale, settings: Settings, *, seeds: Sequence[int] = (0, 1, 2),
+               delta: float = 1e-5, mechanisms: Sequence[str] | None = None,
+               bits: Sequence[int] | None = None,
                epsilons: Sequence[float | None] | None = None,
                partitions: Sequence[str] | None = None, central: bool = True,
                quick: bool | None = None) -> Grid:
-    """The points to run.
+    """The points to run: each spec once per seed.
 
-    Without grid flags: the curated grid of the mode (see ``_curated``). With any of
-    ``mechanisms`` / ``bits`` / ``epsilons`` / ``partitions``: their product (the others
-    take the mode's values), plus the non-private baseline per partition (always, it is
-    the reference of every target) and the central baseline unless ``central`` is False.
+    Without grid flags: the curated grid of the mode. With any of ``mechanisms`` / ``bits``
+    / ``epsilons`` / ``partitions``: their product (the others take the mode's values),
+    plus the non-private baseline per partition (always, it is the reference of every
+    target) and the central baseline unless ``central`` is False.
     """
-    if scale.stage_timeout is not None:
-        settings = Settings(**{**settings.to_dict(), "stage_timeout": scale.stage_timeout})
+    seeds = tuple(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("at least one seed is needed")
     is_quick = scale.task == "digits" if quick is None else quick
-
-    def fed(partition: str, mechanism: str, b: int | None, eps: float | None) -> Point:
-        return Point("federated", scale.task, partition, mechanism, b, eps, scale.clients,
-                     scale.per_round, scale.rounds, seed, delta)
-
-    central_pt = Point("central", scale.task, "pooled", "central", None, None, scale.clients,
-                       scale.per_round, scale.rounds, seed, delta)
     custom = any(x is not None for x in (mechanisms, bits, epsilons, partitions))
     if not custom:
-        points, why = _curated(fed, is_quick)
-        if central:
-            points.insert(0, central_pt)
+        specs, why = quick_specs() if is_quick else full_specs()
         short = f"curated {'quick' if is_quick else 'full'} grid on {scale.task}"
-        notes = () if is_quick else (SCALE_NOTE,)
-        return Grid(tuple(points), scale, settings, why, short, curated=True, notes=notes)
-    mechs = list(mechanisms or MECHANISMS)
-    bit_list = list(bits or [16])
-    eps_list = list(epsilons or (QUICK_EPSILONS if is_quick else FULL_EPSILONS))
-    parts = list(partitions or ["iid"])
-    points = [central_pt] if central else []
-    for part in parts:
-        points.append(fed(part, "none", BASELINE_BITS, None))
-    for part in parts:
-        for eps in eps_list:
-            if eps is None:
-                continue
-            for b in bit_list:
-                for m in mechs:
-                    points.append(fed(part, m, b, eps))
-    why = (f"Grid given on the command line: mechanisms {', '.join(mechs)}; bits "
-           f"{', '.join(map(str, bit_list))}; target ε "
-           f"{', '.join(eps_text(e) for e in eps_list)}; partitions {', '.join(parts)}; "
-           "plus the non-private FedAvg baseline per partition"
-           + (" and the central baseline." if central else "."))
-    return Grid(tuple(points), scale, settings, why, f"{len(points)} points (custom grid)",
-                curated=False)
-
-
-def _curated(fed: Any, quick: bool) -> tuple[list[Point], str]:
-    """The default grid, most informative points first."""
-    if quick:
-        pts = [fed("iid", "none", BASELINE_BITS, None)]
-        for eps in QUICK_EPSILONS:
-            pts += [fed("iid", m, 16, eps) for m in MECHANISMS]
-        pts.append(fed("iid", "ddgauss", 12, 8.0))
-        why = ("Quick grid: the non-private FedAvg baseline, the three mechanisms at 16 bits "
-               "at target ε 8 and 2, ddgauss at 12 bits at ε 8, and the central baseline "
-               "(IID only), on the small `digits` task; it checks the pipeline end to end "
-               "in minutes, its accuracies say nothing about the Fashion-MNIST targets.")
-        return pts, why
-    pts = [fed("iid", "none", BASELINE_BITS, None)]
-    # the points the targets need, first
-    pts += [fed("iid", m, 16, 8.0) for m in MECHANISMS]
-    pts.append(fed("iid", "ddgauss", 12, 8.0))
-    pts += [fed("iid", m, 16, 2.0) for m in MECHANISMS]
-    pts.append(fed("iid", "skellam", 12, 8.0))
-    # label skew for a subset
-    pts.append(fed("dirichlet", "none", BASELINE_BITS, None))
-    pts += [fed("dirichlet", m, 16, 8.0) for m in MECHANISMS]
-    # the rest of the 16-bit curve
-    for eps in (16.0, 4.0, 1.0):
-        pts += [fed("iid", m, 16, eps) for m in MECHANISMS]
-    # other bit widths at two ε
-    pts += [fed("iid", m, 20, eps) for eps in (8.0, 2.0) for m in ("ddgauss", "skellam")]
-    pts += [fed("iid", m, 12, 2.0) for m in ("ddgauss", "skellam")]
-    why = ("Full grid, in the order run (most informative first, so that a partial run "
-           "still answers the targets): the central baseline; non-private FedAvg (IID); "
-           "gaussian, ddgauss, skellam at 16 bits at target ε 8; ddgauss at 12 bits at ε 8; "
-           "the three mechanisms at 16 bits at ε 2; skellam at 12 bits at ε 8; the "
-           "Dirichlet(α = 0.5) partition for the baseline and the three mechanisms at 16 "
-           "bits at ε 8; the rest of the 16-bit curve (ε 16, 4, 1); then ddgauss and "
-           "skellam at 20 bits at ε 8 and 2 and at 12 bits at ε 2.")
-    return pts, why
+    else:
+        mechs = list(mechanisms or MECHANISMS)
+        bit_list = list(bits or [16])
+        eps_list = [e for e in (epsilons or (QUICK_EPSILONS if is_quick else FULL_EPSILONS))
+                    if e is not None]
+        parts = list(partitions or ["iid"])
+        specs = [(part, "none", BASELINE_BITS, None, None) for part in parts]
+        specs += [(part, m, b, e, None) for part in parts for e in eps_list
+                  for b in bit_list for m in mechs]
+        why = (f"Grid given on the command line: mechanisms {', '.join(mechs)}; bits "
+               f"{', '.join(map(str, bit_list))}; target ε "
+               f"{', '.join(eps_text(e) for e in eps_list)}; partitions {', '.join(parts)}; "
+               "plus the non-private FedAvg baseline per partition"
+               + (" and the central baseline." if central else "."))
+        short = f"{len(specs) + int(central)} specs (custom grid)"
+    points: list[Point] = []
+    if central:
+        points += [Point("central", scale.task, "pooled", "central", None, None,
+                         scale.clients, scale.per_round, scale.rounds, s, delta)
+                   for s in seeds]
+    for part, mech, b, eps, cohort in specs:
+        if cohort is not None and not 2 <= cohort <= scale.clients:
+            continue  # a cohort the population (--clients) cannot hold
+        points += [Point("federated", scale.task, part, mech, b, eps, scale.clients,
+                         cohort or scale.per_round, scale.rounds, s, delta) for s in seeds]
+    return Grid(tuple(points), scale, settings, seeds, why,
+                f"{short}, {len(seeds)} seed(s)", curated=not custom)
 
 
 # --------------------------------------------------------------------------- cache
