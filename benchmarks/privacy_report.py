@@ -423,11 +423,13 @@ def render_markdown(grid: Grid, aggs: Sequence[dict[str, Any]],
         "",
         grid.description,
         "",
+        *[line for note in grid.notes for line in (f"- {note}", "")],
         "## Time",
         "",
         f"Measured: {tm['measured_s'] / 60:.1f} min over {tm['points_timed']} points (their "
         "wall time when they ran, 2 shared cores)."
-        + ("" if meta["complete"] else (
+        + ("" if meta["complete"] else " No point measured yet: nothing to estimate from."
+           if not tm["points_timed"] else (
             f" Estimated for the {meta['points_total'] - meta['points_done']} points still to "
             f"run: {tm['remaining_s'] / 3600:.1f} h from the measured per-point times "
             f"(same mechanism and cohort where measured), so about "
@@ -555,18 +557,19 @@ def plot(path: Path, aggs: Sequence[dict[str, Any]], grid: Grid) -> None:
         curve = a.get("curve") or []
         if not curve:
             continue
-        x = [c["round"] for c in curve]
-        y = [100 * c["mean"] for c in curve]
-        e = [100 * (c["std"] or 0.0) for c in curve]
-        eps = a.get("target_epsilon")
+        x = [c["round"] + 1 for c in curve]  # the log counts rounds from 0
+        ys = [100 * c["mean"] for c in curve]
+        es = [100 * (c["std"] or 0.0) for c in curve]
+        target = a.get("target_epsilon")
         label = ("non-private FedAvg" if a["mechanism"] == "none" else
-                 f"{a['mechanism']} {a['bits']} bits ε={eps_text(eps)}")
-        ls = "-." if eps is not None and eps < 4 else ("--" if a.get("bits") == 12 else "-")
+                 f"{a['mechanism']} {a['bits']} bits ε={eps_text(target)}")
+        ls = "-." if target is not None and target < 4 else (
+            "--" if a.get("bits") == 12 else "-")
         color = COLORS.get(a["mechanism"], "tab:purple")
-        ax2.plot(x, y, ls=ls, color=color, label=label, marker=".", ms=3)
-        ax2.fill_between(x, [u - v for u, v in zip(y, e, strict=True)],
-                         [u + v for u, v in zip(y, e, strict=True)], color=color, alpha=0.12)
-    ax2.set_xlabel("round")
+        ax2.plot(x, ys, ls=ls, color=color, label=label, marker=".", ms=3)
+        ax2.fill_between(x, [u - v for u, v in zip(ys, es, strict=True)],
+                         [u + v for u, v in zip(ys, es, strict=True)], color=color, alpha=0.12)
+    ax2.set_xlabel("rounds done")
     ax2.set_ylabel("test accuracy (%), mean ± std")
     ax2.set_title("accuracy against round")
     if ax2.get_legend_handles_labels()[0]:
