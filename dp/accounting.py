@@ -773,7 +773,8 @@ class PrivacyAccountant:
         hit = self._amp_cache.get(key)
         if hit is not None:
             return hit
-        assert self.population is not None  # noqa: S101 - required when q < 1
+        if self.population is None:  # pragma: no cover - the constructor requires it
+            raise DPConfigError("sampling below q = 1 needs the population N")
         gamma = cohort / self.population
         if self._gaussian:
             # Replace-one moves the sum by up to 2 Delta2: noise multiplier z_eff / 2
