@@ -185,7 +185,6 @@ def train_local(
     The compiled :class:`LocalTrainer` of ``model`` (made on first use and kept for
     the model's lifetime) does the work; ``model`` is left holding the local weights.
     """
-    check_hyperparameters(epochs, batch_size, lr, seed)
     with _TRAINERS_LOCK:
         trainer = _TRAINERS.get(id(model))
         if trainer is None or trainer.model is not model:
