@@ -189,3 +189,23 @@ def test_ray_two_workers_matches_local(tmp_path: Path) -> None:
     for x, y in zip(a, b, strict=True):
         if x[4] is not None:
             assert abs(x[4] - y[4]) <= 0.05
+
+
+def test_a_too_small_poisson_cohort_is_logged_aborted_and_not_charged(tmp_path: Path) -> None:
+    """Poisson at q = 2/6 often draws fewer than 2 devices: that round is logged as
+    aborted with its reason and the privacy spent so far (unchanged: nothing was
+    released), and the run goes on until it has its rounds done."""
+    _, res = _run(tmp_path, "small", clients=6, per_round=2, rounds=4, secure_sum="exact",
+                  dropout=0.0, graph="complete")
+    rows = res.rounds
+    small = [r for r in rows if "too small" in (r.get("abort_reason") or "")]
+    assert small, [(r["status"], r["sampled"]) for r in rows]
+    assert sum(r["status"] == "done" for r in rows) == 4
+    spent = 0.0
+    for row in rows:
+        if row in small:
+            assert row["status"] == "aborted" and not row["survivors"], row
+            assert row["epsilon"] == spent, row
+        else:
+            assert row["epsilon"] is not None and row["epsilon"] >= spent
+            spent = row["epsilon"]

@@ -14,6 +14,9 @@ pytestmark = pytest.mark.timeout(170)
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED = ("round", "sampled", "survivors", "accuracy", "loss", "epsilon")
+# A Poisson cohort of 6 devices at q = 4/6 is sometimes too small for a secure round; such a
+# round is logged as aborted, with what it sampled and the privacy spent so far, but no model.
+REQUIRED_ABORTED = ("round", "status", "sampled", "survivors", "abort_reason", "epsilon")
 
 
 def _run(args: list[str], timeout: float, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -40,7 +43,7 @@ def test_tiny_run_writes_json_log(tmp_path: Path) -> None:
     done = [r for r in rows if r.get("status", "done") == "done"]
     assert len(done) == 2
     for row in rows:
-        for key in REQUIRED:
+        for key in REQUIRED if row in done else REQUIRED_ABORTED:
             assert key in row, (key, row)
     assert db.exists()
     assert "ε" in proc.stdout and str(db) in proc.stdout.replace("\n", "")
