@@ -7,6 +7,8 @@
  * The operator panel calls v1/control/... only once the operator has typed the token
  * (kept in memory, sent as "Authorization: Bearer"); the device list it shows comes
  * from that authenticated call, the change log from the public status.
+ * Federated evaluation (a round's "federated_eval") is shown as the server got it: DP-noised
+ * sums, with the noise std next to every figure; nothing is de-noised or hidden.
  * Everything the server sends is inserted with textContent, never as HTML.
  */
 "use strict";
@@ -42,6 +44,7 @@
     token: null,      // operator token: memory only
     devices: null,    // [{device_id, enabled}] from the authenticated device list
     dirty: new Set(), // settings inputs the operator is editing
+    feRound: null,    // round picked for the federated-evaluation histogram; null: the latest
   };
 
   const $ = (id) => document.getElementById(id);
@@ -266,7 +269,7 @@
   }
 
   /* A chart frame: axes with ticks, gridlines and labels; returns scales. */
-  function frame(svg, { xMin, xMax, yMin, yMax, xLabel, yLabel, xInteger = true }) {
+  function frame(svg, { xMin, xMax, yMin, yMax, xLabel, yLabel, xInteger = true, xTick = null }) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const W = 560, H = 300, m = { l: 62, r: 18, t: 14, b: 46 };
     const pw = W - m.l - m.r, ph = H - m.t - m.b;
@@ -289,7 +292,7 @@
       if (v < xMin - 1e-9 || v > xMax + 1e-9) continue;
       svgEl("line", { x1: xs(v), x2: xs(v), y1: m.t + ph, y2: m.t + ph + 5 }, axes);
       const t = svgEl("text", { x: xs(v), y: m.t + ph + 19, "text-anchor": "middle" }, axes);
-      t.textContent = tickLabel(v, xt.step);
+      t.textContent = xTick ? xTick(v) : tickLabel(v, xt.step);
     }
     svgEl("line", { x1: m.l, x2: m.l + pw, y1: m.t + ph, y2: m.t + ph, class: "axis-line" }, axes);
     svgEl("line", { x1: m.l, x2: m.l, y1: m.t, y2: m.t + ph, class: "axis-line" }, axes);
@@ -329,16 +332,22 @@
       t.textContent = h.label;
     }
     for (const s of series) {
-      if (!s.points.length) continue;
-      const g = svgEl("g", { class: `series ${s.cls}`, "data-series": s.name }, svg);
-      const d = s.points.map((p, i) => `${i ? "L" : "M"}${f.xs(p[0]).toFixed(1)},${f.ys(p[1]).toFixed(1)}`).join("");
-      svgEl("path", { d, fill: "none" }, g);
-      for (const [x, y] of s.points) {
-        const c = svgEl("circle", { cx: f.xs(x), cy: f.ys(y), r: 3.5, class: "pt", "data-round": x }, g);
-        const title = svgEl("title", {}, c);
-        title.textContent = `Round ${x}: ${s.name} ${fmtY ? fmtY(y) : fmt(y, 4)}`;
-      }
+      drawSeries(svg, f, s, (x, y) => `Round ${x}: ${s.name} ${fmtY ? fmtY(y) : fmt(y, 4)}`);
     }
+  }
+
+  /* One line series with a dot per point (class "pt", data-round = x); titleOf(x, y, i)
+   * gives each dot's tooltip. Returns the series group, or null when it has no points. */
+  function drawSeries(svg, f, s, titleOf, attr = "data-round") {
+    if (!s.points.length) return null;
+    const g = svgEl("g", { class: `series ${s.cls}`, "data-series": s.name }, svg);
+    const d = s.points.map((p, i) => `${i ? "L" : "M"}${f.xs(p[0]).toFixed(1)},${f.ys(p[1]).toFixed(1)}`).join("");
+    svgEl("path", { d, fill: "none" }, g);
+    s.points.forEach(([x, y], i) => {
+      const c = svgEl("circle", { cx: f.xs(x), cy: f.ys(y), r: 3.5, class: "pt", [attr]: x }, g);
+      svgEl("title", {}, c).textContent = titleOf(x, y, i);
+    });
+    return g;
   }
 
   // Stages before a device's masked input is in the sum. A device that goes silent later
@@ -426,6 +435,177 @@
       xLabel: "round", yLabel: "ε spent (cumulative)", yMin: 0,
     });
     participationChart("chart-part", rounds);
+  }
+
+  // ---------------------------------------------------------------- rendering: federated evaluation
+  /* A round's "federated_eval": the cohort evaluated the model of the previous round
+   * (fe.model_version) on held-out data each device keeps; the server learns only the secure,
+   * DP-noised sums. Every figure therefore carries noise of the stated std: a histogram count
+   * can be fractional or negative, and the accuracy can leave [0, 1]. That is shown as is. */
+  function fedRounds() {
+    return state.rounds.filter((r) => r.federated_eval && typeof r.federated_eval === "object"
+      && Array.isArray(r.federated_eval.histogram) && isNum(r.federated_eval.model_version));
+  }
+
+  /* The server's test-set accuracy of one model version: the round that released that
+   * version records it (round record "model_version" = the model it produced). */
+  function serverAccuracyOf(version) {
+    for (let i = state.rounds.length - 1; i >= 0; i--) {
+      const r = state.rounds[i];
+      if (r.status === "done" && r.model_version === version && isNum(r.accuracy)) return r.accuracy;
+    }
+    return null;
+  }
+
+  const feStd = (v) => (isNum(v) && v > 0 ? v : 0);
+  // A noised accuracy can lie far outside [0, 1]; the chart stops at these bounds (tooltips
+  // keep the raw value) so one very noisy round does not flatten the others.
+  const FE_Y_LO = -0.5, FE_Y_HI = 1.5;
+
+  /* Federated accuracy per evaluated model version, with error bars of ±2 std of its DP
+   * noise, next to the server's test-set accuracy of the same version. */
+  function fedAccuracyChart(id, evals) {
+    const svg = $(id);
+    const byVersion = new Map();  // a version evaluated twice: its latest evaluation
+    for (const r of evals) if (isNum(r.federated_eval.accuracy)) byVersion.set(r.federated_eval.model_version, r);
+    const fed = [...byVersion.entries()].sort((a, b) => a[0] - b[0]);
+    setEmpty(id, fed.length === 0);
+    if (!fed.length) { while (svg.firstChild) svg.removeChild(svg.firstChild); return; }
+    const server = fed.map(([v]) => [v, serverAccuracyOf(v)]).filter((p) => isNum(p[1]));
+    const ysv = fed.flatMap(([, r]) => {
+      const fe = r.federated_eval;
+      return [fe.accuracy - 2 * feStd(fe.accuracy_stddev), fe.accuracy + 2 * feStd(fe.accuracy_stddev)];
+    }).concat(server.map((p) => p[1]));
+    const span = Math.max(1, ...ysv) - Math.min(0, ...ysv);  // a little room for the caps
+    const lo = Math.max(FE_Y_LO, Math.min(0, ...ysv) - 0.03 * span);
+    const hi = Math.min(FE_Y_HI, Math.max(1, ...ysv) + 0.03 * span);
+    const inside = (y) => y >= lo && y <= hi;
+    const clampY = (y) => Math.min(hi, Math.max(lo, y));
+    const versions = fed.map(([v]) => v);
+    const f = frame(svg, {
+      xMin: Math.min(...versions) - 0.3, xMax: Math.max(...versions) + 0.3, yMin: lo, yMax: hi,
+      xLabel: "model version (evaluated by the next round's devices)", yLabel: "accuracy",
+    });
+    const bars = svgEl("g", { class: "errbars s-fe" }, svg);
+    for (const [v, r] of fed) {
+      const fe = r.federated_eval;
+      const s2 = 2 * feStd(fe.accuracy_stddev);
+      if (s2 === 0) continue;
+      const x = f.xs(v);
+      const ends = [fe.accuracy - s2, fe.accuracy + s2];
+      svgEl("line", { x1: x, x2: x, y1: f.ys(clampY(ends[0])), y2: f.ys(clampY(ends[1])), class: "errbar" }, bars);
+      for (const y of ends.filter(inside)) svgEl("line", { x1: x - 5, x2: x + 5, y1: f.ys(y), y2: f.ys(y), class: "errbar" }, bars);
+    }
+    drawSeries(svg, f, { name: "server test set", cls: "s-acc", points: server },
+      (v, y) => `Model v${v}: server test-set accuracy ${pct(y)}`, "data-version");
+    drawSeries(svg, f, {
+      name: "federated", cls: "s-fe", points: fed.map(([v, r]) => [v, clampY(r.federated_eval.accuracy)]),
+    }, (v, _y, i) => {
+      const r = fed[i][1], fe = r.federated_eval;
+      return `Model v${v}, evaluated in round ${r.round} by ${count(fe.devices)} devices: federated accuracy `
+        + `${pct(fe.accuracy)} ± ${pct(2 * feStd(fe.accuracy_stddev))} (2 std of the DP noise)`;
+    }, "data-version");
+  }
+
+  /* The noised histogram of device accuracies of one round: bars drawn from 0 (a negative
+   * count has no bar), each labelled with its raw noised count, also in its tooltip. */
+  function fedHistogramChart(id, r) {
+    const svg = $(id);
+    const fe = r ? r.federated_eval : null;
+    const hist = fe ? fe.histogram.map((v) => (isNum(v) ? v : NaN)) : [];
+    setEmpty(id, hist.length === 0);
+    if (!hist.length) { while (svg.firstChild) svg.removeChild(svg.firstChild); return; }
+    const B = hist.length;
+    const top = Math.max(1, ...hist.filter(isNum));
+    const f = frame(svg, {
+      xMin: 0, xMax: 1, yMin: 0, yMax: top * 1.12, xInteger: false,
+      xLabel: "device accuracy on its held-out data", yLabel: "devices (noised count)",
+      xTick: (v) => `${Math.round(100 * v)}%`,
+    });
+    const slot = f.pw / B, bw = Math.max(2, slot - 4);
+    const noise = feStd(fe.count_stddev) > 0 ? `DP-noised, noise std ${fmt(fe.count_stddev)} per count` : "no noise added";
+    hist.forEach((v, j) => {
+      const a = Math.round((100 * j) / B), b = Math.round((100 * (j + 1)) / B);
+      const range = j === B - 1 ? `${a}% ≤ accuracy ≤ ${b}%` : `${a}% ≤ accuracy < ${b}%`;
+      const neg = v < 0;
+      const g = svgEl("g", { class: `hbar${neg ? " neg" : ""}`, "data-bucket": j, "data-count": v }, svg);
+      const yTop = f.ys(isNum(v) ? Math.max(0, v) : 0);
+      svgEl("rect", { x: f.xs(j / B) + (slot - bw) / 2, width: bw, y: yTop, height: f.ys(0) - yTop }, g);
+      const label = svgEl("text", { x: f.xs((j + 0.5) / B), y: yTop - 4, "text-anchor": "middle" }, g);
+      label.textContent = isNum(v) ? v.toFixed(1) : "–";
+      svgEl("title", {}, g).textContent = `${range}: ${fmt(v, 4)} devices (raw count, ${noise})`
+        + (neg ? "; a negative count is DP noise, not an error" : "");
+    });
+  }
+
+  function renderFedEval() {
+    const evals = fedRounds();
+    const on = evals.length > 0;
+    $("fedeval").dataset.fedeval = on ? "on" : "off";
+    show($("fe-off"), !on);
+    show($("fe-body"), on);
+    if (!on) return;
+    const sel = $("fe-round");
+    const key = evals.map((r) => r.round).join(",");
+    if (sel.dataset.key !== key) {  // rebuilt only when the rounds change: keeps focus and choice
+      const frag = document.createDocumentFragment();
+      for (const r of evals.slice().reverse()) {
+        const o = document.createElement("option");
+        o.value = String(r.round);
+        o.textContent = `${r.round} (model v${r.federated_eval.model_version})`;
+        frag.appendChild(o);
+      }
+      sel.replaceChildren(frag);
+      sel.dataset.key = key;
+    }
+    let chosen = state.feRound === null ? null : evals.find((r) => r.round === state.feRound);
+    if (!chosen) {
+      chosen = evals[evals.length - 1];
+      state.feRound = null;  // follow the latest evaluation
+    }
+    sel.value = String(chosen.round);
+    const fe = chosen.federated_eval;
+
+    const server = serverAccuracyOf(fe.model_version);
+    const sumKey = [chosen.round, fe.accuracy, fe.accuracy_stddev, fe.devices, server].join("|");
+    const summary = $("fe-summary");
+    if (summary.dataset.key !== sumKey) {  // a live region: rewrite only on change
+      const strong = (id, text) => { const el = document.createElement("strong"); el.id = id; el.textContent = text; return el; };
+      const sd = feStd(fe.accuracy_stddev);
+      summary.replaceChildren(
+        `Model v${fe.model_version}, evaluated in round ${chosen.round} by ${count(fe.devices)} devices: federated accuracy `,
+        strong("fe-acc", pct(fe.accuracy)),
+        sd > 0 ? ` (±\u00a0${pct(sd)}, 1 std of the DP noise)` : " (no noise added)",
+        " · server test-set accuracy of the same model ",
+        strong("fe-server-acc", isNum(server) ? pct(server) : "not recorded"),
+        ".",
+      );
+      summary.dataset.key = sumKey;
+    }
+
+    fedAccuracyChart("chart-fe-acc", evals);
+    fedHistogramChart("chart-fe-hist", chosen);
+    const hist = fe.histogram.filter(isNum);
+    const total = hist.reduce((a, b) => a + b, 0);
+    const noise = feStd(fe.count_stddev) > 0
+      ? `Each count is DP-noised (noise std ${fmt(fe.count_stddev)} devices per count), so a count can be `
+        + "fractional or negative: that is noise, not an error. Bars start at 0; hover one for its raw count."
+      : "No noise was added to these counts.";
+    setText("fe-hist-caption", `Round ${chosen.round}, model v${fe.model_version}. ${noise} `
+      + `The ${hist.length} counts sum to ${fmt(total)}; ${count(fe.devices)} devices took part.`);
+    const parts = [`held-out examples ${fmt(fe.examples)} ± ${fmt(feStd(fe.examples_stddev))}`];
+    parts.push(isNum(fe.loss)
+      ? `loss ${fmt(fe.loss, 4)} ± ${fmt(feStd(fe.loss_stddev))} (example-weighted)`
+      : "loss not shown: the noised example count is too uncertain to divide by");
+    setText("fe-note", `Round ${chosen.round}: ${parts.join(" · ")} (± 1 std of the DP noise).`);
+  }
+
+  function onFedRound() {
+    const evals = fedRounds();
+    const picked = Number($("fe-round").value);
+    const latest = evals.length ? evals[evals.length - 1].round : null;
+    state.feRound = picked === latest ? null : picked;
+    renderFedEval();
   }
 
   // ---------------------------------------------------------------- rendering: table
@@ -679,6 +859,7 @@
     renderStatus();
     renderCards();
     renderCharts();
+    renderFedEval();
     renderTable();
     renderControl();
     const hasFeatures = state.meta && state.meta.num_classes === null;
@@ -866,6 +1047,7 @@
     $("token-form").addEventListener("submit", onToken);
     $("settings-form").addEventListener("submit", onSettings);
     $("devices-form").addEventListener("submit", onDevices);
+    $("fe-round").addEventListener("change", onFedRound);
     document.querySelectorAll("#control-actions button[data-action]").forEach((b) => b.addEventListener("click", onAction));
     for (const [id, key] of [["set-rounds", "rounds"], ["set-per-round", "per_round"], ["set-budget", "epsilon_budget"]]) {
       $(id).addEventListener("input", () => state.dirty.add(key));
