@@ -131,6 +131,18 @@ def _delta(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` with 1 <= I <= N (argparse type)."""
+    parts = text.split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, got {text!r}")
+    return index, count
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -177,6 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite the results from the cached points "
                         "(missing points make it 'partial')")
+    parser.add_argument("--head", type=cli.positive_int, default=None,
+                        help="run only the first N specs of the curated grid (they are "
+                        "ordered most informative first)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                        help="run only every N-th point, starting at the I-th (1-based), "
+                        "so that N processes or machines sharing --out-dir share the grid; "
+                        "the results include every point any shard has finished")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
                         help=f"where results go (default: {RESULTS_DIR})")
 
@@ -197,7 +216,7 @@ def run_suite(args: argparse.Namespace) -> int:
         quick=bool(getattr(args, "quick", False)), task=None, clients=None, per_round=None,
         rounds=None, mechanisms=None, bits=None, epsilons=None, partitions=None,
         seeds=DEFAULT_SEEDS, first_seed=0, delta=1e-5, min_survivors=None, no_central=False,
-        report_only=False,
+        report_only=False, head=None, shard=None,
         fresh=bool(getattr(args, "privacy_fresh", False)), out_dir=out_dir,
     )
     return main(ns)
@@ -219,13 +238,19 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings.for_mode(bool(args.quick),
                                  min_survivors=getattr(args, "min_survivors", None))
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    head = getattr(args, "head", None)
+    if head is not None and any(x is not None for x in (args.mechanisms, args.bits,
+                                                        args.epsilons, args.partitions)):
+        cli.fail_usage("--head picks from the curated grid: it excludes --mechanisms, "
+                       "--bits, --epsilons and --partitions")
     grid = build_grid(scale, settings, seeds=seeds, delta=args.delta,
                       mechanisms=args.mechanisms, bits=args.bits, epsilons=args.epsilons,
                       partitions=args.partitions, central=not args.no_central,
-                      quick=bool(args.quick))
+                      quick=bool(args.quick), head=head)
     command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     return run_grid(grid, out_dir=Path(args.out_dir), fresh=bool(args.fresh), command=command,
-                    report_only=bool(getattr(args, "report_only", False)))
+                    report_only=bool(getattr(args, "report_only", False)),
+                    shard=getattr(args, "shard", None))
 
 
 # --------------------------------------------------------------------------- running
@@ -236,19 +261,36 @@ def _say(text: str) -> None:
 
 
 def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str,
-             report_only: bool = False) -> int:
+             report_only: bool = False, shard: tuple[int, int] | None = None) -> int:
     """Run (or load from the cache) every point of ``grid`` in order; rewrite the results
     after each point. Returns 0, or 1 when a point failed (not: was unreachable).
-    ``report_only``: run nothing, write the results of the cached points."""
+    ``report_only``: run nothing, write the results of the cached points. ``shard``
+    (I, N): run only points I, I + N, ... (1-based); the results written also take every
+    other point some other shard has cached by then."""
     from benchmarks.privacy_grid import load_cached, save_cached  # noqa: PLC0415
 
     cache_dir = out_dir / CACHE_SUBDIR
-    records: list[dict[str, Any]] = []
+    mine: dict[int, dict[str, Any]] = {}
     n_cached = n_run = 0
     total = len(grid.points)
     status = 0
-    _say(f"privacy benchmark: {total} points, {grid.description_short}; out: {out_dir}")
+
+    def current() -> list[dict[str, Any]]:
+        """This process's records, and (sharded) every point cached by another shard."""
+        if shard is None:
+            return [mine[k] for k in sorted(mine)]
+        out = []
+        for k, pt in enumerate(grid.points):
+            rec = mine.get(k) or load_cached(cache_dir, pt, grid.settings)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    where = "" if shard is None else f", shard {shard[0]}/{shard[1]}"
+    _say(f"privacy benchmark: {total} points, {grid.description_short}{where}; out: {out_dir}")
     for i, point in enumerate(grid.points, 1):
+        if shard is not None and (i - 1) % shard[1] != shard[0] - 1:
+            continue
         rec = None if fresh else load_cached(cache_dir, point, grid.settings)
         if rec is not None:
             n_cached += 1
@@ -265,12 +307,12 @@ def run_grid(grid: Any, *, out_dir: Path, fresh: bool, command: str,
             _say(f"[{i}/{total}] {point.label()}: {_brief(rec)}")
         if str(rec["status"]).startswith("failed"):
             status = 1
-        records.append(rec)
+        mine[i - 1] = rec
         if not report_only:
-            write_results(out_dir, grid, records, command=command,
+            write_results(out_dir, grid, current(), command=command,
                           counts={"run": n_run, "cached": n_cached})
     if report_only:
-        write_results(out_dir, grid, records, command=command,
+        write_results(out_dir, grid, current(), command=command,
                       counts={"run": n_run, "cached": n_cached})
     _say(f"done: {n_run} run, {n_cached} cached; results in {out_dir}")
     return status
@@ -324,6 +366,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
         bits=int(point.bits or 20), graph=settings.graph, seed=point.seed,
         min_survivors=settings.min_survivors, engine="local",
         secure_sum=settings.secure_sum, eval_every=settings.eval_every,
+        federated_eval=False,  # the grid measures training; evaluation would cost ε
     )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="privacy-bench-") as tmp:

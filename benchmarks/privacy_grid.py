@@ -295,22 +295,30 @@ def build_grid(scale: Scale, settings: Settings, *, seeds: Sequence[int] = (0, 1
                bits: Sequence[int] | None = None,
                epsilons: Sequence[float | None] | None = None,
                partitions: Sequence[str] | None = None, central: bool = True,
-               quick: bool | None = None) -> Grid:
+               quick: bool | None = None, head: int | None = None) -> Grid:
     """The points to run: each spec once per seed.
 
-    Without grid flags: the curated grid of the mode. With any of ``mechanisms`` / ``bits``
-    / ``epsilons`` / ``partitions``: their product (the others take the mode's values),
-    plus the non-private baseline per partition (always, it is the reference of every
-    target) and the central baseline unless ``central`` is False.
+    Without grid flags: the curated grid of the mode; ``head`` keeps only its first
+    ``head`` specs (they are ordered most informative first). With any of ``mechanisms``
+    / ``bits`` / ``epsilons`` / ``partitions``: their product (the others take the mode's
+    values), plus the non-private baseline per partition (always, it is the reference of
+    every target) and the central baseline unless ``central`` is False.
     """
     seeds = tuple(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
         raise ValueError("at least one seed is needed")
     is_quick = scale.task == "digits" if quick is None else quick
     custom = any(x is not None for x in (mechanisms, bits, epsilons, partitions))
+    if head is not None and (custom or head < 1):
+        raise ValueError("head (the first N curated specs) needs N >= 1 and no grid flags")
     if not custom:
         specs, why = quick_specs() if is_quick else full_specs()
         short = f"curated {'quick' if is_quick else 'full'} grid on {scale.task}"
+        if head is not None and head < len(specs):
+            why = (f"The first {head} of the {len(specs)} specs of this curated grid (--head "
+                   f"{head}); the rest were not run. " + why)
+            short = f"first {head} of {len(specs)} specs of the {short}"
+            specs = specs[:head]
     else:
         mechs = list(mechanisms or MECHANISMS)
         bit_list = list(bits or [16])

@@ -233,3 +233,65 @@ def test_time_estimate_from_measured_points() -> None:
     assert est["measured_s"] == 100.0 and est["unknown_points"] == 0
     # 71 pending points: each charged 100 s, the cohorts scaled (50: 50 s, 200: 200 s)
     assert est["remaining_s"] == pytest.approx(100.0 * 67 + 2 * 50.0 + 2 * 200.0)
+
+
+def test_head_keeps_the_first_curated_specs() -> None:
+    scale = Scale.for_mode(False, rounds=5)
+    settings = Settings.for_mode(False)
+    full = build_grid(scale, settings, seeds=(0, 1), central=False)
+    head = build_grid(scale, settings, seeds=(0, 1), central=False, head=4)
+    assert head.n_specs == 4 and full.n_specs > 4
+    assert head.points == full.points[:8]  # each spec's seeds are together
+    assert "first 4 of" in head.description
+    with pytest.raises(ValueError, match="head"):
+        build_grid(scale, settings, mechanisms=["ddgauss"], head=2)
+    with pytest.raises(ValueError, match="head"):
+        build_grid(scale, settings, head=0)
+
+
+def test_shards_split_the_points_and_share_the_results(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two shards run disjoint points into one cache; the second shard's results already
+    hold every point, and a report-only run finds the grid complete."""
+    import benchmarks.privacy as privacy
+
+    ran: list[tuple[str, int]] = []
+
+    def fake_run(point: Point, settings: Settings) -> dict:
+        ran.append((point.mechanism, point.seed))
+        rec = privacy._base_record(point, settings)
+        rec.update(final_accuracy=0.5 + 0.01 * point.seed, best_accuracy=0.6, rounds_done=2,
+                   wall_s=1.0, curve=[{"round": 1, "accuracy": 0.5}, {"round": 2,
+                                                                      "accuracy": 0.5}])
+        if point.mechanism != "none":
+            rec.update(epsilon_spent=9.0, epsilon_amplified=7.5, noise_multiplier=1.0)
+        return rec
+
+    monkeypatch.setattr(privacy, "run_point", fake_run)
+    scale = Scale.for_mode(True, rounds=2)
+    grid = build_grid(scale, Settings.for_mode(True), seeds=(0, 1, 2),
+                      mechanisms=["ddgauss"], bits=[16], epsilons=[8.0], central=False)
+    total = len(grid.points)
+    assert total == 6
+    assert privacy.run_grid(grid, out_dir=tmp_path, fresh=False, command="t",
+                            shard=(1, 2)) == 0
+    first = list(ran)
+    assert len(first) == 3
+    assert privacy.run_grid(grid, out_dir=tmp_path, fresh=False, command="t",
+                            shard=(2, 2)) == 0
+    assert len(ran) == total and len(set(ran)) == total  # disjoint, and all of them
+    data = json.loads((tmp_path / "privacy_accuracy.json").read_text(encoding="utf-8"))
+    assert data["meta"]["points_done"] == total and data["meta"]["complete"] is True
+    ran.clear()
+    assert privacy.run_grid(grid, out_dir=tmp_path, fresh=False, command="t",
+                            report_only=True) == 0
+    assert ran == []
+
+
+@pytest.mark.parametrize("flag", [["--shard", "3/2"], ["--shard", "0/2"], ["--shard", "a"],
+                                  ["--head", "2", "--mechanisms", "ddgauss"]])
+def test_bad_shard_and_head_flags(flag: list[str], tmp_path: Path) -> None:
+    res = _run(["privacy", *flag, "--out-dir", str(tmp_path)], timeout=60)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error"), res.stderr
