@@ -102,6 +102,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="also charge the noised clipped count (Andrew et al. 2021)")
     p.add_argument("--clipped-count-stddev", type=float, default=None,
                    help="noise std on the clipped count (default K / 20)")
+    p.add_argument("--eval-buckets", type=int, default=0,
+                   help="also charge private federated evaluation with this many histogram "
+                   "buckets (0: off, the default; `python -m clients run` uses 10 for "
+                   "classifiers)")
+    p.add_argument("--eval-noise-ratio", type=float, default=2.0,
+                   help="noise multiplier of the evaluation block / z (default 2)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
@@ -158,6 +164,8 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         min_contributors=args.min_contributors,
         adaptive_clip=args.adaptive_clip,
         clipped_count_stddev=args.clipped_count_stddev,
+        eval_buckets=args.eval_buckets,
+        eval_noise_ratio=args.eval_noise_ratio,
     )
 
 

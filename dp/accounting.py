@@ -127,7 +127,8 @@ ACCOUNTANTS = ("rdp", "pld")
 #: Adjacency of the unamplified figure (and of any figure at sample rate 1).
 ZERO_OUT = (
     "zero-out: one device's record (its rounded update and, with adaptive clipping, its "
-    "clip bit) replaced by zeros, its noise share kept; holds even if the adversary knows "
+    "clip bit, with federated evaluation its evaluation block) replaced by zeros, its noise "
+    "share kept; holds even if the adversary knows "
     "who took part"
 )
 #: Adjacency of the amplified figure, for both samplings.
@@ -909,6 +910,8 @@ def _accountant_for(
     sampling: str,
     population: int | None,
     corrupt: float,
+    eval_buckets: int = 0,
+    eval_noise_ratio: float = 2.0,
 ) -> PrivacyAccountant:
     """The accountant of a run with these parameters after `rounds` rounds, each with the
     expected cohort k = `clients_per_round` (= q N) and `min_contributors` survivors."""
@@ -953,6 +956,7 @@ def _accountant_for(
     config = DPConfig(
         mechanism=mechanism, clip=clip, noise_multiplier=noise_multiplier, bits=bits,
         delta=delta, adaptive_clip=adaptive_clip, clipped_count_stddev=clipped_count_stddev,
+        eval_buckets=eval_buckets, eval_noise_ratio=eval_noise_ratio,
     )
     t = k if min_contributors is None else min_contributors
     c = corrupt_count(corrupt, k)
@@ -984,6 +988,8 @@ def epsilon_for(
     sampling: str = "poisson",
     population: int | None = None,
     corrupt: float = 0.0,
+    eval_buckets: int = 0,
+    eval_noise_ratio: float = 2.0,
 ) -> float:
     """Epsilon after `rounds` rounds in which `min_contributors` (default: all
     `clients_per_round`) noise shares survived, with the plan `EncodingPlan.create`
@@ -1001,13 +1007,15 @@ def epsilon_for(
       honest shares. 0 (default) reproduces the figures from before collusion was counted.
     - `bits`, `dim`, `clip` matter for ddgauss/skellam (and for the rounding-inflated
       sensitivity of gaussian). `adaptive_clip` charges the noised clipped count too
-      (Andrew et al. 2021)."""
+      (Andrew et al. 2021), `eval_buckets` > 0 the federated-evaluation block (its noise
+      multiplier `eval_noise_ratio` * z; `DPConfig`)."""
     rep = epsilon_report(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant=accountant,
         clients_per_round=clients_per_round, bits=bits, dim=dim, clip=clip,
         min_contributors=min_contributors, adaptive_clip=adaptive_clip,
         clipped_count_stddev=clipped_count_stddev, sampling=sampling,
-        population=population, corrupt=corrupt,
+        population=population, corrupt=corrupt, eval_buckets=eval_buckets,
+        eval_noise_ratio=eval_noise_ratio,
     )
     return rep.epsilon_amplified if amplified else rep.epsilon
 
@@ -1030,12 +1038,14 @@ def epsilon_report(
     sampling: str = "poisson",
     population: int | None = None,
     corrupt: float = 0.0,
+    eval_buckets: int = 0,
+    eval_noise_ratio: float = 2.0,
 ) -> EpsilonReport:
     """Both figures of `epsilon_for` at once, with their adjacencies."""
     return _accountant_for(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant,
         clients_per_round, bits, dim, clip, min_contributors, adaptive_clip,
-        clipped_count_stddev, sampling, population, corrupt,
+        clipped_count_stddev, sampling, population, corrupt, eval_buckets, eval_noise_ratio,
     ).report()
 
 
@@ -1056,6 +1066,8 @@ def epsilon_amplified_approx(
     clipped_count_stddev: float | None = None,
     population: int | None = None,
     corrupt: float = 0.0,
+    eval_buckets: int = 0,
+    eval_noise_ratio: float = 2.0,
 ) -> float:
     """`PrivacyAccountant.epsilon_amplified_approx` for the run `epsilon_for` describes
     with Poisson sampling: the add/remove Poisson figure of before, AN APPROXIMATION, NOT
@@ -1065,7 +1077,7 @@ def epsilon_amplified_approx(
     return _accountant_for(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant,
         clients_per_round, bits, dim, clip, min_contributors, adaptive_clip,
-        clipped_count_stddev, "poisson", population, corrupt,
+        clipped_count_stddev, "poisson", population, corrupt, eval_buckets, eval_noise_ratio,
     ).epsilon_amplified_approx()
 
 
@@ -1089,6 +1101,8 @@ def calibrate_noise(
     sampling: str = "poisson",
     population: int | None = None,
     corrupt: float = 0.0,
+    eval_buckets: int = 0,
+    eval_noise_ratio: float = 2.0,
 ) -> float:
     """Smallest noise multiplier z (summed std z * C over the honest shares, the same
     meaning for every mechanism) with `epsilon_for(...) <= target_epsilon`, by bisection
@@ -1109,7 +1123,8 @@ def calibrate_noise(
             clients_per_round=clients_per_round, bits=bits, dim=dim, clip=clip,
             min_contributors=min_contributors, adaptive_clip=adaptive_clip,
             clipped_count_stddev=clipped_count_stddev, sampling=sampling,
-            population=population, corrupt=corrupt,
+            population=population, corrupt=corrupt, eval_buckets=eval_buckets,
+            eval_noise_ratio=eval_noise_ratio,
         )
 
     first = report(1.0)

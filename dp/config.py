@@ -90,6 +90,15 @@ class DPConfig:
     - `adaptive_clip`, `target_quantile`, `clip_lr`, `clipped_count_stddev`: adaptive
       clipping of Andrew et al. (NeurIPS 2021); the std of the noise on the clipped
       count defaults to (expected clients per round) / 20 as in the paper.
+    - `eval_buckets`, `eval_noise_ratio`, `eval_max_examples`, `eval_max_loss`: private
+      federated evaluation (0 buckets: off). Each device appends to its update a small
+      block: a one-hot histogram of its accuracy on its held-out split (`eval_buckets`
+      buckets), its accuracy, its example count / `eval_max_examples` and its loss sum /
+      (`eval_max_examples` * `eval_max_loss`) (per-example losses clipped at
+      `eval_max_loss`, at most `eval_max_examples` examples), each in [0, 1]: an L2 norm
+      <= 2. The block gets its own noise, noise multiplier `eval_noise_ratio` * z (the
+      std of each decoded count is 2 * ratio * z devices), and its RDP is added to the
+      update's (`RoundPrivacy`): one release per round, charged as a whole.
     """
 
     mechanism: str = "ddgauss"
@@ -104,6 +113,10 @@ class DPConfig:
     target_quantile: float = 0.5
     clip_lr: float = 0.2
     clipped_count_stddev: float | None = None
+    eval_buckets: int = 0
+    eval_noise_ratio: float = 2.0
+    eval_max_examples: int = 16
+    eval_max_loss: float = 5.0
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -149,6 +162,31 @@ class DPConfig:
                 raise DPConfigError(
                     f"clipped_count_stddev must be > 0, got {self.clipped_count_stddev!r}"
                 )
+
+        for name in ("eval_buckets", "eval_max_examples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise DPConfigError(f"{name} must be an integer, got {v!r}")
+        if self.eval_buckets != 0 and not 2 <= self.eval_buckets <= 100:
+            raise DPConfigError(
+                f"eval_buckets must be 0 (off) or in [2, 100], got {self.eval_buckets!r}"
+            )
+        if self.eval_max_examples < 1:
+            raise DPConfigError(
+                f"eval_max_examples must be >= 1, got {self.eval_max_examples!r}"
+            )
+        ratio = _check_finite("eval_noise_ratio", self.eval_noise_ratio)
+        if ratio <= 0:
+            raise DPConfigError(f"eval_noise_ratio must be > 0, got {self.eval_noise_ratio!r}")
+        max_loss = _check_finite("eval_max_loss", self.eval_max_loss)
+        if max_loss <= 0:
+            raise DPConfigError(f"eval_max_loss must be > 0, got {self.eval_max_loss!r}")
+
+    @property
+    def eval_dim(self) -> int:
+        """Slots of the federated-evaluation block (0 when off): the buckets, then the
+        accuracy, the example count and the loss sum."""
+        return self.eval_buckets + 3 if self.eval_buckets else 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields."""

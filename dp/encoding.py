@@ -50,6 +50,8 @@ __all__ = [
     "DecodedSum",
     "RoundPrivacy",
     "update_clip",
+    "decode_evaluation",
+    "eval_values",
     "rounding_l2_bound",
     "rounding_bias_bound",
 ]
@@ -116,10 +118,12 @@ class RoundPrivacy:
     All noise figures are in integer units (after scaling by 1/gamma). `n_shares` is
     the number of HONEST noise shares in the released sum: the survivors minus
     `corrupt`, the colluders the threat model allows, whose shares the adversary knows.
-    The count slot of adaptive clipping is a second, independent release of the same
-    devices in the same round; its RDP is added to the update's (`count_*` fields; 0
-    when off). The sensitivities are for zero-out adjacency (`replace_one` gives the
-    record for replace-one). `to_dict` / `from_dict` store and replay it.
+    The count slot of adaptive clipping and the federated-evaluation block are further
+    releases of the same devices in the same round, each with its own noise; their RDP
+    is added to the update's (`count_*`, `eval_*` fields; 0 when off; the eval block's
+    L1 sensitivity is twice its L2: one-hot plus three slots in [0, m]). The
+    sensitivities are for zero-out adjacency (`replace_one` gives the record for
+    replace-one). `to_dict` / `from_dict` store and replay it.
     """
 
     mechanism: str
@@ -133,6 +137,9 @@ class RoundPrivacy:
     count_sensitivity: float = 0.0
     count_local_stddev: float = 0.0
     corrupt: int = 0
+    eval_sensitivity: float = 0.0
+    eval_local_stddev: float = 0.0
+    eval_dim: int = 0
 
     @property
     def noise_stddev(self) -> float:
@@ -157,6 +164,11 @@ class RoundPrivacy:
             if count_std <= 0:
                 return 0.0
             inv += (self.count_sensitivity / count_std) ** 2
+        if self.eval_sensitivity > 0:
+            eval_std = math.sqrt(self.n_shares) * self.eval_local_stddev
+            if eval_std <= 0:
+                return 0.0
+            inv += (self.eval_sensitivity / eval_std) ** 2
         return 1.0 / math.sqrt(inv)
 
     def rdp(self, orders: Any) -> np.ndarray:
@@ -179,6 +191,15 @@ class RoundPrivacy:
                 self.n_shares,
                 1,
             )
+        if self.eval_sensitivity > 0:
+            eps = eps + mech.rdp(
+                orders,
+                self.eval_sensitivity,
+                2.0 * self.eval_sensitivity,
+                self.eval_local_stddev,
+                self.n_shares,
+                self.eval_dim,
+            )
         return np.asarray(eps, dtype=np.float64)
 
     def replace_one(self) -> RoundPrivacy:
@@ -191,6 +212,7 @@ class RoundPrivacy:
             l2_sensitivity=2.0 * self.l2_sensitivity,
             l1_sensitivity=2.0 * self.l1_sensitivity,
             count_sensitivity=2.0 * self.count_sensitivity,
+            eval_sensitivity=2.0 * self.eval_sensitivity,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,18 +234,19 @@ class RoundPrivacy:
             raise DPConfigError(f"RoundPrivacy dict lacks {err}") from None
         except ValueError as err:
             raise DPConfigError(str(err)) from None
-        for key in ("n_shares", "dim", "corrupt"):
-            v = d.get(key, 0 if key == "corrupt" else None)
+        for key in ("n_shares", "dim", "corrupt", "eval_dim"):
+            v = d.get(key, 0 if key in ("corrupt", "eval_dim") else None)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "dim" else 0):
                 raise DPConfigError(f"RoundPrivacy {key} must be a non-negative integer, got {v!r}")
         for key in ("local_stddev", "l2_sensitivity", "l1_sensitivity", "gamma", "clip",
-                    "count_sensitivity", "count_local_stddev"):
-            v = d.get(key, 0.0 if key.startswith("count_") else None)
+                    "count_sensitivity", "count_local_stddev", "eval_sensitivity",
+                    "eval_local_stddev"):
+            v = d.get(key, 0.0 if key.startswith(("count_", "eval_")) else None)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                 math.isfinite(v) and v >= 0
             ):
                 raise DPConfigError(f"RoundPrivacy {key} must be a finite number >= 0, got {v!r}")
-        ints = {"mechanism", "n_shares", "dim", "corrupt"}
+        ints = {"mechanism", "n_shares", "dim", "corrupt", "eval_dim"}
         values: dict[str, Any] = {k: (v if k in ints else float(v)) for k, v in d.items()}
         return cls(**values)
 
@@ -254,6 +277,8 @@ class EncodingPlan:
     count_scale: int
     count_local_stddev: float
     corrupt: int = 0
+    eval_scale: int = 0
+    eval_local_stddev: float = 0.0
 
     @classmethod
     def create(
@@ -342,13 +367,16 @@ class EncodingPlan:
         count_scale, count_local = 0, 0.0
         if config.adaptive_clip:
             count_scale, count_local = _count_slot(config, mech, n, honest, k, half)
+        eval_scale, eval_local = 0, 0.0
+        if config.eval_buckets:
+            eval_scale, eval_local = _eval_slots(config, mech, n, honest, k, half)
         return cls(
             config=config,
             dim=dim,
             n_clients=n,
             min_contributors=t,
             padded_dim=d,
-            encoded_dim=d + (1 if config.adaptive_clip else 0),
+            encoded_dim=d + (1 if config.adaptive_clip else 0) + config.eval_dim,
             gamma=gamma,
             local_stddev=float(local),
             k_stddevs=k,
@@ -357,11 +385,25 @@ class EncodingPlan:
             count_scale=count_scale,
             count_local_stddev=float(count_local),
             corrupt=corrupt,
+            eval_scale=eval_scale,
+            eval_local_stddev=float(eval_local),
         )
 
     @property
     def modulus(self) -> int:
         return 1 << self.config.bits
+
+    @property
+    def eval_offset(self) -> int:
+        """Index of the first federated-evaluation slot in the encoded vector."""
+        return self.padded_dim + (1 if self.config.adaptive_clip else 0)
+
+    def eval_stddev(self, n_survivors: int) -> float:
+        """Std of the noise on each decoded slot of the evaluation block (devices, or the
+        slot's own unit in [0, 1] per device) when ``n_survivors`` shares were summed."""
+        if not self.eval_scale:
+            return 0.0
+        return math.sqrt(n_survivors) * self.eval_local_stddev / self.eval_scale
 
     @property
     def clipped_count_stddev(self) -> float:
@@ -397,6 +439,9 @@ class EncodingPlan:
             count_sensitivity=float(self.count_scale),
             count_local_stddev=self.count_local_stddev,
             corrupt=self.corrupt,
+            eval_sensitivity=2.0 * self.eval_scale,
+            eval_local_stddev=self.eval_local_stddev,
+            eval_dim=self.config.eval_dim,
         )
 
     def rounding_bias_bound(self, n_survivors: int | None = None) -> float:
@@ -478,6 +523,60 @@ def _count_slot(
     )
 
 
+#: Finest scale m of the evaluation block (the rounding of its three slots moves each
+#: device's value by < 1/m); a smaller m is used when the bits cannot hold n m.
+_EVAL_MAX_SCALE = 1 << 12
+
+
+def _eval_slots(
+    config: DPConfig, mech: Any, n: int, honest: int, k: float, half: float
+) -> tuple[int, float]:
+    """Scale m and local noise of the federated-evaluation block.
+
+    Each device puts m * (one-hot accuracy bucket, accuracy, examples / N_cap, loss sum /
+    (N_cap L_max)), the three values randomly rounded: an integer vector of L2 norm <= 2m
+    (L1 <= 4m). The sum of any `honest` shares has std 2 ratio z m per slot (noise
+    multiplier ratio * z for the block). m is the largest power of two up to
+    `_EVAL_MAX_SCALE` for which n m plus k standard deviations of the noise fits in
+    [-2^(b-1), 2^(b-1)) and the local noise is one the mechanism can account for.
+    """
+    sigma = 2.0 * config.eval_noise_ratio * config.noise_multiplier  # std on a count
+    noisy = config.mechanism != "none" and sigma > 0
+    m = _EVAL_MAX_SCALE
+    while m >= 1:
+        local = mech.local_scale(sigma * m / math.sqrt(honest)) if noisy else 0.0
+        if n * m + k * math.sqrt(n) * local < half and (
+            not noisy or local >= mech.min_local_scale
+        ):
+            return m, float(local)
+        m //= 2
+    raise DPConfigError(
+        f"bits={config.bits} too small for the federated-evaluation block of {n} clients "
+        f"(noise std {sigma:g} per count); use more bits or turn federated evaluation off"
+    )
+
+
+def eval_values(stats: np.ndarray, config: DPConfig) -> np.ndarray:
+    """Rows (accuracy, examples, loss sum) -> the block's values in [0, 1]: (bucket,
+    accuracy, examples / N_cap, loss sum / (N_cap L_max)); the bucket is an index (-1:
+    no example, an all-zero block). Out-of-range inputs are clamped: the norm bound
+    holds whatever a device computed."""
+    st = np.asarray(stats, dtype=np.float64)
+    if st.ndim != 2 or st.shape[1] != 3:
+        raise ValueError(f"evaluation stats must have shape (m, 3), got {st.shape}")
+    if not np.isfinite(st).all():
+        raise ValueError("evaluation stats contain NaN or infinite values")
+    cap = float(config.eval_max_examples)
+    examples = np.clip(st[:, 1], 0.0, cap)
+    has = examples > 0
+    acc = np.where(has, np.clip(st[:, 0], 0.0, 1.0), 0.0)
+    bucket = np.where(
+        has, np.minimum(np.floor(acc * config.eval_buckets), config.eval_buckets - 1), -1
+    )
+    loss = np.where(has, np.clip(st[:, 2], 0.0, cap * config.eval_max_loss), 0.0)
+    return np.stack([bucket, acc, examples / cap, loss / (cap * config.eval_max_loss)], axis=1)
+
+
 @dataclass(frozen=True)
 class EncodeReport:
     """What the encoder did, for the device's own log (never sent: the norm and the
@@ -525,6 +624,7 @@ class DecodedSum:
 
     total: np.ndarray
     clipped_count: float | None
+    evaluation: dict[str, Any] | None = None
     near_wrap: int = 0
     wrap_fraction: float = 0.0
     wrap_margin: float = 0.0
@@ -569,27 +669,36 @@ class Encoder(_Rotation):
 
     Each device's draws come from its own generator in a fixed order: the rounding's
     uniforms (one try after another), then the update's noise share, then the count
-    slot's. `encode` is `encode_batch` of one row (one implementation), so
-    `encode_batch(U, rngs)[0][i]` equals `encode(U[i], r)[0]` bit for bit when `r` has the
+    slot's, then the evaluation block's three rounding uniforms and its noise. `encode`
+    is `encode_batch` of one row (one implementation), so `encode_batch(U, rngs)[0][i]`
+    equals `encode(U[i], r)[0]` bit for bit when `r` has the
     key of `rngs[i]`.
     """
 
-    def encode(self, update: np.ndarray, rng: SecureRng) -> tuple[np.ndarray, EncodeReport]:
-        """Encode one device's update (any shape with `plan.dim` entries)."""
+    def encode(
+        self, update: np.ndarray, rng: SecureRng, evaluation: Sequence[float] | None = None
+    ) -> tuple[np.ndarray, EncodeReport]:
+        """Encode one device's update (any shape with `plan.dim` entries), and with
+        federated evaluation on, its (accuracy, examples, loss sum) on its held-out split
+        (`evaluation`, required then)."""
         require_secure_rng(rng, "Encoder.encode")
         x = np.asarray(update, dtype=np.float64).ravel()
         if x.shape[0] != self.plan.dim:
             raise ValueError(
                 f"update has {x.shape[0]} entries, the plan expects {self.plan.dim}"
             )
-        encoded, reports = self._encode_rows(x[np.newaxis, :], [rng])
+        ev = None if evaluation is None else np.asarray(evaluation, dtype=np.float64)[None, :]
+        encoded, reports = self._encode_rows(x[np.newaxis, :], [rng], ev)
         return encoded[0], reports[0]
 
     def encode_batch(
-        self, updates: np.ndarray, rngs: Sequence[SecureRng]
+        self, updates: np.ndarray, rngs: Sequence[SecureRng],
+        evaluations: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[EncodeReport]]:
         """Encode m devices' updates, one per row of `updates` (shape (m, plan.dim)), row
-        i with `rngs[i]`. Returns the (m, encoded_dim) uint64 array and m reports.
+        i with `rngs[i]` (and, with federated evaluation on, row i of `evaluations`,
+        shape (m, 3): accuracy, examples, loss sum). Returns the (m, encoded_dim) uint64
+        array and m reports.
 
         Give every device its own generator: rows sharing one generator still get
         independent draws (the stream moves on), but then no row equals its `encode`."""
@@ -602,10 +711,10 @@ class Encoder(_Rotation):
             raise ValueError(f"{u.shape[0]} updates but {len(gens)} generators")
         for i, gen in enumerate(gens):
             require_secure_rng(gen, f"Encoder.encode_batch (rngs[{i}])")
-        return self._encode_rows(u, gens)
+        return self._encode_rows(u, gens, evaluations)
 
     def _encode_rows(
-        self, x: np.ndarray, rngs: list[SecureRng]
+        self, x: np.ndarray, rngs: list[SecureRng], evaluations: np.ndarray | None = None
     ) -> tuple[np.ndarray, list[EncodeReport]]:
         """The one implementation: all input checks first (no draw is made for a batch
         that is refused), then blocks of `_ROWS_PER_BLOCK` rows (a block's arrays stay in
@@ -616,6 +725,18 @@ class Encoder(_Rotation):
             bad = int(np.flatnonzero(~finite)[0])
             where = "" if x.shape[0] == 1 else f" (row {bad})"
             raise ValueError(f"update contains NaN or infinite values{where}")
+        values = None
+        if cfg.eval_buckets:
+            if evaluations is None:
+                raise ValueError("federated evaluation is on: every device needs its "
+                                 "(accuracy, examples, loss sum)")
+            values = eval_values(evaluations, cfg)
+            if values.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{x.shape[0]} updates but {values.shape[0]} evaluation rows"
+                )
+        elif evaluations is not None:
+            raise ValueError("evaluation stats given, but the plan has no evaluation block")
         mech = get_mechanism(cfg.mechanism)
         # x mod 2^b is x & (2^b - 1) in two's complement (negative x included), and far
         # cheaper than np.mod
@@ -650,7 +771,15 @@ class Encoder(_Rotation):
                             bit, plan.count_local_stddev, plan.count_scale, plan.count_scale,
                             rng,
                         )
-                    np.bitwise_and(bit, mask, out=row[plan.padded_dim:])
+                    np.bitwise_and(bit, mask, out=row[plan.padded_dim:plan.padded_dim + 1])
+                if values is not None:
+                    slots = self._eval_block(values[i], rng)
+                    if plan.eval_local_stddev > 0:
+                        slots = mech.add_noise(
+                            slots, plan.eval_local_stddev, 2.0 * plan.eval_scale,
+                            4.0 * plan.eval_scale, rng,
+                        )
+                    np.bitwise_and(slots, mask, out=row[plan.eval_offset:])
                 reports.append(EncodeReport(
                     norm=float(norms[j]),
                     clipped=bool(clipped[j]),
@@ -660,6 +789,21 @@ class Encoder(_Rotation):
                     mechanism=cfg.mechanism,
                 ))
         return out, reports
+
+    def _eval_block(self, values: np.ndarray, rng: SecureRng) -> np.ndarray:
+        """m * (one-hot bucket, accuracy, examples, loss), the last three randomly rounded
+        (unbiased; each stays in [0, m], so the block's L2 norm is <= 2m)."""
+        plan = self.plan
+        m, buckets = plan.eval_scale, plan.config.eval_buckets
+        out = np.zeros(buckets + 3, dtype=np.int64)
+        bucket = int(values[0])
+        if bucket >= 0:
+            out[bucket] = m
+        scaled = values[1:] * m
+        low = np.floor(scaled)
+        up = rng.random(3) < (scaled - low)
+        out[buckets:] = np.minimum(low + up, m).astype(np.int64)
+        return out
 
     def _round(self, y: np.ndarray, rng: SecureRng) -> np.ndarray:
         """Randomized rounding of one row, repeated until ||round(y)|| <= Delta2
@@ -704,8 +848,40 @@ class Decoder(_Rotation):
         total = unrotate(rotated * plan.gamma, self._signs, plan.config.rotation, plan.dim)
         count = None
         if plan.config.adaptive_clip:
-            count = (float(signed[-1]) / plan.count_scale + n_survivors) / 2.0
-        return DecodedSum(total=total, clipped_count=count, **wrap)
+            count = (float(signed[plan.padded_dim]) / plan.count_scale + n_survivors) / 2.0
+        evaluation = None
+        if plan.config.eval_buckets:
+            evaluation = decode_evaluation(signed[plan.eval_offset:], plan, n_survivors)
+        return DecodedSum(total=total, clipped_count=count, evaluation=evaluation, **wrap)
+
+
+def decode_evaluation(slots: np.ndarray, plan: EncodingPlan, n_survivors: int) -> dict[str, Any]:
+    """The federated-evaluation block of a decoded sum (signed integers) as the round log
+    keeps it: the noised histogram of device accuracy, the device-weighted accuracy (sum
+    of accuracies over the survivors), the examples and the example-weighted loss, with
+    the std of the noise on each."""
+    cfg = plan.config
+    v = np.asarray(slots, dtype=np.float64) / plan.eval_scale
+    buckets = cfg.eval_buckets
+    std = plan.eval_stddev(n_survivors)
+    examples = float(v[buckets + 1]) * cfg.eval_max_examples
+    loss_sum = float(v[buckets + 2]) * cfg.eval_max_examples * cfg.eval_max_loss
+    # the loss is a ratio of two noised sums: given only when the example count stands
+    # 3 std clear of 0 (its std is then about loss_stddev)
+    loss_ok = examples >= max(1.0, 3.0 * std * cfg.eval_max_examples)
+    loss_std = std * cfg.eval_max_examples * cfg.eval_max_loss
+    return {
+        "buckets": buckets,
+        "histogram": [float(h) for h in v[:buckets]],
+        "devices": int(n_survivors),
+        "accuracy": float(v[buckets]) / n_survivors,
+        "examples": examples,
+        "loss": loss_sum / examples if loss_ok else None,
+        "loss_stddev": loss_std / examples if loss_ok else None,
+        "count_stddev": std,
+        "accuracy_stddev": std / n_survivors,
+        "examples_stddev": std * cfg.eval_max_examples,
+    }
 
 
 #: False-alarm probability per round of `DecodedSum.outliers` and of the near-wrap excess.
