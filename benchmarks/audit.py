@@ -144,7 +144,7 @@ class EngineSource:
                           mechanism=config.mechanism, bits=config.bits, clip=config.clip,
                           delta=config.delta, engine="local", secure_sum="exact",
                           corrupt=0.0, min_survivors=1.0, seed=0 if seed is None else seed,
-                          eval_every=rounds,
+                          eval_every=rounds, federated_eval=False,
                           **extra)
 
     def calibrate(self, config: DPConfig, target: float, dim: int, canaries: int,

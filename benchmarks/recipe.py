@@ -153,7 +153,7 @@ def run_federated(recipe: Recipe, rounds: int, seed: int, eval_every: int,
         server_opt=recipe.server_opt, server_lr=recipe.server_lr,
         server_momentum=recipe.server_momentum, partition="iid", mechanism="none",
         clip=CLIP, bits=BITS, seed=seed, engine="local", secure_sum="exact",
-        eval_every=eval_every,
+        eval_every=eval_every, federated_eval=False,
     )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="recipe-") as tmp:

@@ -78,7 +78,7 @@ def run_suite(args: argparse.Namespace) -> int:
 def _opts(**kw: Any) -> Any:
     from clients.options import SimOptions
 
-    return SimOptions(**{**WORKLOAD, "eval_every": 100_000, **kw})
+    return SimOptions(**{**WORKLOAD, "eval_every": 100_000, "federated_eval": False, **kw})
 
 
 def _median(xs: list[float], warmup: int) -> float | None:

@@ -128,3 +128,23 @@ def label_distribution(labels: np.ndarray, parts: list[np.ndarray], n_classes: i
     for i, idx in enumerate(parts):
         out[i] = np.bincount(y[idx], minlength=n_classes)[:n_classes] / max(len(idx), 1)
     return out
+
+
+def holdout_count(n: int, fraction: float) -> int:
+    """How many of a device's ``n`` examples are held out for federated evaluation: the
+    last ``round(fraction * n)`` of its shard, at least 1 and leaving at least 1 to train
+    on (0 when ``fraction`` is 0 or the shard has fewer than 2 examples)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(fraction * n)))
+
+
+def split_holdout(
+    x: np.ndarray, y: np.ndarray, fraction: float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A device's shard as (training part, held-out part) (:func:`holdout_count`)."""
+    k = holdout_count(len(x), fraction)
+    cut = len(x) - k
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])

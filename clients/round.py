@@ -126,9 +126,14 @@ class DeviceRound:
     def encoder(self, rotation_seed: bytes) -> Encoder:
         return Encoder(self.plan, rotation_seed)
 
-    def encode(self, delta: np.ndarray, rotation_seed: bytes, rng: Any) -> np.ndarray:
-        """Clip, rotate, quantize and noise the update into Z_{2^b}; kept for masking."""
-        encoded, _report = self.encoder(rotation_seed).encode(delta, rng)
+    def encode(
+        self, delta: np.ndarray, rotation_seed: bytes, rng: Any,
+        evaluation: Any = None,
+    ) -> np.ndarray:
+        """Clip, rotate, quantize and noise the update into Z_{2^b}; kept for masking.
+        With federated evaluation in the plan, ``evaluation`` is this device's
+        (accuracy, examples, loss sum) on its held-out split, encoded with its own noise."""
+        encoded, _report = self.encoder(rotation_seed).encode(delta, rng, evaluation)
         self.set_encoded(encoded)
         return self.encoded  # type: ignore[return-value]
 

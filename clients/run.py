@@ -46,19 +46,34 @@ def round_table(rounds: Sequence[Mapping[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="rounds (from the server's log)")
-    for col in ("round", "status", "survivors/sampled", "accuracy", "loss", "ε", "ε amplified"):
+    federated = any(r.get("federated_eval") for r in rounds)
+    cols = ["round", "status", "survivors/sampled", "accuracy", "loss"]
+    if federated:
+        cols.append("federated acc. (model)")
+    for col in (*cols, "ε", "ε amplified"):
         table.add_column(col, justify="right")
     for r in rounds:
-        table.add_row(
+        row = [
             str(r.get("round")),
             str(r.get("status", "")),
             f"{count(r.get('survivors'))}/{count(r.get('sampled'))}",
             fmt(r.get("accuracy")),
             fmt(r.get("loss")),
-            fmt(r.get("epsilon"), ".3g"),
-            fmt(r.get("epsilon_amplified"), ".3g"),
-        )
+        ]
+        if federated:
+            row.append(federated_text(r.get("federated_eval")))
+        table.add_row(*row, fmt(r.get("epsilon"), ".3g"), fmt(r.get("epsilon_amplified"), ".3g"))
     return table
+
+
+def federated_text(fe: Mapping[str, Any] | None) -> str:
+    """A round's federated accuracy as "0.712 ± 0.095 (v3)": the device-weighted mean of
+    the devices' held-out accuracies, ± the std of its DP noise, for model version v."""
+    if not fe:
+        return "-"
+    std = fe.get("accuracy_stddev") or 0.0
+    spread = f" ± {fmt(std)}" if std > 0 else ""
+    return f"{fmt(fe.get('accuracy'))}{spread} (v{fe.get('model_version')})"
 
 
 def summary_lines(result: Any, opts: SimOptions) -> list[str]:
@@ -74,7 +89,9 @@ def summary_lines(result: Any, opts: SimOptions) -> list[str]:
     if result.stage_timeout is not None:
         timing += f", stage timeout {result.stage_timeout:g} s"
     if opts.sampling == "poisson":
-        sampling = (f"Poisson sampling at q = {opts.sample_rate:.3g} (add/remove adjacency)")
+        sampling = (f"Poisson sampling at q = {opts.sample_rate:.3g}, each round charged as "
+                    f"its cohort of s of {opts.clients} without replacement (replace-one "
+                    "adjacency)")
     else:
         sampling = (f"fixed-size sampling of {opts.per_round} of {opts.clients} without "
                     "replacement (replace-one adjacency)")
@@ -105,6 +122,17 @@ def summary_lines(result: Any, opts: SimOptions) -> list[str]:
     if opts.mechanism == "none":
         lines[2:4] = ["ε = ∞: mechanism none adds no noise (secure aggregation only, "
                       "no differential privacy)"]
+    evaluated = [r for r in done if r.get("federated_eval")]
+    if evaluated:
+        fe = evaluated[-1]["federated_eval"]
+        server_acc = next((r.get("accuracy") for r in done
+                           if r.get("model_version") == fe.get("model_version")), None)
+        lines.insert(2, (
+            f"federated evaluation of model v{fe.get('model_version')} on the devices' held-out "
+            f"splits: device-weighted {metric} {federated_text(fe)} over {fe.get('devices')} "
+            f"devices (server test set: {fmt(server_acc)}); DP-noised, std "
+            f"{fmt(fe.get('count_stddev'), '.2g')} devices per histogram count, charged in "
+            "the ε below"))
     reason = st.get("finished_reason")
     if reason:
         lines.append(f"server: training finished: {reason}")

@@ -30,7 +30,7 @@ from clients.tasks.base import Task
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["LocalTrainer", "train_local", "check_hyperparameters"]
+__all__ = ["LocalTrainer", "train_local", "check_hyperparameters", "evaluation_stats"]
 
 
 def check_hyperparameters(epochs: Any, batch_size: Any, lr: Any, seed: Any) -> None:
@@ -163,6 +163,61 @@ class LocalTrainer:
         if not np.all(np.isfinite(delta)):
             raise FloatingPointError(f"local training diverged (lr={lr}): update has NaN/inf")
         return delta.astype(np.float32, copy=False)
+
+
+    def evaluate(
+        self,
+        global_weights: np.ndarray,
+        parts: list[tuple[np.ndarray, np.ndarray]],
+        *,
+        max_examples: int,
+        max_loss: float,
+    ) -> np.ndarray:
+        """Each device's (accuracy, examples, loss sum) of ``global_weights`` on its
+        held-out part (:func:`evaluation_stats`), all devices in one forward pass."""
+        w = np.asarray(global_weights, dtype=np.float32).ravel()
+        if w.shape[0] != self.dim:
+            raise ValueError(f"global weights have length {w.shape[0]}, model needs {self.dim}")
+        with self._lock:
+            offset = 0
+            for var, shape, size in zip(self._vars, self._shapes, self._sizes, strict=True):
+                var.assign(w[offset : offset + size].reshape(shape))
+                offset += size
+            return evaluation_stats(
+                self.task, self.model, parts, max_examples=max_examples, max_loss=max_loss
+            )
+
+
+def evaluation_stats(
+    task: Task,
+    model: Any,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    max_examples: int,
+    max_loss: float,
+) -> np.ndarray:
+    """Rows (accuracy, examples, loss sum), one per device's held-out ``(x, y)``: at most
+    the first ``max_examples`` examples, each loss clipped at ``max_loss`` (the bounds the
+    encoder's evaluation block assumes, ``dp.DPConfig``). A device without held-out
+    examples gets (0, 0, 0), which the encoder sends as an all-zero block."""
+    out = np.zeros((len(parts), 3), dtype=np.float64)
+    xs, ys, sizes = [], [], []
+    for x, y in parts:
+        k = min(len(x), int(max_examples))
+        sizes.append(k)
+        if k:
+            xs.append(np.asarray(x[:k], dtype=np.float32))
+            ys.append(np.asarray(y[:k]))
+    if not xs:
+        return out
+    correct, loss = task.per_example(model, np.concatenate(xs), np.concatenate(ys))
+    loss = np.minimum(np.nan_to_num(loss, nan=max_loss, posinf=max_loss), max_loss)
+    start = 0
+    for row, k in enumerate(sizes):
+        if k:
+            out[row] = (correct[start:start + k].mean(), k, loss[start:start + k].sum())
+            start += k
+    return out
 
 
 _TRAINERS: dict[int, LocalTrainer] = {}

@@ -250,6 +250,22 @@ class ExperimentConfig:
         ):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+        # Federated evaluation is two halves that must agree: the encoding block
+        # (dp.eval_buckets) and the devices' held-out split (training.eval_fraction).
+        if bool(self.dp.eval_buckets) != (self.training.eval_fraction > 0):
+            raise ConfigError(
+                "federated evaluation needs both dp.eval_buckets > 0 and "
+                "training.eval_fraction > 0 (or neither); got eval_buckets="
+                f"{self.dp.eval_buckets}, eval_fraction={self.training.eval_fraction}"
+            )
+        if self.dp.eval_buckets:
+            from clients.tasks.registry import TASKS
+
+            if TASKS[self.training.task].num_classes is None:
+                raise ConfigError(
+                    f"federated evaluation needs a classification task; "
+                    f"{self.training.task!r} is a regression"
+                )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {

@@ -665,6 +665,10 @@ class ServerCore:
         # devices whose unmask shares were found wrong and left out (a count: who took
         # part is not published)
         record["excluded_senders"] = len(getattr(rnd.agg, "excluded_senders", ()) or ())
+        if decoded.evaluation is not None:
+            # what the devices measured on their held-out splits, of the model they were
+            # sent at the start of this round (the previous round's release)
+            record["federated_eval"] = dict(decoded.evaluation, model_version=self.model_version)
         record["wrap"] = decoded.wrap_report()
         if record["wrap"]["wrap_suspected"]:
             log.warning(
@@ -689,7 +693,7 @@ class ServerCore:
         self.last_round_id = rnd.round_id
         rnd.stage = Stage.DONE
         log.info(
-            "round %d done: %d survivors, accuracy %s, epsilon %.4g (amplified %s)",
+            "round %d done: %d survivors, accuracy %s, epsilon %s (amplified %s)",
             rnd.round_id, n, record["accuracy"], record["epsilon"], record["epsilon_amplified"],
         )
         return record

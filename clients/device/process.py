@@ -79,6 +79,7 @@ class TrainingSettings:
     partition: str = "iid"
     alpha: float = 0.5
     seed: int = 0
+    eval_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1:
@@ -91,6 +92,8 @@ class TrainingSettings:
             raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.eval_fraction <= 0.9:
+            raise ValueError(f"eval_fraction must be in [0, 0.9], got {self.eval_fraction}")
 
     @classmethod
     def from_public_config(
@@ -110,6 +113,7 @@ class TrainingSettings:
             ("partition", str),
             ("alpha", float),
             ("seed", int),
+            ("eval_fraction", float),
         ):
             if section.get(name) is not None:
                 values[name] = cast(section[name])
@@ -175,6 +179,24 @@ class Trainer:
 
         return np.asarray(self.call(fit), dtype=np.float32)
 
+    def evaluate(
+        self, global_weights: np.ndarray, x: np.ndarray, y: np.ndarray, plan: Any
+    ) -> np.ndarray:
+        """This device's (accuracy, examples, loss sum) of ``global_weights`` on its
+        held-out ``(x, y)``, within the plan's bounds (federated evaluation)."""
+
+        def run() -> np.ndarray:
+            from clients.training import LocalTrainer
+
+            if self._trainer is None:
+                self._trainer = LocalTrainer(self.task)
+            return self._trainer.evaluate(
+                global_weights, [(x, y)], max_examples=plan.config.eval_max_examples,
+                max_loss=plan.config.eval_max_loss,
+            )[0]
+
+        return np.asarray(self.call(run), dtype=np.float64)
+
 
 # --------------------------------------------------------------------------- one round
 
@@ -207,6 +229,7 @@ class RoundSession:
     done: set[str] = field(default_factory=set)
     lost: bool = False
     delta: np.ndarray | None = None
+    evaluation: np.ndarray | None = None
     trace: RoundTrace | None = None
 
     @property
@@ -293,8 +316,9 @@ class RoundSession:
         return dict(self.device_round.share(keys).to_dict())
 
     def encode(self, delta: np.ndarray, rotation_seed: bytes, rng: SecureRng) -> np.ndarray:
-        """Clip, rotate, quantize and noise the update into Z_{2^b} (dp.Encoder)."""
-        return self.device_round.encode(delta, rotation_seed, rng)
+        """Clip, rotate, quantize and noise the update (and the federated evaluation, if
+        the plan has it) into Z_{2^b} (dp.Encoder)."""
+        return self.device_round.encode(delta, rotation_seed, rng, self.evaluation)
 
     def masked(self, shares_json: Mapping[str, Any]) -> bytes:
         """The packed masked input ``y_u``, given ``GET /shares`` (ciphertexts to us)."""
@@ -539,9 +563,15 @@ class Device:
             return
         if len(self.x) == 0:
             raise DeviceError("this device's shard is empty: nothing to train on")
+        from clients.data import split_holdout
+
+        (x, y), held_out = split_holdout(self.x, self.y, self.settings.eval_fraction)
         global_weights, version = self.client.model()
+        if session.plan.config.eval_buckets:
+            # the model as received, on data it never trained on
+            session.evaluation = self.trainer.evaluate(global_weights, *held_out, session.plan)
         seed = training_seed(self.settings.seed, session.round_id, session.device_id)
-        session.delta = self.trainer.train(global_weights, self.x, self.y, self.settings, seed)
+        session.delta = self.trainer.train(global_weights, x, y, self.settings, seed)
         if self.on_trace is not None:
             session.trace = RoundTrace(
                 round_id=session.round_id,

@@ -313,7 +313,8 @@ class HttpEngine:
 
     def _settings(self) -> TrainingSettings:
         o = self.opts
-        return TrainingSettings(o.local_epochs, o.batch_size, o.lr, o.partition, o.alpha, o.seed)
+        return TrainingSettings(o.local_epochs, o.batch_size, o.lr, o.partition, o.alpha, o.seed,
+                                o.eval_fraction if o.eval_on else 0.0)
 
     def _shard(self, data: Any, index: int, settings: TrainingSettings) -> tuple[Any, Any]:
         """Shard ``index`` of the experiment's seeded partition (computed once)."""

@@ -79,16 +79,32 @@ class LocalFleet:
         self.devices: dict[int, DeviceRound] = {}
         self.encoded: dict[int, np.ndarray] = {}
 
+    def parts(self, cid: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        """Device ``cid``'s (training part, held-out part) of its shard."""
+        from clients.data import split_holdout
+
+        x, y = self.population.shard(self.index_of[cid])
+        return split_holdout(x, y, float(self.settings.get("eval_fraction", 0.0)))
+
     def train(self, round_id: int, device_ids: Sequence[int], weights: np.ndarray) -> np.ndarray:
         s = self.settings
         out = np.empty((len(device_ids), self.trainer.dim), dtype=np.float32)
         for row, cid in enumerate(device_ids):
-            x, y = self.population.shard(self.index_of[cid])
+            (x, y), _ = self.parts(cid)
             out[row] = self.trainer.update(
                 weights, x, y, epochs=s["local_epochs"], batch_size=s["batch_size"],
                 lr=s["lr"], seed=training_seed(int(s["seed"]), round_id, cid),
             )
         return out
+
+    def evaluate(self, plan: Any, device_ids: Sequence[int], weights: np.ndarray) -> np.ndarray:
+        """The devices' (accuracy, examples, loss sum) of the global model they received,
+        on their held-out parts (federated evaluation)."""
+        cfg = plan.config
+        return self.trainer.evaluate(
+            weights, [self.parts(cid)[1] for cid in device_ids],
+            max_examples=cfg.eval_max_examples, max_loss=cfg.eval_max_loss,
+        )
 
     def encode_only(
         self, round_id: int, plan: Any, ids: Sequence[int], weights: np.ndarray,
@@ -96,8 +112,11 @@ class LocalFleet:
     ) -> dict[int, np.ndarray]:
         if not ids:
             return {}
+        evaluations = self.evaluate(plan, ids, weights) if plan.config.eval_buckets else None
         deltas = self.train(round_id, ids, weights)
-        self.encoded = encode_many(plan, rotation_seed, deltas, ids, round_id, self.seed)
+        self.encoded = encode_many(
+            plan, rotation_seed, deltas, ids, round_id, self.seed, evaluations
+        )
         return self.encoded
 
     def begin(self, params: Any, plan: Any, device_ids: Sequence[int]) -> list[int]:
@@ -185,12 +204,14 @@ def encode_many(
     device_ids: Sequence[int],
     round_id: int,
     seed: int | None,
+    evaluations: np.ndarray | None = None,
 ) -> dict[int, np.ndarray]:
-    """DP-encode the rows of ``deltas`` in one batch, each with its device's own noise."""
+    """DP-encode the rows of ``deltas`` in one batch, each with its device's own noise
+    (and, with federated evaluation on, its row of ``evaluations``)."""
     from dp import Encoder
 
     rngs = [noise_rng(seed, round_id, cid) for cid in device_ids]
-    encoded, _reports = Encoder(plan, rotation_seed).encode_batch(deltas, rngs)
+    encoded, _reports = Encoder(plan, rotation_seed).encode_batch(deltas, rngs, evaluations)
     return {cid: np.asarray(encoded[i], dtype=np.uint64) for i, cid in enumerate(device_ids)}
 
 
@@ -318,6 +339,7 @@ class InProcessEngine:
         settings = {
             "local_epochs": opts.local_epochs, "batch_size": opts.batch_size, "lr": opts.lr,
             "seed": opts.seed, "model_seed": opts.seed,
+            "eval_fraction": experiment.training.eval_fraction,
         }
         fleet = self.make_fleet(task, population, settings, index_of)
         schedule = DropoutSchedule(opts.dropout, opts.seed) if opts.dropout > 0 else None

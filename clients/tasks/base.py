@@ -97,6 +97,23 @@ class Task(ABC):
         acc = float(np.mean(np.argmax(logits, axis=1) == y))
         return {"loss": loss, "accuracy": acc}
 
+    def per_example(
+        self, model: tf.keras.Model, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(correct, loss) per example: 1.0 / 0.0 for a correct top-1 prediction, and the
+        cross-entropy (federated evaluation). Regression tasks have no accuracy to
+        histogram and raise ValueError."""
+        if self.num_classes is None:
+            raise ValueError(
+                f"federated evaluation needs a classification task; {self.name!r} is a "
+                "regression"
+            )
+        logits = _predict(model, x)
+        y = np.asarray(y).astype(np.int64).ravel()
+        logp = logits - _logsumexp(logits)
+        correct = (np.argmax(logits, axis=1) == y).astype(np.float64)
+        return correct, -logp[np.arange(len(y)), y]
+
     def predict(self, model: tf.keras.Model, x: np.ndarray) -> dict[str, Any]:
         """Prediction for ONE input (shape ``input_shape``), shaped like the API's answer.
 

@@ -37,6 +37,8 @@ class TrainingConfig:
         partition: ``"iid"`` or ``"dirichlet"`` (label skew, see ``clients.data``).
         alpha: Dirichlet concentration (> 0); smaller is more skewed. Unused for iid.
         seed: seeds the partition, model init and local shuffling (>= 0).
+        eval_fraction: the part of each device's shard held out for federated evaluation
+            (the last ``round(eval_fraction * n)`` examples, never trained on; 0: none).
     """
 
     task: str = "fashion"
@@ -46,6 +48,7 @@ class TrainingConfig:
     partition: str = "iid"
     alpha: float = 0.5
     seed: int = 0
+    eval_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or self.task not in TASKS:
@@ -68,8 +71,14 @@ class TrainingConfig:
             raise ValueError(f"training.alpha must be a finite number > 0, got {self.alpha!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"training.seed must be an int >= 0, got {self.seed!r}")
+        if (not _is_real(self.eval_fraction) or not math.isfinite(self.eval_fraction)
+                or not 0.0 <= self.eval_fraction <= 0.9):
+            raise ValueError(
+                f"training.eval_fraction must be in [0, 0.9], got {self.eval_fraction!r}"
+            )
         object.__setattr__(self, "lr", float(self.lr))
         object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "eval_fraction", float(self.eval_fraction))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-safe dict of the fields."""

@@ -127,9 +127,9 @@ def public_round(record: Mapping[str, Any]) -> dict[str, Any]:
     An allow-list, not a deny-list: numbers, booleans and null pass; the id lists become
     counts (``sampled``, ``survivors``: ints; ``dropouts``: stage -> int); free text passes
     only for known fields, with ids scrubbed (abort reasons may name a client); a mapping
-    passes only if all its values are numbers or booleans (``timings``, ``wrap``); any
-    other list or mapping, present or added later, is left out until someone decides it
-    is public.
+    passes only if all its values are numbers or booleans (``timings``, ``wrap``), and
+    ``federated_eval`` with its list of noised bucket counts; any other list or mapping,
+    present or added later, is left out until someone decides it is public.
     """
     out: dict[str, Any] = {}
     for key, value in record.items():
@@ -148,6 +148,23 @@ def public_round(record: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif _numeric_map(value):
             out[key] = dict(value)
+        elif key == "federated_eval" and isinstance(value, Mapping):
+            out[key] = _federated_eval(value)
+    return out
+
+
+def _federated_eval(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The federated-evaluation block of a round: the DP-noised histogram of device
+    accuracy and its summary numbers (a release of the secure sum, public like the model);
+    only numbers and the list of bucket counts pass."""
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if v is None or isinstance(v, bool | int | float):
+            out[key] = v
+        elif key == "histogram" and isinstance(v, list) and all(
+            isinstance(h, int | float) and not isinstance(h, bool) for h in v
+        ):
+            out[key] = [float(h) for h in v]
     return out
 
 
