@@ -9,6 +9,11 @@ actual cohort size; here every round is charged at the expected cohort K = qN.
 `--corrupt F` is the colluding fraction of each cohort whose noise shares are not counted
 (default 0.1, the protocol's default threat model).
 
+Noise shares are sized for `--min-contributors t` (default K) and a run charges the
+shares that actually survived, less the colluders. `--survivors S` (a count in [t, K],
+or a fraction of K such as 0.9) charges every round for S survivors, which is what a run
+in which S devices survive every round reports; the default is t, the worst case.
+
 `epsilon --json` with Poisson sampling also carries `epsilon_amplified_approx`: the
 add/remove Poisson figure printed before the amplified figure was conditioned on the
 cohort size (REFERENCES.md's Poisson values, with `--corrupt 0`), an approximation that
@@ -92,9 +97,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    default="gaussian")
     p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
     p.add_argument("--clients-per-round", type=int, default=100,
-                   help="K: devices per round; noise shares sized for all K (default 100)")
+                   help="K: devices sampled per round, the cohort each round is charged as "
+                   "(default 100)")
     p.add_argument("--min-contributors", type=int, default=None,
-                   help="t: secure-aggregation threshold (default K)")
+                   help="t: the fewest survivors an unmasked round can have (the secagg "
+                   "threshold or the enforced minimum survivor count); noise shares are "
+                   "sized so that any t of them, less the colluders, carry the target "
+                   "noise (default K)")
+    p.add_argument("--survivors", type=_survivors_arg, default=None,
+                   help="devices whose shares survive each round, which a run charges: a "
+                   "count in [t, K] such as 90, or a fraction of K such as 0.9 (rounded "
+                   "down) (default t, the worst case of an unmasked round)")
     p.add_argument("--bits", type=int, default=20, help="modulus exponent b (default 20)")
     p.add_argument("--dim", type=int, default=100_000, help="update dimension (default 1e5)")
     p.add_argument("--clip", type=float, default=1.0, help="L2 clip C (default 1)")
@@ -109,6 +122,32 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-noise-ratio", type=float, default=2.0,
                    help="noise multiplier of the evaluation block / z (default 2)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def _survivors_arg(text: str) -> int | float:
+    """``--survivors``: an integer is a count, a number with a point or exponent is a
+    fraction of K in (0, 1]."""
+    try:
+        if text.strip().lstrip("+").isdigit():
+            return int(text)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a count such as 90 or a fraction of K such as 0.9, got {text!r}"
+        ) from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"a fraction of K must be in (0, 1] (a count has no decimal point), got {text!r}"
+        )
+    return value
+
+
+def survivors_count(survivors: int | float | None, k: int) -> int | None:
+    """``--survivors`` as a count: a fraction f of K is floor(f K) (fewer survivors
+    never understate epsilon), a count is itself."""
+    if survivors is None or isinstance(survivors, int):
+        return survivors
+    return max(1, math.floor(survivors * k + 1e-9))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +201,7 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         dim=args.dim,
         clip=args.clip,
         min_contributors=args.min_contributors,
+        survivors=survivors_count(args.survivors, args.clients_per_round),
         adaptive_clip=args.adaptive_clip,
         clipped_count_stddev=args.clipped_count_stddev,
         eval_buckets=args.eval_buckets,
@@ -169,12 +209,22 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _header(rep: EpsilonReport, z: float) -> str:
+def _survivors_charged(args: argparse.Namespace) -> int:
+    """The survivors every round is charged for: --survivors, else t, else K."""
+    n = survivors_count(args.survivors, args.clients_per_round)
+    if n is not None:
+        return n
+    return int(args.min_contributors or args.clients_per_round)
+
+
+def _header(rep: EpsilonReport, z: float, args: argparse.Namespace) -> str:
     pop = f", N={rep.population}" if rep.population is not None else ""
+    t = args.min_contributors or args.clients_per_round
     return (f"mechanism {rep.mechanism}, accountant {rep.accountant}, z={z:g}, "
             f"q={rep.sample_rate:g} ({rep.sampling} sampling{pop}), T={rep.rounds}, "
-            f"delta={rep.delta:g}, corrupt fraction {rep.corrupt_fraction:g} "
-            "(their noise shares not counted)")
+            f"delta={rep.delta:g}, K={args.clients_per_round} a round, shares sized for "
+            f"t={t}, {_survivors_charged(args)} survivors a round, corrupt fraction "
+            f"{rep.corrupt_fraction:g} (their noise shares not counted)")
 
 
 def _fmt(x: float) -> str:
@@ -196,6 +246,7 @@ def _run(args: argparse.Namespace) -> None:
             out["cohort_per_round"] = (
                 args.clients_per_round if rep.sample_rate < 1 else None
             )
+            out["survivors_per_round"] = _survivors_charged(args)
             approx = None
             if args.sampling == "poisson":
                 kw = _common_kwargs(args)
@@ -210,7 +261,7 @@ def _run(args: argparse.Namespace) -> None:
             out["approximation"] = accounting_note(args.mechanism)
             print(json.dumps(out))
         else:
-            print(_header(rep, args.noise_multiplier))
+            print(_header(rep, args.noise_multiplier, args))
             print(f"epsilon (no amplification) = {_fmt(rep.epsilon)}   "
                   f"[{assumptions['epsilon']}; adjacency {rep.adjacency}]")
             print(f"epsilon (amplified, {rep.sampling}) = {_fmt(rep.epsilon_amplified)}   "
@@ -243,6 +294,7 @@ def _run(args: argparse.Namespace) -> None:
             "sampling": rep.sampling,
             "population": rep.population,
             "corrupt_fraction": rep.corrupt_fraction,
+            "survivors_per_round": _survivors_charged(args),
             "adjacency": rep.to_dict()["adjacency"],
             "assumption": assumptions[which],
             "approximation": accounting_note(args.mechanism),
@@ -250,7 +302,7 @@ def _run(args: argparse.Namespace) -> None:
     else:
         print(f"noise multiplier z = {z:.6g}  (summed honest noise std = z * C; "
               f"{args.mechanism}, {args.accountant})")
-        print(_header(rep, z))
+        print(_header(rep, z, args))
         print(f"gives {which} = {_fmt(getattr(rep, which))} <= {args.target_epsilon:g} "
               f"after {rep.rounds} rounds at delta={rep.delta:g}   [{assumptions[which]}; "
               f"adjacency {adjacency}]")

@@ -893,6 +893,20 @@ def _rdp_to_epsilon(orders: tuple[float, ...], rdp: np.ndarray, delta: float) ->
     return float(compute_epsilon(kept, rdp[finite].tolist(), delta)[0])
 
 
+def _check_survivors(survivors: int | None, t: int, k: int) -> int:
+    """The survivors a planned round is charged for: `survivors`, or t (the fewest an
+    unmasked round can have). Fewer than t survivors abort the round, which then reveals
+    nothing and is charged nothing, so such a figure would describe no run."""
+    if survivors is None:
+        return t
+    if isinstance(survivors, bool) or not isinstance(survivors, int) or not t <= survivors <= k:
+        raise DPConfigError(
+            f"survivors must be an integer in [t={t}, K={k}] (a round with fewer than t "
+            f"survivors is not unmasked and charges nothing), got {survivors!r}"
+        )
+    return survivors
+
+
 def _accountant_for(
     mechanism: str,
     noise_multiplier: float,
@@ -912,9 +926,16 @@ def _accountant_for(
     corrupt: float,
     eval_buckets: int = 0,
     eval_noise_ratio: float = 2.0,
+    survivors: int | None = None,
 ) -> PrivacyAccountant:
     """The accountant of a run with these parameters after `rounds` rounds, each with the
-    expected cohort k = `clients_per_round` (= q N) and `min_contributors` survivors."""
+    expected cohort k = `clients_per_round` (= q N), noise shares sized for t =
+    `min_contributors` (default k) and `survivors` (default t) shares summed.
+
+    This is what a run charges: the server plans each round with shares sized for t
+    (`EncodingPlan.create`) and charges `plan.privacy_event(n_survivors)`
+    (`server.round.ServerCore.release`), so more survivors than t means more noise and a
+    smaller epsilon."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise DPConfigError(f"rounds must be an integer >= 1, got {rounds!r}")
     _check_rate(sample_rate)
@@ -961,11 +982,12 @@ def _accountant_for(
     t = k if min_contributors is None else min_contributors
     c = corrupt_count(corrupt, k)
     plan = EncodingPlan.create(config, dim, k, t, corrupt=c)
+    n = _check_survivors(survivors, t, k)
     acc = PrivacyAccountant(
         config, sample_rate, accountant, sampling=sampling, population=population,
         corrupt_fraction=corrupt,
     )
-    acc.compose(plan.privacy_event(t), rounds, cohort=k if sample_rate < 1 else None)
+    acc.compose(plan.privacy_event(n), rounds, cohort=k if sample_rate < 1 else None)
     return acc
 
 
@@ -990,10 +1012,12 @@ def epsilon_for(
     corrupt: float = 0.0,
     eval_buckets: int = 0,
     eval_noise_ratio: float = 2.0,
+    survivors: int | None = None,
 ) -> float:
-    """Epsilon after `rounds` rounds in which `min_contributors` (default: all
-    `clients_per_round`) noise shares survived, with the plan `EncodingPlan.create`
-    makes for these parameters.
+    """Epsilon after `rounds` rounds with noise shares sized for `min_contributors`
+    (t; default: all `clients_per_round`) of which `survivors` (default t, the worst
+    case of an unmasked round) survived, with the plan `EncodingPlan.create` makes for
+    these parameters: what a run charges when that many devices survive every round.
 
     - `amplified=True` (default) returns the amplified figure, replace-one, valid only if
       the adversary does not learn who took part: every round charged as k =
@@ -1008,14 +1032,17 @@ def epsilon_for(
     - `bits`, `dim`, `clip` matter for ddgauss/skellam (and for the rounding-inflated
       sensitivity of gaussian). `adaptive_clip` charges the noised clipped count too
       (Andrew et al. 2021), `eval_buckets` > 0 the federated-evaluation block (its noise
-      multiplier `eval_noise_ratio` * z; `DPConfig`)."""
+      multiplier `eval_noise_ratio` * z; `DPConfig`).
+    - `survivors` in [t, `clients_per_round`]: the shares summed each round. The run
+      charges the shares that actually survived (minus the colluders), so a plan for a
+      run where most devices survive passes the expected count here."""
     rep = epsilon_report(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant=accountant,
         clients_per_round=clients_per_round, bits=bits, dim=dim, clip=clip,
         min_contributors=min_contributors, adaptive_clip=adaptive_clip,
         clipped_count_stddev=clipped_count_stddev, sampling=sampling,
         population=population, corrupt=corrupt, eval_buckets=eval_buckets,
-        eval_noise_ratio=eval_noise_ratio,
+        eval_noise_ratio=eval_noise_ratio, survivors=survivors,
     )
     return rep.epsilon_amplified if amplified else rep.epsilon
 
@@ -1040,12 +1067,14 @@ def epsilon_report(
     corrupt: float = 0.0,
     eval_buckets: int = 0,
     eval_noise_ratio: float = 2.0,
+    survivors: int | None = None,
 ) -> EpsilonReport:
     """Both figures of `epsilon_for` at once, with their adjacencies."""
     return _accountant_for(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant,
         clients_per_round, bits, dim, clip, min_contributors, adaptive_clip,
         clipped_count_stddev, sampling, population, corrupt, eval_buckets, eval_noise_ratio,
+        survivors,
     ).report()
 
 
@@ -1068,6 +1097,7 @@ def epsilon_amplified_approx(
     corrupt: float = 0.0,
     eval_buckets: int = 0,
     eval_noise_ratio: float = 2.0,
+    survivors: int | None = None,
 ) -> float:
     """`PrivacyAccountant.epsilon_amplified_approx` for the run `epsilon_for` describes
     with Poisson sampling: the add/remove Poisson figure of before, AN APPROXIMATION, NOT
@@ -1078,6 +1108,7 @@ def epsilon_amplified_approx(
         mechanism, noise_multiplier, sample_rate, rounds, delta, accountant,
         clients_per_round, bits, dim, clip, min_contributors, adaptive_clip,
         clipped_count_stddev, "poisson", population, corrupt, eval_buckets, eval_noise_ratio,
+        survivors,
     ).epsilon_amplified_approx()
 
 
@@ -1103,15 +1134,18 @@ def calibrate_noise(
     corrupt: float = 0.0,
     eval_buckets: int = 0,
     eval_noise_ratio: float = 2.0,
+    survivors: int | None = None,
 ) -> float:
-    """Smallest noise multiplier z (summed std z * C over the honest shares, the same
+    """Smallest noise multiplier z (summed std z * C over t - c honest shares, the same
     meaning for every mechanism) with `epsilon_for(...) <= target_epsilon`, by bisection
     on the same accountant the run charges (same sampling, population and corrupt
     fraction). With Poisson sampling every round is charged at the expected cohort
     k = q N; the run charges each round's actual cohort, so its amplified figure ends
     near the target, usually slightly above it. Raises DPConfigError when no z reaches
     the target (the discrete mechanisms' epsilon has a floor set by the rounding at a
-    given bit width; an amplified figure may be refused)."""
+    given bit width; an amplified figure may be refused). `survivors` (default t, the
+    worst case) calibrates for rounds in which that many shares survive: a run in
+    which fewer survive spends more than the target."""
     if not (isinstance(target_epsilon, (int, float)) and target_epsilon > 0):
         raise DPConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
     if mechanism == "none":
@@ -1124,7 +1158,7 @@ def calibrate_noise(
             min_contributors=min_contributors, adaptive_clip=adaptive_clip,
             clipped_count_stddev=clipped_count_stddev, sampling=sampling,
             population=population, corrupt=corrupt, eval_buckets=eval_buckets,
-            eval_noise_ratio=eval_noise_ratio,
+            eval_noise_ratio=eval_noise_ratio, survivors=survivors,
         )
 
     first = report(1.0)
