@@ -1,5 +1,5 @@
-"""``python -m clients``: ``run`` (train with the http, local or ray engine), ``device``
-(one real device) or
+"""``python -m clients``: ``run`` (train with the http, local or ray engine), ``plan``
+(what such a run will use and charge, without training), ``device`` (one real device) or
 ``export`` (a task's model as trainable TensorFlow Lite, for an on-device app).
 
 With no subcommand it prints help. Bad flags exit with status 2 and a one-line error.
@@ -23,11 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="secagg-dp devices: a simulation (a loopback server and N devices over "
         "HTTP, or the in-process / Ray research engines) or one real device process.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,device,export}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,plan,device,export}")
     run = sub.add_parser("run", help="train N simulated devices (engines http, local, ray)",
                          description="")
     options.build_parser(run)
     run.prog = "python -m clients run"
+    from clients import plan
+
+    pln = sub.add_parser("plan", help="print parameters, k and t, z and the expected ε of a "
+                         "run with the same flags, without training")
+    plan.build_plan_parser(pln)
     dev = sub.add_parser("device", help="run one device against a server")
     device.build_parser(dev)
     dev.prog = "python -m clients device"
@@ -49,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clients import run as run_cmd
 
         return run_cmd.main(args[1:])
+    if args[0] == "plan":
+        from clients import plan
+
+        return plan.main(args[1:])
     if args[0] == "device":
         from clients.device import cli as device_cli
 
