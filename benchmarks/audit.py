@@ -168,16 +168,19 @@ class EngineSource:
 
         class CanaryFleet(LocalFleet):  # type: ignore[misc]
             def train(self, round_id: int, device_ids: Any, weights: np.ndarray
-                      ) -> np.ndarray:
-                out = np.zeros((len(device_ids), self.trainer.dim), dtype=np.float32)
-                rows = [r for r, c in enumerate(device_ids) if self.index_of[c] < first]
-                if rows:
-                    out[rows] = super().train(round_id, [device_ids[r] for r in rows],
-                                              weights)
-                for r, c in enumerate(device_ids):
-                    if self.index_of[c] >= first:
-                        out[r] = vectors[self.index_of[c] - first]
-                return out
+                      ) -> tuple[np.ndarray, list[int]]:
+                background_ids = [c for c in device_ids if self.index_of[c] < first]
+                trained: dict[int, np.ndarray] = {}
+                if background_ids:
+                    deltas, ok = super().train(round_id, background_ids, weights)
+                    trained = dict(zip(ok, deltas, strict=True))
+                ok_ids = [c for c in device_ids
+                          if self.index_of[c] >= first or c in trained]
+                out = np.zeros((len(ok_ids), self.trainer.dim), dtype=np.float32)
+                for r, c in enumerate(ok_ids):
+                    out[r] = (vectors[self.index_of[c] - first] if self.index_of[c] >= first
+                              else trained[c])
+                return out, ok_ids
 
         class CanaryEngine(InProcessEngine):  # type: ignore[misc]
             def make_fleet(self, task: Any, population: Any, settings: Any,

@@ -378,7 +378,7 @@ def _run_federated(point: Point, settings: Settings) -> dict[str, Any]:
             rec["status"] = "unreachable: " + " ".join(str(exc).split())
             rec["wall_s"] = time.monotonic() - t0
             return rec
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, ArithmeticError) as exc:
             rec["status"] = f"failed: {type(exc).__name__}: " + " ".join(str(exc).split())
             rec["wall_s"] = time.monotonic() - t0
             return rec

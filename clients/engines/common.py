@@ -250,6 +250,7 @@ def run_secure_round(
         encoded = fleet.encode_only(
             rnd.round_id, rnd.plan, contributors, weights, rnd.rotation_seed
         )
+        contributors = [c for c in contributors if c in encoded]  # training diverged: none
         rnd.timings["train_encode"] = time.perf_counter() - t_round
         if len(contributors) < rnd.params.min_survivors:
             return RoundOutcome(core.abort(rnd, (

@@ -86,16 +86,26 @@ class LocalFleet:
         x, y = self.population.shard(self.index_of[cid])
         return split_holdout(x, y, float(self.settings.get("eval_fraction", 0.0)))
 
-    def train(self, round_id: int, device_ids: Sequence[int], weights: np.ndarray) -> np.ndarray:
+    def train(
+        self, round_id: int, device_ids: Sequence[int], weights: np.ndarray
+    ) -> tuple[np.ndarray, list[int]]:
+        """The devices' updates, and the devices that produced one: a device whose local
+        training diverges (NaN or inf, e.g. from a global model that noise has blown up)
+        has nothing to send and drops out of the round, as a real device would."""
         s = self.settings
         out = np.empty((len(device_ids), self.trainer.dim), dtype=np.float32)
-        for row, cid in enumerate(device_ids):
+        ok: list[int] = []
+        for cid in device_ids:
             (x, y), _ = self.parts(cid)
-            out[row] = self.trainer.update(
-                weights, x, y, epochs=s["local_epochs"], batch_size=s["batch_size"],
-                lr=s["lr"], seed=training_seed(int(s["seed"]), round_id, cid),
-            )
-        return out
+            try:
+                out[len(ok)] = self.trainer.update(
+                    weights, x, y, epochs=s["local_epochs"], batch_size=s["batch_size"],
+                    lr=s["lr"], seed=training_seed(int(s["seed"]), round_id, cid),
+                )
+            except FloatingPointError:
+                continue
+            ok.append(cid)
+        return out[: len(ok)], ok
 
     def evaluate(self, plan: Any, device_ids: Sequence[int], weights: np.ndarray) -> np.ndarray:
         """The devices' (accuracy, examples, loss sum) of the global model they received,
@@ -112,10 +122,13 @@ class LocalFleet:
     ) -> dict[int, np.ndarray]:
         if not ids:
             return {}
-        evaluations = self.evaluate(plan, ids, weights) if plan.config.eval_buckets else None
-        deltas = self.train(round_id, ids, weights)
+        deltas, ok = self.train(round_id, ids, weights)
+        if not ok:
+            self.encoded = {}
+            return self.encoded
+        evaluations = self.evaluate(plan, ok, weights) if plan.config.eval_buckets else None
         self.encoded = encode_many(
-            plan, rotation_seed, deltas, ids, round_id, self.seed, evaluations
+            plan, rotation_seed, deltas, ok, round_id, self.seed, evaluations
         )
         return self.encoded
 
@@ -180,6 +193,7 @@ class LocalFleet:
             return {}
         plan = self.devices[ids[0]].plan
         encoded = self.encode_only(self.round_id, plan, ids, weights, rotation_seed)
+        ids = [c for c in ids if c in encoded]  # a device whose training diverged drops
         for cid in ids:
             self.devices[cid].set_encoded(encoded[cid])
         return self._each(ids, lambda d, c: d.masked(cts_for[c]))

@@ -209,3 +209,42 @@ def test_a_too_small_poisson_cohort_is_logged_aborted_and_not_charged(tmp_path: 
         else:
             assert row["epsilon"] is not None and row["epsilon"] >= spent
             spent = row["epsilon"]
+
+
+def test_a_device_whose_training_diverges_drops_out_of_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Local training that returns NaN (a blown-up global model) is that device's
+    problem: it sends nothing and the round goes on with the others (before, the whole
+    run died with FloatingPointError)."""
+    from clients.engines.local import LocalFleet
+
+    real_train = LocalFleet.train
+    dropped: set[int] = set()
+
+    def flaky(self: LocalFleet, round_id: int, ids: Any, weights: np.ndarray) -> Any:
+        victim = sorted(ids)[0]
+        dropped.add(victim)
+        deltas, ok = real_train(self, round_id, [c for c in ids if c != victim], weights)
+        real = self.trainer.update
+
+        def diverge(*a: Any, **k: Any) -> np.ndarray:
+            raise FloatingPointError("local training diverged (test)")
+
+        self.trainer.update = diverge  # type: ignore[method-assign]
+        try:
+            nothing, none_ok = real_train(self, round_id, [victim], weights)
+        finally:
+            self.trainer.update = real  # type: ignore[method-assign]
+        assert none_ok == [] and len(nothing) == 0
+        return deltas, ok
+
+    monkeypatch.setattr(LocalFleet, "train", flaky)
+    for secure_sum in ("protocol", "exact"):
+        _, res = _run(tmp_path, secure_sum, secure_sum=secure_sum, dropout=0.0,
+                      sampling="fixed", clients=8, per_round=8, rounds=2, graph="complete",
+                      min_survivors=0.5)
+        done = [r for r in res.rounds if r["status"] == "done"]
+        assert len(done) == 2, [(r["status"], r.get("abort_reason")) for r in res.rounds]
+        for r in done:
+            assert len(r["survivors"]) == 7 and not set(r["survivors"]) & dropped
