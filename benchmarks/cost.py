@@ -15,8 +15,13 @@ Conventions (the same in the suite, ``python -m benchmarks all``):
 - ``--neighbors K``: the Harary degree k (number of neighbours; even, as in H(n, k)),
   threshold ``t = k // 2 + 1``. ``--neighbors complete``: the complete graph with
   ``RoundParams.create``'s threshold. ``--neighbors auto``: ``RoundParams.create``'s
-  Harary (k, t) for the dropout rate (10 % corrupt). In Flower's terms k neighbours is
-  ``num_shares = k + 1`` (the client keeps one share).
+  Harary (k, t) for the dropout rate (10 % corrupt), the choice a training run makes.
+  In Flower's terms k neighbours is ``num_shares = k + 1`` (the client keeps one share).
+  ``--json`` reports the graph, k (``neighbors``) and t (``threshold``) that ran.
+- ``--bits`` defaults to 32 here (whole 32-bit words, and the 2^32 modulus of Flower's
+  SecAgg+ that the suite compares against), while ``python -m clients run`` defaults to
+  20: the DP encoder needs only enough bits for a cohort's noised sum not to wrap, and
+  fewer bits mean a smaller upload.
 - ``--dropout F``: ``round(F * N)`` clients, drawn with a seeded RNG, vanish before
   sending their masked input (the case that makes the server rebuild pairwise masks).
 - Inputs: random integers in [0, 2^b) as the protocol's word dtype. To keep memory
@@ -46,7 +51,8 @@ from benchmarks import cli
 POOL_SIZE = 4
 DEFAULT_BITS = 32
 CORRUPT = 0.1
-JSON_KEYS = ("total_s", "client_s_mean", "server_s", "upload_bytes_per_client", "exact")
+JSON_KEYS = ("total_s", "client_s_mean", "server_s", "upload_bytes_per_client", "exact",
+             "graph", "neighbors", "threshold", "bits", "survivors", "dropped")
 
 
 # --------------------------------------------------------------------------- one point
@@ -181,7 +187,19 @@ class RoundMeasurement:
             "server_s": self.server_s,
             "upload_bytes_per_client": self.upload_bytes_per_client,
             "exact": self.exact,
+            # the (k, t) actually run: what --neighbors auto chose, or the given degree
+            "graph": self.graph,
+            "neighbors": self.neighbors,
+            "threshold": self.threshold,
+            "bits": int(self.point["bits"]),
+            "survivors": self.survivors,
+            "dropped": self.dropped,
         }
+
+    @property
+    def neighbors(self) -> int:
+        """k: the Harary degree, or n - 1 for the complete graph."""
+        return int(self.degree) if self.degree is not None else int(self.point["clients"]) - 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
