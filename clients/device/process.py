@@ -29,6 +29,7 @@ aggregation (so an end-to-end test can recompute the sum on the device side), an
 
 from __future__ import annotations
 
+import _thread
 import base64
 import binascii
 import logging
@@ -141,7 +142,7 @@ class Trainer:
     ops, which with one thread per simulated device made nearly every call a first one.
     """
 
-    def __init__(self, task: Task, lock: threading.Lock | None = None) -> None:
+    def __init__(self, task: Task, lock: _thread.LockType | None = None) -> None:
         self.task = task
         self.lock = lock or threading.Lock()
         self._trainer: Any = None
