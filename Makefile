@@ -8,7 +8,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages run test bench lint clean
+.PHONY: install system-packages run test bench lint docs shell clean
 
 install: $(STAMP) system-packages
 
@@ -67,5 +67,17 @@ lint: install
 	$(VENV)/bin/ruff check secagg dp server clients benchmarks tests
 	$(VENV)/bin/mypy
 
+# API reference (pdoc) of secagg, dp, server and clients, built the way the test suite
+# checks it (tests/test_docs.py): any pdoc warning fails the build. Open $(DOCS_DIR)/index.html.
+DOCS_DIR ?= .docs-build
+
+docs: install
+	$(PY) -m tests.test_docs $(DOCS_DIR)
+
+# An interactive shell with the venv activated (`python -m ...`, `secagg-dp ...`); exit to leave.
+shell: install
+	@echo "venv $(VENV) active in this shell; 'exit' to leave"
+	@. $(VENV)/bin/activate && exec "$${SHELL:-/bin/sh}" -i
+
 clean:
-	rm -rf $(VENV) $(FLOWER_VENV) $(PFL_VENV) $(FLWRSIM_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DOCS_DIR) $(VENV) $(FLOWER_VENV) $(PFL_VENV) $(FLWRSIM_VENV) .pytest_cache .mypy_cache .ruff_cache
