@@ -74,10 +74,13 @@ DOCS_DIR ?= .docs-build
 docs: install
 	$(PY) -m tests.test_docs $(DOCS_DIR)
 
-# An interactive shell with the venv activated (`python -m ...`, `secagg-dp ...`); exit to leave.
+# An interactive bash with the venv activated (`python -m ...`, `secagg-dp ...`); exit to
+# leave. The venv is activated after ~/.bashrc, which may put pyenv's shims first in PATH.
 shell: install
 	@echo "venv $(VENV) active in this shell; 'exit' to leave"
-	@. $(VENV)/bin/activate && exec "$${SHELL:-/bin/sh}" -i
+	@rc=$$(mktemp); trap 'rm -f "$$rc"' EXIT; \
+	printf '[ -f ~/.bashrc ] && . ~/.bashrc\n. "%s/bin/activate"\n' "$(CURDIR)/$(VENV)" > "$$rc"; \
+	bash --rcfile "$$rc" -i
 
 clean:
 	rm -rf $(DOCS_DIR) $(VENV) $(FLOWER_VENV) $(PFL_VENV) $(FLWRSIM_VENV) .pytest_cache .mypy_cache .ruff_cache
