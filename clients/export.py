@@ -247,7 +247,7 @@ def _seed(text: str) -> int:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Flags of ``python -m clients export``."""
-    from clients.tasks import TASKS
+    from clients.options import plugin_help
 
     p = parser if parser is not None else _OneLineParser(prog="python -m clients export")
     p.description = (
@@ -255,7 +255,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         + ", ".join(SIGNATURES)
         + "."
     )
-    p.add_argument("--task", required=True, choices=sorted(TASKS), help="task to export")
+    p.add_argument("--task", required=True, help=f"task to export: {plugin_help('task')}")
     p.add_argument("--out", required=True, type=Path, help="the .tflite file to write")
     p.add_argument(
         "--lr",

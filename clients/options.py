@@ -140,6 +140,12 @@ class SimOptions:
                              f"{self.eval_buckets!r}")
         if not self.eval_noise_ratio > 0:
             raise UsageError(f"eval_noise_ratio must be > 0, got {self.eval_noise_ratio}")
+        for kind, name in (("task", self.task), ("mechanism", self.mechanism),
+                           ("graph", self.graph)):
+            try:
+                _registry(kind).resolve(name)
+            except ValueError as exc:  # secagg.plugins.PluginError
+                raise UsageError(str(exc)) from None
         if self.federated_eval and not _is_classifier(self.task):
             raise UsageError(f"federated evaluation histograms device accuracy: it needs a "
                              f"classification task, and {self.task!r} is not one")
@@ -160,8 +166,33 @@ class SimOptions:
 def _is_classifier(task: str) -> bool:
     from clients.tasks.registry import TASKS
 
-    known = TASKS.get(task)
-    return known is not None and known.num_classes is not None
+    try:
+        known = TASKS.resolve(task)
+    except ValueError:
+        return False
+    return known.num_classes is not None
+
+
+def _registry(kind: str) -> Any:
+    """The plug-in registry of ``kind`` ("task", "mechanism" or "graph"): built-ins,
+    installed entry points and ``package.module:Class`` paths (:mod:`secagg.plugins`)."""
+    if kind == "task":
+        from clients.tasks.registry import TASKS
+
+        return TASKS
+    if kind == "mechanism":
+        from dp.mechanisms import MECHANISM_REGISTRY
+
+        return MECHANISM_REGISTRY
+    from secagg.graph import GRAPH_REGISTRY
+
+    return GRAPH_REGISTRY
+
+
+def plugin_help(kind: str) -> str:
+    """``one of a, b, c, or package.module:Class`` for a ``--task`` / ``--mechanism`` /
+    ``--graph`` help line: what is registered now, installed entry points included."""
+    return f"one of {', '.join(_registry(kind).names())}, or package.module:Class"
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -238,7 +269,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
     p.add_argument("--config", type=Path, help="TOML file with the same keys as these flags; "
                    "flags given on the command line override it (default: none)")
-    add("--task", "task to train: fashion | digits | linreg", type=str)
+    add("--task", f"task to train: {plugin_help('task')}", type=str)
     add("--clients", "number of devices (and of data shards)", type=int)
     add("--per-round", "devices sampled per round", type=int)
     add("--rounds", "training rounds", type=int)
@@ -248,7 +279,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add("--server-lr", "server learning rate applied to the decoded mean update", type=float)
     add("--partition", "data partition across devices", choices=("iid", "dirichlet"))
     add("--alpha", "Dirichlet concentration for --partition dirichlet", type=float)
-    add("--mechanism", "DP noise mechanism", choices=("ddgauss", "skellam", "gaussian", "none"))
+    add("--mechanism", f"DP noise mechanism: {plugin_help('mechanism')}", type=str)
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--noise-multiplier", type=float,
                        help="z: std of the summed noise is z*clip "
@@ -260,7 +291,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add("--delta", "DP δ", type=float)
     add("--clip", "L2 clip norm of each device's update", type=float)
     add("--bits", "bits per entry of the secure sum (modulus 2^bits)", type=int)
-    add("--graph", "secagg neighbour graph", choices=("complete", "harary"))
+    add("--graph", f"secagg neighbour graph: {plugin_help('graph')}", type=str)
     add("--dropout", "probability that a sampled device vanishes at a random stage", type=float)
     add("--min-survivors", "fraction of the sampled devices that must survive for a round "
         "to be unmasked (devices enforce it); noise shares are sized for that many "

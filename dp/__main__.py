@@ -39,8 +39,8 @@ from dp.accounting import (
     epsilon_amplified_approx,
     epsilon_report,
 )
-from dp.config import MECHANISMS, SAMPLINGS, DPConfigError
-from dp.mechanisms import accounting_note
+from dp.config import SAMPLINGS, DPConfigError
+from dp.mechanisms import MECHANISM_REGISTRY, accounting_note
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up noise
 
@@ -93,8 +93,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         f"shares are not counted, in [0, 1) (default {DEFAULT_CORRUPT})")
     p.add_argument("--rounds", type=int, required=True, help="T, rounds >= 1")
     p.add_argument("--delta", type=float, required=True, help="delta, in (0, 1)")
-    p.add_argument("--mechanism", choices=[m for m in MECHANISMS if m != "none"],
-                   default="gaussian")
+    p.add_argument("--mechanism", type=_mechanism_arg, default="gaussian",
+                   help="noise mechanism: one of "
+                   f"{', '.join(m for m in MECHANISM_REGISTRY.names() if m != 'none')}, or "
+                   "package.module:Class (default gaussian)")
     p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
     p.add_argument("--clients-per-round", type=int, default=100,
                    help="K: devices sampled per round, the cohort each round is charged as "
@@ -122,6 +124,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-noise-ratio", type=float, default=2.0,
                    help="noise multiplier of the evaluation block / z (default 2)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def _mechanism_arg(text: str) -> str:
+    """``--mechanism``: a registered mechanism, an installed entry point or a
+    ``package.module:Class`` path (secagg.plugins); "none" has no epsilon to compute."""
+    if text == "none":
+        raise argparse.ArgumentTypeError("mechanism 'none' adds no noise: no epsilon")
+    try:
+        MECHANISM_REGISTRY.resolve(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _survivors_arg(text: str) -> int | float:

@@ -32,6 +32,8 @@ __all__ = [
     "SAMPLINGS",
 ]
 
+#: The built-in mechanisms; `DPConfig.mechanism` also takes any plug-in of
+#: `MECHANISM_REGISTRY` (an installed entry point or a `package.module:Class` path).
 MECHANISMS = tuple(MECHANISM_REGISTRY)
 ROTATIONS = ("hadamard", "dft")
 
@@ -73,7 +75,8 @@ class DPConfig:
     - `mechanism`: "ddgauss" (distributed discrete Gaussian, Kairouz, Liu, Steinke,
       ICML 2021), "skellam" (Agarwal, Kairouz, Liu, NeurIPS 2021), "gaussian"
       (continuous Gaussian shares rounded to integers; a comparison baseline) or
-      "none" (no noise: no DP guarantee, epsilon is infinite).
+      "none" (no noise: no DP guarantee, epsilon is infinite), or a plug-in
+      (`dp.mechanisms.MECHANISM_REGISTRY`: an entry point name or `package.module:Class`).
     - `clip` C: every device's update is scaled to L2 norm <= C before anything else.
     - `noise_multiplier` z: the standard deviation of the noise in the *sum* of any
       `min_contributors` (secure-aggregation threshold t) devices is z * C in update
@@ -119,10 +122,10 @@ class DPConfig:
     eval_max_loss: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.mechanism not in MECHANISMS:
-            raise DPConfigError(
-                f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}"
-            )
+        try:
+            MECHANISM_REGISTRY.resolve(self.mechanism)
+        except ValueError as exc:
+            raise DPConfigError(f"mechanism: {exc}") from None
         if self.rotation not in ROTATIONS:
             raise DPConfigError(
                 f"rotation must be one of {', '.join(ROTATIONS)}, got {self.rotation!r}"

@@ -1,7 +1,9 @@
 """Noise mechanisms: a device's local noise share and the per-round RDP it buys.
 
 Each mechanism is one small class behind `NoiseMechanism`, registered in
-`MECHANISM_REGISTRY` (one place): adding a mechanism touches nothing else. A mechanism says
+`MECHANISM_REGISTRY` (one place): adding a mechanism touches nothing else (a plug-in
+registers with `register_mechanism`, a `secagg_dp.mechanisms` entry point, or is named as
+`package.module:Class` wherever a mechanism name is accepted). A mechanism says
 
 - `local_scale(target)`: the local noise parameter it will really use for a requested
   local standard deviation (integer units);
@@ -34,11 +36,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dp import noise
 from dp.prng import SecureRng, require_secure_rng
+
+if TYPE_CHECKING:
+    from secagg.plugins import PluginResolver
 
 __all__ = [
     "NoiseMechanism",
@@ -48,6 +54,7 @@ __all__ = [
     "NoNoise",
     "MECHANISM_REGISTRY",
     "get_mechanism",
+    "register_mechanism",
     "ddgauss_tau",
     "ddgauss_rdp",
     "skellam_rdp",
@@ -349,9 +356,67 @@ class NoNoise(NoiseMechanism):
         return np.full(len(orders), np.inf)
 
 
-MECHANISM_REGISTRY: dict[str, NoiseMechanism] = {
-    m.name: m for m in (DiscreteGaussian(), Skellam(), RoundedGaussian(), NoNoise())
-}
+def _adopt_mechanism(obj: Any, name: str) -> NoiseMechanism:
+    if isinstance(obj, type) and issubclass(obj, NoiseMechanism):
+        obj = obj()
+    if not isinstance(obj, NoiseMechanism):
+        raise TypeError(f"needs a NoiseMechanism subclass or instance, got {obj!r}")
+    return obj
+
+
+#: Every mechanism by name: the built-ins, then plug-ins (`secagg.plugins`): installed
+#: `secagg_dp.mechanisms` entry points and `package.module:Class` paths, resolved by
+#: `get_mechanism` and registered under the name they were resolved by.
+class MechanismRegistry(dict[str, NoiseMechanism]):
+    """Name -> mechanism. The `dict` operations see what is registered in this process
+    and import nothing; `resolve` also loads entry points and import paths (with
+    `secagg.plugins.PluginResolver`, imported only when a name is not registered)."""
+
+    _resolver: PluginResolver[NoiseMechanism] | None = None
+
+    def _plugins(self) -> PluginResolver[NoiseMechanism]:
+        if self._resolver is None:
+            from secagg.plugins import PluginResolver
+
+            self._resolver = PluginResolver(
+                "mechanism", "secagg_dp.mechanisms", _adopt_mechanism
+            )
+        return self._resolver
+
+    def names(self) -> list[str]:
+        """Registered names (built-ins first), then installed entry points (not loaded)."""
+        return self._plugins().names(self)
+
+    def refresh(self) -> None:
+        """Forget the entry points read so far (after installing a package)."""
+        self._plugins().refresh()
+
+    def resolve(self, name: object) -> NoiseMechanism:
+        """The mechanism called `name`: registered, an entry point or an import path."""
+        found = self.get(name) if isinstance(name, str) else None
+        return found if found is not None else self._plugins().resolve(self, name)
+
+
+MECHANISM_REGISTRY = MechanismRegistry()
+MECHANISM_REGISTRY.update(
+    {m.name: m for m in (DiscreteGaussian(), Skellam(), RoundedGaussian(), NoNoise())}
+)
+
+
+def register_mechanism(
+    mechanism: NoiseMechanism | type[NoiseMechanism], *, replace: bool = False
+) -> Any:
+    """Register a `NoiseMechanism` subclass (instantiated with no arguments) or instance
+    under its `name`; returns its argument, so it works as a class decorator. ValueError
+    if the name is taken (unless `replace`) or is not an identifier."""
+    instance = _adopt_mechanism(mechanism, getattr(mechanism, "name", "?"))
+    name = instance.name
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"mechanism name must be a non-empty identifier, got {name!r}")
+    if name in MECHANISM_REGISTRY and not replace:
+        raise ValueError(f"mechanism {name!r} is already registered")
+    MECHANISM_REGISTRY[name] = instance
+    return mechanism
 
 
 def accounting_note(name: str) -> str | None:
@@ -363,10 +428,6 @@ def accounting_note(name: str) -> str | None:
 
 
 def get_mechanism(name: str) -> NoiseMechanism:
-    """The registered mechanism called `name`."""
-    try:
-        return MECHANISM_REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown mechanism {name!r}; known: {', '.join(MECHANISM_REGISTRY)}"
-        ) from None
+    """The mechanism called `name`: registered, an installed entry point or a
+    `package.module:Class` path (`secagg.plugins`); ValueError listing the known ones."""
+    return MECHANISM_REGISTRY.resolve(name)

@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from secagg.graph import GRAPH_REGISTRY
+
 __all__ = ["ProtocolConfig", "GRAPHS"]
 
+#: The built-in neighbour graphs; plug-ins add to ``secagg.graph.GRAPH_REGISTRY``.
 GRAPHS = ("complete", "harary")
 
 
@@ -20,7 +23,9 @@ class ProtocolConfig:
 
     - ``graph``: ``"complete"`` (Bonawitz et al., CCS 2017: every pair of clients shares
       masks) or ``"harary"`` (Bell et al., CCS 2020, SecAgg+: a k-regular Harary graph
-      on a random permutation, k = O(log n)).
+      on a random permutation, k = O(log n)), or any graph of
+      ``secagg.graph.GRAPH_REGISTRY``: an installed ``secagg_dp.graphs`` entry point or a
+      ``package.module:Class`` path (:mod:`secagg.plugins`).
     - ``dropout``: the fraction of sampled clients the protocol is sized to lose.
     - ``corrupt``: the fraction of sampled clients assumed to collude with the server;
       privacy holds while fewer than ``t`` of any client's share holders are corrupt.
@@ -41,8 +46,7 @@ class ProtocolConfig:
     min_survivors: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.graph not in GRAPHS:
-            raise ValueError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
+        GRAPH_REGISTRY.resolve(self.graph)  # ValueError naming the known graphs
         for name in ("dropout", "corrupt"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

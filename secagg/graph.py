@@ -45,13 +45,27 @@ reveals its own b_u share when shown S, so one more is needed.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secagg.crypto import label, prg_nonce
+from secagg.plugins import PluginRegistry
 
-__all__ = ["corrupt_neighbour_bound", "find_harary_params", "harary_neighbours", "ring_order"]
+__all__ = [
+    "GRAPH_REGISTRY",
+    "CompleteGraph",
+    "HararyGraph",
+    "NeighbourGraph",
+    "corrupt_neighbour_bound",
+    "find_harary_params",
+    "get_graph",
+    "harary_neighbours",
+    "register_graph",
+    "ring_order",
+]
 
 _EPS = 1e-12  # guards floor(rate * n) against binary rounding of e.g. 0.1 * 1000
 
@@ -229,3 +243,186 @@ def harary_neighbours(
         nbrs = {order[(pos + o) % n] for o in range(-half, half + 1) if o}
         out[cid] = tuple(sorted(nbrs))
     return out
+
+
+# --------------------------------------------------------------------------- graph registry
+
+
+class NeighbourGraph(ABC):
+    """One family of neighbour graphs: who shares masks and key shares with whom.
+
+    A round's graph is fixed by public values: the sorted participants, the ``degree``
+    the family chose (None when it has none) and the server's ``graph_seed`` and round
+    id, so every device derives the same neighbours. What an implementation promises,
+    and what :class:`secagg.RoundParams` relies on:
+
+    - :meth:`neighbourhoods` is symmetric (v is a neighbour of u iff u is one of v) and
+      excludes u itself; otherwise pairwise masks do not cancel and sums come out wrong;
+    - every client's secrets are shared among at most :meth:`share_holders` clients
+      (itself included), so a threshold above that can never be met;
+    - :meth:`corrupt_holder_bound` bounds the corrupt share holders of any one client,
+      except with probability at most ``2^-(sigma+1) / n``: privacy needs ``t`` above it
+      (checked by ``RoundParams.threat_model_violation`` on the server and on every device);
+    - :meth:`choose` picks the degree and threshold for ``n`` participants under the
+      stated dropout and corrupt fractions, or returns None to fall back to the complete
+      graph (which then applies: the strongest guarantee, at O(n) cost per client).
+
+    Register a new family with :func:`register_graph` (or the ``secagg_dp.graphs`` entry
+    point group, or name it as ``package.module:Class``); the name travels in the round
+    parameters, so devices must have the same family registered (``python -m clients
+    device --graphs``).
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def choose(
+        self, n: int, dropout: float, corrupt: float, *, active: bool
+    ) -> tuple[int | None, int] | None:
+        """``(degree, threshold)`` for ``n`` participants, or None for the complete graph."""
+
+    @abstractmethod
+    def check_degree(self, n: int, degree: int | None) -> None:
+        """Raise ``ValueError`` unless ``degree`` is valid for ``n`` participants."""
+
+    @abstractmethod
+    def share_holders(self, n: int, degree: int | None) -> int:
+        """How many clients hold shares of one client's secrets, the client included."""
+
+    @abstractmethod
+    def corrupt_holder_bound(
+        self, n: int, degree: int | None, corrupt: float, sigma: float = 40
+    ) -> int:
+        """The most corrupt share holders of one client when a fraction ``corrupt`` of
+        the ``n`` participants collude (``n >= 2``), failing with probability at most
+        ``2^-(sigma+1) / n``."""
+
+    @abstractmethod
+    def neighbourhoods(
+        self, participants: Sequence[int], degree: int | None, graph_seed: bytes, round_id: int
+    ) -> Mapping[int, tuple[int, ...]]:
+        """Sorted neighbours of every participant (a mapping may compute them lazily)."""
+
+
+class _AllOthers(Mapping[int, tuple[int, ...]]):
+    """The complete graph's neighbourhoods, computed per client on demand (the full table
+    is n^2 ids)."""
+
+    def __init__(self, participants: Sequence[int]) -> None:
+        self._participants = tuple(participants)
+        self._members = frozenset(self._participants)
+        self._cache: dict[int, tuple[int, ...]] = {}
+
+    def __getitem__(self, cid: int) -> tuple[int, ...]:
+        if cid not in self._members:
+            raise KeyError(cid)
+        found = self._cache.get(cid)
+        if found is None:
+            found = self._cache[cid] = tuple(p for p in self._participants if p != cid)
+        return found
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._participants)
+
+    def __len__(self) -> int:
+        return len(self._participants)
+
+
+class CompleteGraph(NeighbourGraph):
+    """Every pair of participants is linked (Bonawitz et al., CCS 2017); threshold from
+    :func:`secagg.params.complete_threshold`."""
+
+    name = "complete"
+
+    def choose(
+        self, n: int, dropout: float, corrupt: float, *, active: bool
+    ) -> tuple[int | None, int] | None:
+        from secagg.params import complete_threshold
+
+        return None, complete_threshold(n, dropout, corrupt, active)
+
+    def check_degree(self, n: int, degree: int | None) -> None:
+        if degree is not None:
+            raise ValueError(f"degree must be None for the complete graph, got {degree!r}")
+
+    def share_holders(self, n: int, degree: int | None) -> int:
+        return n
+
+    def corrupt_holder_bound(
+        self, n: int, degree: int | None, corrupt: float, sigma: float = 40
+    ) -> int:
+        return min(math.floor(corrupt * n + 1e-9), n - 1)
+
+    def neighbourhoods(
+        self, participants: Sequence[int], degree: int | None, graph_seed: bytes, round_id: int
+    ) -> Mapping[int, tuple[int, ...]]:
+        return _AllOthers(participants)
+
+
+class HararyGraph(NeighbourGraph):
+    """H(n, k) on a random ring (Bell et al., CCS 2020, SecAgg+): degree and threshold
+    from :func:`find_harary_params`; the complete graph when no k <= n - 2 meets the
+    bounds (small n)."""
+
+    name = "harary"
+
+    def choose(
+        self, n: int, dropout: float, corrupt: float, *, active: bool
+    ) -> tuple[int | None, int] | None:
+        try:
+            k, t = find_harary_params(n, dropout, corrupt, active=active) if n >= 3 else (0, 0)
+        except ValueError:
+            return None
+        return (k, t) if 2 <= k <= n - 2 else None
+
+    def check_degree(self, n: int, degree: int | None) -> None:
+        k = degree
+        if not isinstance(k, int) or isinstance(k, bool) or k % 2 or not 2 <= k <= n - 1:
+            raise ValueError(f"harary degree must be even and in [2, {n - 1}], got {k!r}")
+
+    def share_holders(self, n: int, degree: int | None) -> int:
+        return int(degree or 0) + 1
+
+    def corrupt_holder_bound(
+        self, n: int, degree: int | None, corrupt: float, sigma: float = 40
+    ) -> int:
+        return corrupt_neighbour_bound(n, float(corrupt), int(degree or 0), sigma)
+
+    def neighbourhoods(
+        self, participants: Sequence[int], degree: int | None, graph_seed: bytes, round_id: int
+    ) -> Mapping[int, tuple[int, ...]]:
+        return harary_neighbours(participants, int(degree or 0), graph_seed, round_id)
+
+
+def _adopt_graph(obj: Any, name: str) -> NeighbourGraph:
+    if isinstance(obj, type) and issubclass(obj, NeighbourGraph):
+        obj = obj()
+    if not isinstance(obj, NeighbourGraph):
+        raise TypeError(f"needs a NeighbourGraph subclass or instance, got {obj!r}")
+    return obj
+
+
+#: Every neighbour graph by name: "complete", "harary", then plug-ins (:mod:`secagg.plugins`).
+GRAPH_REGISTRY: PluginRegistry[NeighbourGraph] = PluginRegistry(
+    "graph", "secagg_dp.graphs", _adopt_graph
+)
+GRAPH_REGISTRY.update({g.name: g for g in (CompleteGraph(), HararyGraph())})
+
+
+def register_graph(graph: NeighbourGraph | type[NeighbourGraph], *, replace: bool = False) -> Any:
+    """Register a :class:`NeighbourGraph` subclass (instantiated with no arguments) or
+    instance under its ``name``; returns its argument, so it works as a class decorator.
+    ``ValueError`` if the name is taken (unless ``replace``) or is not an identifier."""
+    instance = _adopt_graph(graph, getattr(graph, "name", "?"))
+    name = instance.name
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"graph name must be a non-empty identifier, got {name!r}")
+    if name in GRAPH_REGISTRY and not replace:
+        raise ValueError(f"graph {name!r} is already registered ({GRAPH_REGISTRY[name]!r})")
+    GRAPH_REGISTRY[name] = instance
+    return graph
+
+
+def get_graph(name: str) -> NeighbourGraph:
+    """The neighbour graph called ``name`` (:meth:`PluginRegistry.resolve`)."""
+    return GRAPH_REGISTRY.resolve(name)

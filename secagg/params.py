@@ -48,8 +48,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from secagg.config import GRAPHS, ProtocolConfig
-from secagg.graph import corrupt_neighbour_bound, find_harary_params, harary_neighbours
+from secagg.config import ProtocolConfig
+from secagg.graph import GRAPH_REGISTRY, NeighbourGraph
 from secagg.messages import b64decode, b64encode
 from secagg.packing import MAX_BITS, MIN_BITS, word_dtype
 
@@ -131,18 +131,12 @@ class RoundParams:
             raise ValueError(f"dim must be an int >= 1, got {self.dim!r}")
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
             raise ValueError(f"bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {self.bits!r}")
-        if self.graph not in GRAPHS:
-            raise ValueError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
+        # Only graphs registered here: round parameters come from the server, and a
+        # device that forbids plug-in imports (secagg.plugins) imports nothing they name.
+        family = GRAPH_REGISTRY.resolve(self.graph)
         n = len(self.participants)
-        if self.graph == "complete":
-            if self.degree is not None:
-                raise ValueError(f"degree must be None for the complete graph, got {self.degree!r}")
-            max_t = n
-        else:
-            k = self.degree
-            if not isinstance(k, int) or isinstance(k, bool) or k % 2 or not 2 <= k <= n - 1:
-                raise ValueError(f"harary degree must be even and in [2, {n - 1}], got {k!r}")
-            max_t = k + 1
+        family.check_degree(n, self.degree)
+        max_t = family.share_holders(n, self.degree)
         if not _is_int(self.threshold) or not 1 <= self.threshold <= max_t:
             raise ValueError(
                 f"threshold must be an int in [1, {max_t}] (neighbours + 1), got {self.threshold!r}"
@@ -175,7 +169,7 @@ class RoundParams:
             missing = [c for c in self.participants if c not in self.identity_keys]
             if missing:
                 raise ValueError(f"identity_keys missing for participants {missing[:10]}")
-            holders = n if self.graph == "complete" else int(self.degree or 0) + 1
+            holders = max_t
             floor_t = split_view_floor(holders, 0)
             if self.threshold < floor_t:
                 raise ValueError(
@@ -185,6 +179,7 @@ class RoundParams:
                 )
         object.__setattr__(self, "_cache", {})
         object.__setattr__(self, "_members", frozenset(self.participants))
+        object.__setattr__(self, "_family", family)
 
     def __hash__(self) -> int:
         keys = None if self.identity_keys is None else tuple(sorted(self.identity_keys.items()))
@@ -225,7 +220,12 @@ class RoundParams:
     def share_holders(self) -> int:
         """How many clients hold shares of one client's secrets, the client included:
         ``n`` on the complete graph, ``degree + 1`` on a Harary graph."""
-        return self.n if self.graph == "complete" else int(self.degree or 0) + 1
+        return self.family.share_holders(self.n, self.degree)
+
+    @property
+    def family(self) -> NeighbourGraph:
+        """The neighbour graph ``graph`` names (``secagg.graph.GRAPH_REGISTRY``)."""
+        return self._family  # type: ignore[attr-defined,no-any-return]
 
     def corrupt_holder_bound(self, corrupt: float, sigma: float = 40) -> int:
         """The most corrupt share holders (neighbours) one client has if a fraction
@@ -239,9 +239,7 @@ class RoundParams:
             raise ValueError(f"corrupt must be in [0, 1), got {corrupt!r}")
         if self.n < 2:
             return 0
-        if self.graph == "complete":
-            return min(math.floor(corrupt * self.n + 1e-9), self.n - 1)
-        return corrupt_neighbour_bound(self.n, float(corrupt), int(self.degree or 0), sigma)
+        return self.family.corrupt_holder_bound(self.n, self.degree, float(corrupt), sigma)
 
     def threat_model_violation(self, corrupt: float, sigma: float = 40) -> str | None:
         """Why these parameters do not protect an honest client's input against a
@@ -275,25 +273,19 @@ class RoundParams:
         """Whether ``cid`` was sampled for this round."""
         return cid in self._members  # type: ignore[attr-defined]
 
-    def _harary(self) -> dict[int, tuple[int, ...]]:
+    def _neighbourhoods(self) -> Mapping[int, tuple[int, ...]]:
         cache: dict[str, Any] = self._cache  # type: ignore[attr-defined]
-        if "harary" not in cache:
-            cache["harary"] = harary_neighbours(
-                self.participants, int(self.degree or 0), self.graph_seed, self.round_id
+        if "graph" not in cache:
+            cache["graph"] = self.family.neighbourhoods(
+                self.participants, self.degree, self.graph_seed, self.round_id
             )
-        return cache["harary"]
+        return cache["graph"]
 
     def neighbours(self, cid: int) -> tuple[int, ...]:
         """Sorted neighbours of ``cid`` (excluding ``cid``); ``ValueError`` if unknown."""
         if not self.is_participant(cid):
             raise ValueError(f"client {cid} is not a participant of round {self.round_id}")
-        if self.graph == "harary":
-            return self._harary()[cid]
-        cache: dict[Any, Any] = self._cache  # type: ignore[attr-defined]
-        key = ("complete", cid)
-        if key not in cache:
-            cache[key] = tuple(p for p in self.participants if p != cid)
-        return cache[key]
+        return tuple(self._neighbourhoods()[cid])
 
     def neighbour_set(self, cid: int) -> frozenset[int]:
         """:meth:`neighbours` as a cached frozenset."""
@@ -419,20 +411,13 @@ class RoundParams:
         if len(set(parts)) != len(parts):
             raise ValueError("participants contain duplicates")
         n = len(parts)
-        degree: int | None = None
-        if graph == "harary":
-            try:
-                k, t = (
-                    find_harary_params(n, dropout, corrupt, active=active) if n >= 3 else (0, 0)
-                )
-            except ValueError:
-                k = 0
-            if 2 <= k <= n - 2:
-                degree, threshold = k, t
-            else:
-                graph = "complete"
-        if graph == "complete":
-            threshold = complete_threshold(n, dropout, corrupt, active)
+        chosen = GRAPH_REGISTRY.resolve(graph).choose(n, dropout, corrupt, active=active)
+        if chosen is None:  # no degree of this family fits n: the complete graph's limit
+            graph = "complete"
+            chosen = GRAPH_REGISTRY.resolve(graph).choose(n, dropout, corrupt, active=active)
+            if chosen is None:  # pragma: no cover - the complete graph always chooses
+                raise ValueError(f"no parameters for n={n} on the complete graph")
+        degree, threshold = chosen
         seed = random_bytes(32)
         params = cls(
             round_id=round_id,

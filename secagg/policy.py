@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from secagg.config import GRAPHS
 from secagg.errors import PolicyError
+from secagg.graph import GRAPH_REGISTRY
 from secagg.packing import MAX_BITS, MIN_BITS
 from secagg.params import RoundParams
 
@@ -56,7 +56,11 @@ class ClientPolicy:
     - ``sigma`` (40): statistical security of that bound on a Harary graph.
     - ``min_cohort`` (3), ``max_cohort`` (1,000,000): accepted number of participants. A
       cohort of 2 reveals each input to the other participant once the sum is known.
-    - ``allowed_graphs`` (both): the neighbour graphs accepted.
+    - ``allowed_graphs`` (None): the neighbour graphs accepted; None accepts every graph
+      registered in this process (the built-ins, installed ``secagg_dp.graphs`` entry
+      points and plug-ins this process loaded itself; a server cannot add one when
+      plug-in imports are off, see :mod:`secagg.plugins`). Names given here are resolved
+      (a ``package.module:Class`` path is imported) at construction.
     - ``min_bits``, ``max_bits`` (8, 62): accepted modulus 2^bits.
     - ``require_active`` (False): refuse rounds without the consistency check. Without
       it (and pinned keys) a server that lies about survivors can unmask an input.
@@ -73,7 +77,7 @@ class ClientPolicy:
     sigma: float = 40.0
     min_cohort: int = 3
     max_cohort: int = 1_000_000
-    allowed_graphs: tuple[str, ...] = GRAPHS
+    allowed_graphs: tuple[str, ...] | None = None
     min_bits: int = MIN_BITS
     max_bits: int = MAX_BITS
     require_active: bool = False
@@ -96,15 +100,17 @@ class ClientPolicy:
                 f"got [{lo}, {hi}]"
             )
         graphs = self.allowed_graphs
-        if isinstance(graphs, str) or not isinstance(graphs, (tuple, list)):
-            raise ValueError(f"ClientPolicy.allowed_graphs must be a tuple, got {graphs!r}")
-        object.__setattr__(self, "allowed_graphs", tuple(graphs))
-        unknown = [g for g in self.allowed_graphs if g not in GRAPHS]
-        if not self.allowed_graphs or unknown:
-            raise ValueError(
-                f"ClientPolicy.allowed_graphs must be a non-empty subset of {GRAPHS}, "
-                f"got {graphs!r}"
-            )
+        if graphs is not None:
+            if isinstance(graphs, str) or not isinstance(graphs, (tuple, list)):
+                raise ValueError(f"ClientPolicy.allowed_graphs must be a tuple, got {graphs!r}")
+            object.__setattr__(self, "allowed_graphs", tuple(graphs))
+            if not graphs:
+                raise ValueError("ClientPolicy.allowed_graphs must not be empty")
+            for g in graphs:
+                try:
+                    GRAPH_REGISTRY.resolve(g)
+                except ValueError as exc:
+                    raise ValueError(f"ClientPolicy.allowed_graphs: {exc}") from None
         b0, b1 = _integer("min_bits", self.min_bits), _integer("max_bits", self.max_bits)
         if not MIN_BITS <= b0 <= b1 <= MAX_BITS:
             raise ValueError(
@@ -125,7 +131,7 @@ class ClientPolicy:
         the round ``params``; in active mode compare its identity keys with
         ``pinned_identity_keys`` (participant id -> raw Ed25519 key)."""
         p = params
-        if p.graph not in self.allowed_graphs:
+        if self.allowed_graphs is not None and p.graph not in self.allowed_graphs:
             raise PolicyError(
                 f"round {p.round_id}: graph {p.graph!r} is not allowed by this device "
                 f"(allowed: {self.allowed_graphs})"
@@ -188,7 +194,8 @@ class ClientPolicy:
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-safe dict of the fields (``allowed_graphs`` as a list)."""
         d = asdict(self)
-        d["allowed_graphs"] = list(self.allowed_graphs)
+        if self.allowed_graphs is not None:
+            d["allowed_graphs"] = list(self.allowed_graphs)
         return d
 
     @classmethod

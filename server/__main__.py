@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--db", default="secagg_dp.sqlite3", help="SQLite file (created if missing)")
-    p.add_argument("--config", help="ExperimentConfig TOML ([server] [protocol] [dp] [training])")
+    p.add_argument("--config", help="ExperimentConfig TOML ([server] [protocol] [dp] [training]); "
+                   "training.task, dp.mechanism and protocol.graph also take a plug-in, "
+                   "package.module:Class, imported from this process's PYTHONPATH")
     p.add_argument("--log-file", help="also write the server log to this file")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--static-dir", help="dashboard folder (default: server/static)")

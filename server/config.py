@@ -259,9 +259,9 @@ class ExperimentConfig:
                 f"{self.dp.eval_buckets}, eval_fraction={self.training.eval_fraction}"
             )
         if self.dp.eval_buckets:
-            from clients.tasks.registry import TASKS
+            from clients.tasks.registry import get_task
 
-            if TASKS[self.training.task].num_classes is None:
+            if get_task(self.training.task).num_classes is None:
                 raise ConfigError(
                     f"federated evaluation needs a classification task; "
                     f"{self.training.task!r} is a regression"

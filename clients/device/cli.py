@@ -68,7 +68,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "server says training is finished."
     )
     p.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--task", required=True, help="task name: fashion | digits | linreg")
+    from clients.options import plugin_help
+
+    p.add_argument("--task", required=True, help=f"task: {plugin_help('task')}")
     p.add_argument("--shard", required=True,
                    help="I/N: take shard I (0-based) of the experiment's N-way partition")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -106,7 +108,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     pol.add_argument("--max-cohort", type=int, default=1_000_000,
                      help="largest cohort to take part in (default: 1000000)")
     pol.add_argument("--graphs", default="complete,harary",
-                     help="allowed neighbour graphs, comma-separated (default: complete,harary)")
+                     help="allowed neighbour graphs, comma-separated: "
+                          f"{plugin_help('graph')} (default: complete,harary)")
     pol.add_argument("--require-active", action="store_true",
                      help="refuse rounds without the consistency check (active mode)")
     pol.add_argument("--roster", type=Path, default=None,
@@ -213,13 +216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # The device's own plug-ins are loaded: from here on names come from the server,
+    # which must not make this process import modules (secagg.plugins).
+    from secagg.plugins import allow_imports
+
+    allow_imports(False)
     key = load_or_create_identity(args.key_file) if args.key_file else generate_identity()
     client = ServerClient(args.server, key)
     try:
         status = _wait_for_server(client, args.connect_timeout)
         settings = TrainingSettings.from_public_config(status.get("config"), fallback)
         server_task = (status.get("config") or {}).get("training", {}).get("task")
-        if server_task is not None and server_task != task.name:
+        if server_task is not None and server_task not in (task.name, args.task):
             raise DeviceError(f"server trains task {server_task!r}, device has {task.name!r}")
         data = task.load_data(args.data_dir)
         idx = shard_indices(np.asarray(data.y_train), index, count, settings)

@@ -30,7 +30,8 @@ class TrainingConfig:
     """Local training hyper-parameters and the data partition.
 
     Fields:
-        task: a registered task name (``clients.tasks.TASKS``).
+        task: a task name (``clients.tasks.TASKS``: a built-in, an installed entry point)
+            or a ``package.module:Class`` path, imported (:mod:`clients.tasks.registry`).
         local_epochs: passes over the device's shard per round (>= 1).
         batch_size: minibatch size of local SGD (>= 1).
         lr: local SGD learning rate (> 0, finite).
@@ -51,10 +52,10 @@ class TrainingConfig:
     eval_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task, str) or self.task not in TASKS:
-            raise ValueError(
-                f"training.task: unknown task {self.task!r}; known: {', '.join(sorted(TASKS))}"
-            )
+        try:
+            TASKS.resolve(self.task)
+        except ValueError as exc:
+            raise ValueError(f"training.task: {exc}") from None
         if not _is_int(self.local_epochs) or self.local_epochs < 1:
             raise ValueError(
                 f"training.local_epochs must be an int >= 1, got {self.local_epochs!r}"
