@@ -15,7 +15,10 @@ attributes, implement ``build_model`` and ``load_data``, and register it::
         name = "mytask"
         ...
 
-Nothing else in the code base needs to change.
+Nothing else in the code base needs to change: the module can live in your own package
+and be named by import path (``--task mypkg.tasks:MyTask``, no decorator needed) or by an
+installed ``secagg_dp.tasks`` entry point (see :mod:`clients.tasks.registry`); the name
+``mytask`` alone reaches it only in a process that has imported its module.
 """
 
 from __future__ import annotations
