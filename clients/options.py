@@ -38,7 +38,7 @@ class SimOptions:
     The defaults are the demo (``make run``): Fashion-MNIST, 1000 devices, 50 sampled per
     round (Poisson, q = 0.05), 12 rounds of 3 local epochs (batch 10, lr 0.15), FedAvg,
     ddgauss at z = 1.2 with noise shares sized for 75 % of the cohort, and private federated
-    evaluation on 20 % of each shard (classification tasks). Measured on 2
+    evaluation on 10 % of each shard (classification tasks). Measured on 2
     shared cores: 72-75 % test accuracy at an amplified ε of about 6 (unamplified about
     14) at δ = 1e-5, about 5-6 s a round over HTTP. Why these values: a device's update
     must be large next to the clip (one local epoch at lr 0.05 moves about 0.05 against a
@@ -87,7 +87,7 @@ class SimOptions:
     server_eps: float = 1e-3
     eval_every: int = 1
     federated_eval: bool | None = None
-    eval_fraction: float = 0.2
+    eval_fraction: float = 0.1
     eval_buckets: int = 10
     eval_noise_ratio: float = 2.0
 

@@ -49,7 +49,7 @@ def round_table(rounds: Sequence[Mapping[str, Any]]) -> Any:
     federated = any(r.get("federated_eval") for r in rounds)
     cols = ["round", "status", "survivors/sampled", "accuracy", "loss"]
     if federated:
-        cols.append("federated acc. (model)")
+        cols.append("fed. acc.")
     for col in (*cols, "ε", "ε amplified"):
         table.add_column(col, justify="right")
     for r in rounds:
@@ -61,19 +61,20 @@ def round_table(rounds: Sequence[Mapping[str, Any]]) -> Any:
             fmt(r.get("loss")),
         ]
         if federated:
-            row.append(federated_text(r.get("federated_eval")))
+            row.append(federated_text(r.get("federated_eval"), version=False))
         table.add_row(*row, fmt(r.get("epsilon"), ".3g"), fmt(r.get("epsilon_amplified"), ".3g"))
     return table
 
 
-def federated_text(fe: Mapping[str, Any] | None) -> str:
-    """A round's federated accuracy as "0.712 ± 0.095 (v3)": the device-weighted mean of
+def federated_text(fe: Mapping[str, Any] | None, *, version: bool = True) -> str:
+    """A round's federated accuracy as "0.712±0.095 (v3)": the device-weighted mean of
     the devices' held-out accuracies, ± the std of its DP noise, for model version v."""
     if not fe:
         return "-"
     std = fe.get("accuracy_stddev") or 0.0
-    spread = f" ± {fmt(std)}" if std > 0 else ""
-    return f"{fmt(fe.get('accuracy'))}{spread} (v{fe.get('model_version')})"
+    spread = f"±{fmt(std, '.2f')}" if std > 0 else ""
+    tail = f" (v{fe.get('model_version')})" if version else ""
+    return f"{fmt(fe.get('accuracy'))}{spread}{tail}"
 
 
 def summary_lines(result: Any, opts: SimOptions) -> list[str]:
