@@ -233,16 +233,18 @@ def parse_list(text: str, choices: Sequence[str]) -> list[str]:
 
 
 FULL_TIME_NOTE = (
-    "Time of the full grid, measured on this machine (2 cores, 2026-12-01, load 1-2): one "
-    "round of the recipe at 100 devices a round takes 4.26-4.55 s through the local engine "
-    "with the exact secure sum, for every mechanism at 12 and 16 bits and for non-private "
-    "FedAvg (10 rounds of each, seed 0; local training dominates, DP encoding adds under "
-    "0.3 s), so a 200-round point takes about 14.5 min, a 50-device point about 7 min and a "
-    "200-device point about 29 min. The 108 federated points (36 specs x 3 seeds) then take "
-    "about 26.5 h, the 3 central runs about 6 min: five times the 5 h the issue aims for. "
-    "The 200 rounds are what the recipe needs to reach 88 % (recipe.md); at the issue's 5 h "
-    "a point could have about 38 rounds (about 84 % non-private in recipe.md). The grid "
-    "resumes from its cache, so it can run in pieces or on more machines (same cache)."
+    "Time of the full grid, measured on this machine (2 cores, 2026-12-01). One process "
+    "with TensorFlow's default threads: 4.26-4.55 s a round at 100 devices a round (10 "
+    "rounds of each mechanism, seed 0). Two single-threaded processes side by side "
+    "(--shard 1/2 and 2/2, TF_NUM_INTRAOP_THREADS=1; the 27 points of --head 9 at 50 "
+    "rounds, other work on the machine too): 2.6-4.2 s a round each, so the machine does "
+    "a round every 1.3-2.1 s. A 200-round point then takes 9-14 min, and the 108 federated "
+    "points (36 specs x 3 seeds; the 200-device points cost twice, the 50-device ones "
+    "half) about 8-12 h on the two cores: more than the 5 h the issue aims for. Within "
+    "5 h fit either the whole grid at 60-100 rounds or its 9 target-deciding specs "
+    "(--head 9) at 200 rounds (2-3 h). The 200 rounds are what the recipe needs to "
+    "reach 88 % (recipe.md). The grid resumes from its cache, so it can run in pieces, in "
+    "shards, or on more machines sharing the cache."
 )
 
 FULL_EPSILONS: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0, 1.0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -579,7 +580,8 @@ def plot(path: Path, aggs: Sequence[dict[str, Any]], grid: Grid) -> None:
         fig.suptitle(f"partial: {points_done} of {len(grid.points)} points", color="tab:red")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
+    # one temporary name per process: shards of one grid (--shard) write the same files
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
