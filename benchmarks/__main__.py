@@ -45,6 +45,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("audit", "benchmarks.audit", "measured lower bound on ε against the claim"),
     Subcommand("sim", "benchmarks.sim", "seconds per round of the engines against the floor"),
     Subcommand("recipe", "benchmarks.recipe", "a FedAvg recipe for fashion that converges"),
+    Subcommand("mutation", "benchmarks.mutation", "mutation testing report (make mutate)"),
 )
 
 ALL_HELP = "every benchmark's full suite (make bench): writes benchmarks/results/"

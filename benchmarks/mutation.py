@@ -1,0 +1,275 @@
+"""``python -m benchmarks mutation``: mutation testing of secagg/, dp/ and server/round.py.
+
+``make mutate`` runs mutmut 3 (configuration: ``[tool.mutmut]`` in pyproject.toml; the
+mutated copy of the tree lives in ``mutants/``, gitignored) and then this module, which
+reads mutmut's per-file results (``mutants/**/*.py.meta``) and writes
+``benchmarks/results/mutation.md``:
+
+- per module and per package (secagg/, dp/, the server's round logic): mutants
+  generated, checked, killed, surviving, and the kill rate over the *checked* ones only
+  (a module not run in any recorded run is listed as such, with no rate);
+- every surviving mutant (and every one no selected test reaches) with its one-line
+  diff and its review note from :data:`NOTES` (an equivalent mutant, or why it is
+  accepted); unreviewed survivors are marked as such;
+- the mutants killed by the tests added for issue 16 (:data:`KILLED_BY_NEW`);
+- the wall time of each recorded run (``--run`` times it and appends it to
+  ``benchmarks/results/mutation_runs.json``) and the time per mutant, from which a
+  full run is planned.
+
+Kill rate = (killed + timeout) / checked, where checked = killed + timeout + survived +
+no tests + suspicious. Timeouts count as detected (the mutant made a test hang) and are
+listed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fnmatch import fnmatch
+from pathlib import Path
+
+from benchmarks.cli import fail_usage, positive_int
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+RESULTS = ROOT / "benchmarks" / "results"
+REPORT = RESULTS / "mutation.md"
+RUNS = RESULTS / "mutation_runs.json"
+
+#: The packages of the issue's targets: (label, module prefix, target kill rate).
+PACKAGES: tuple[tuple[str, str, float], ...] = (
+    ("secagg/", "secagg/", 0.90),
+    ("dp/", "dp/", 0.90),
+    ("server round logic (server/round.py)", "server/round.py", 0.80),
+)
+
+#: mutmut exit codes -> status (mutmut.stats.status_by_exit_code).
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests",
+          34: "skipped", 35: "suspicious", 36: "timeout", 37: "type check", -24: "timeout",
+          24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
+          2: "interrupted", None: "not checked"}
+DETECTED = {"killed", "timeout", "type check", "segfault"}
+UNDETECTED = {"survived", "no tests", "suspicious"}
+
+#: Review of surviving mutants: name -> one line ("equivalent: why" or "accepted: why").
+NOTES: dict[str, str] = {}
+
+#: Mutants that survived the first run and are killed by a test added for issue 16.
+KILLED_BY_NEW: dict[str, str] = {}
+
+
+@dataclass
+class Module:
+    path: str
+    statuses: dict[str, str] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def count(self) -> Counter[str]:
+        return Counter(self.statuses.values())
+
+
+def load(mutants_dir: Path = MUTANTS) -> list[Module]:
+    """Every mutated source file's results, from mutmut's ``.meta`` JSON files."""
+    out = []
+    for meta in sorted(mutants_dir.rglob("*.py.meta")):
+        rel = meta.relative_to(mutants_dir).as_posix()[: -len(".meta")]
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        if not codes:
+            continue
+        out.append(Module(
+            rel,
+            {k: STATUS.get(v, "suspicious") for k, v in codes.items()},
+            {k: float(v) for k, v in data.get("durations_by_key", {}).items()},
+        ))
+    return out
+
+
+def rate(c: Counter[str]) -> tuple[int, int, float | None]:
+    detected = sum(c[s] for s in DETECTED)
+    checked = detected + sum(c[s] for s in UNDETECTED)
+    return detected, checked, (detected / checked if checked else None)
+
+
+def one_line_diff(name: str, path: str) -> str:
+    """The mutant as ``old -> new`` (changed lines only), via mutmut's own diff."""
+    try:
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+            diff = get_diff_for_mutant(name, path=Path(path))
+        finally:
+            os.chdir(cwd)
+    except Exception as err:  # the report must still be written
+        return f"(diff unavailable: {type(err).__name__})"
+    rows = diff.splitlines()
+    old = [ln[1:].strip() for ln in rows if ln.startswith("-") and not ln.startswith("---")]
+    new = [ln[1:].strip() for ln in rows if ln.startswith("+") and not ln.startswith("+++")]
+    text = f"{' / '.join(old)} → {' / '.join(new)}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _fmt_rate(r: float | None) -> str:
+    return "—" if r is None else f"{100 * r:.1f} %"
+
+
+def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
+    lines = ["# Mutation testing: secagg/, dp/, server/round.py", ""]
+    lines += [
+        "Written by `python -m benchmarks mutation` (`make mutate`) from mutmut 3.8.1's",
+        "results in `mutants/` (config: `[tool.mutmut]` in pyproject.toml). Each mutant runs",
+        "only the selected tests that call the mutated function. Kill rate = (killed +",
+        "timeout) / checked; modules or mutants not checked in any recorded run have no rate.",
+        "",
+    ]
+    # ---- runs
+    lines += ["## Runs on this machine", ""]
+    if runs:
+        lines += ["| started (UTC) | mutants selected | checked in run | wall time "
+                  "| wall s / mutant | jobs | note |", "|---|---|---|---|---|---|---|"]
+        for r in runs:
+            per = r["seconds"] / r["checked"] if r.get("checked") else None
+            lines.append(
+                f"| {r['started']} | {' '.join(r['patterns']) or 'all'} | "
+                f"{r.get('checked', '?')} | "
+                f"{r['seconds'] / 60:.1f} min | {'—' if per is None else f'{per:.2f}'} | "
+                f"{r.get('jobs', '?')} | {r.get('note', '')} |"
+            )
+    else:
+        lines.append("No run recorded (`python -m benchmarks mutation --run` records one).")
+    lines.append("")
+    # ---- per module
+    all_counts: dict[str, Counter[str]] = {}
+    lines += ["## Per module", "",
+              "| module | mutants | checked | killed | timeout | survived | no tests | kill rate |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m in modules:
+        c = m.count()
+        all_counts[m.path] = c
+        det, checked, r = rate(c)
+        lines.append(
+            f"| {m.path} | {len(m.statuses)} | {checked} | {c['killed']} | {c['timeout']} | "
+            f"{c['survived']} | {c['no tests']} | "
+            f"{_fmt_rate(r) if checked else 'not run'} |"
+        )
+    lines.append("")
+    # ---- per package
+    lines += ["## Per package (over the mutants checked)", "",
+              "| package | modules run | modules not run | mutants checked / generated "
+              "| kill rate | target |",
+              "|---|---|---|---|---|---|"]
+    for label, prefix, target in PACKAGES:
+        mods = [m for m in modules if m.path.startswith(prefix)]
+        total: Counter[str] = Counter()
+        for m in mods:
+            total += m.count()
+        det, checked, r = rate(total)
+        ran = [m.path for m in mods if rate(m.count())[1]]
+        not_run = [m.path for m in mods if not rate(m.count())[1]]
+        gen = sum(len(m.statuses) for m in mods)
+        ok = "" if r is None else (" (met)" if r >= target else " (NOT met)")
+        lines.append(
+            f"| {label} | {len(ran)} | {len(not_run)} | {checked} / {gen} | {_fmt_rate(r)}{ok} | "
+            f"{100 * target:.0f} % |"
+        )
+    lines.append("")
+    # ---- time per mutant
+    durs = [d for m in modules for d in m.durations.values()]
+    remaining = sum(m.count()["not checked"] for m in modules)
+    if durs:
+        mean = sum(durs) / len(durs)
+        lines += [
+            "## Planning a full run", "",
+            f"Mean test time per checked mutant (one worker): {mean:.2f} s over {len(durs)} "
+            f"mutants. Not yet checked: {remaining} mutants, about "
+            f"{remaining * mean / 3600:.1f} CPU-hours (÷ the jobs of `MUTATE_JOBS`, plus "
+            "start-up; slower on a loaded machine).", "",
+        ]
+    # ---- survivors
+    lines += ["## Surviving mutants (and mutants no selected test reaches)", ""]
+    n_surv = 0
+    for m in modules:
+        names = [k for k, s in sorted(m.statuses.items()) if s in UNDETECTED]
+        if not names:
+            continue
+        lines += [f"### {m.path}", ""]
+        for k in names:
+            n_surv += 1
+            note = NOTES.get(k, "UNREVIEWED")
+            diff = one_line_diff(k, m.path) if diffs else ""
+            lines.append(f"- `{k}` ({m.statuses[k]}): `{diff}` — {note}")
+        lines.append("")
+    if not n_surv:
+        lines += ["None among the checked mutants.", ""]
+    # ---- killed by the new tests
+    if KILLED_BY_NEW:
+        lines += ["## Survivors of the first run killed by tests added for issue 16", ""]
+        status = {k: s for m in modules for k, s in m.statuses.items()}
+        for k, test in sorted(KILLED_BY_NEW.items()):
+            lines.append(f"- `{k}` ({status.get(k, 'unknown')} now): {test}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def read_runs() -> list[dict]:
+    if RUNS.exists():
+        return list(json.loads(RUNS.read_text()))
+    return []
+
+
+def run_mutmut(patterns: list[str], jobs: int) -> int:
+    """Run mutmut on ``patterns`` (all mutants if none), timed; append the run to RUNS."""
+    before = {k: s for m in load() for k, s in m.statuses.items()} if MUTANTS.exists() else {}
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    cmd = [str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(jobs),
+           *patterns]
+    rc = subprocess.call(cmd, cwd=ROOT)
+    seconds = time.monotonic() - t0
+    after = {k: s for m in load() for k, s in m.statuses.items()}
+    if patterns:  # mutmut re-runs every mutant a pattern names
+        checked = sum(1 for k, s in after.items()
+                      if s != "not checked" and any(fnmatch(k, p) for p in patterns))
+    else:  # and only the unchecked ones otherwise
+        checked = sum(1 for k, s in after.items()
+                      if s != "not checked" and before.get(k, "not checked") == "not checked")
+    runs = read_runs()
+    runs.append({"started": started.strftime("%Y-%m-%d %H:%M"), "patterns": patterns,
+                 "seconds": round(seconds, 1), "checked": checked, "jobs": jobs,
+                 "note": f"mutmut exit {rc}"})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    RUNS.write_text(json.dumps(runs, indent=1) + "\n")
+    return rc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("patterns", nargs="*",
+                        help="mutant name globs for --run, e.g. 'secagg.shamir*' (default all)")
+    parser.add_argument("--run", action="store_true", help="run mutmut first (timed)")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="mutmut workers")
+    parser.add_argument("--out", type=Path, default=REPORT, help="report path")
+    parser.add_argument("--no-diffs", action="store_true", help="skip the one-line diffs")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.patterns and not args.run:
+        fail_usage("mutant patterns need --run")
+    if args.run:
+        run_mutmut(list(args.patterns), args.jobs)
+    if not MUTANTS.exists():
+        fail_usage(f"no mutmut results in {MUTANTS}: run `make mutate` first")
+    modules = load()
+    text = render(modules, read_runs(), diffs=not args.no_diffs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"wrote {args.out}")
+    return 0
