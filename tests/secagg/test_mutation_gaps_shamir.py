@@ -1,0 +1,103 @@
+"""Robust Shamir reconstruction, tested where mutation testing found it thin (issue 16):
+error location at every number of wrong shares up to the decoding radius, the exact
+refusals beyond it, share 0 as a valid share, and the range and count checks."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from secagg.shamir import PRIME, ShamirError, ShareChecker, find_wrong_shares, split
+
+
+def _shares(secret: int, t: int, xs: list[int], seed: int) -> dict[int, int]:
+    gen = random.Random(seed)  # test data only: the polynomial's randomness is not a secret
+    row = split([secret], t, xs, gen.randbytes)[0]
+    return dict(zip(xs, row, strict=True))
+
+
+@pytest.mark.parametrize("t", [2, 3, 4])
+def test_every_error_count_up_to_the_radius_is_located(t: int) -> None:
+    gen = random.Random(t)
+    for m in range(t + 1, t + 8):
+        for e in range((m - t) // 2 + 1):
+            for trial in range(3):
+                xs = gen.sample(range(1, 200), m)
+                shares = _shares(gen.randrange(PRIME), t, xs, 1000 * m + 10 * e + trial)
+                wrong = set(gen.sample(xs, e))
+                for x in wrong:
+                    shares[x] = (shares[x] + gen.randrange(1, PRIME)) % PRIME
+                assert find_wrong_shares(shares, t) == wrong, (t, m, e, trial)
+                secret, found = ShareChecker(t, gen.randrange(PRIME)).reconstruct(shares)
+                assert found == wrong
+
+
+def test_beyond_the_radius_the_refusal_says_so() -> None:
+    shares = _shares(5, 3, [1, 2, 3, 4, 5], 1)
+    shares[1] = (shares[1] + 1) % PRIME
+    shares[2] = (shares[2] + 1) % PRIME
+    with pytest.raises(ShamirError) as err:
+        find_wrong_shares(shares, 3)
+    assert str(err.value) in (
+        "more than 1 of 5 shares are wrong (t=3); they cannot be told from the right ones",
+        "the shares of this secret cannot be decoded (1 errors located at 0 holders; t=3, "
+        "5 shares)",
+    )
+
+
+def test_beyond_the_radius_many_cases_are_refused_never_mislocated() -> None:
+    """With e > (m - t) / 2 wrong shares, the decoder must not return a wrong set as if
+    it were right: it raises, or (rarely, when the wrong shares happen to lie on another
+    polynomial of degree < t with enough right ones) returns a set of at most the radius."""
+    gen = random.Random(7)
+    refused = 0
+    for trial in range(60):
+        t, m = 3, 3 + gen.randrange(2, 7)
+        radius = (m - t) // 2
+        xs = gen.sample(range(1, 100), m)
+        shares = _shares(gen.randrange(PRIME), t, xs, trial)
+        for x in gen.sample(xs, radius + 1):
+            shares[x] = gen.randrange(PRIME)
+        try:
+            found = find_wrong_shares(shares, t)
+        except ShamirError as err:
+            refused += 1
+            assert re.search(
+                rf"more than {radius} of {m} shares are wrong \(t=3\); they cannot be told "
+                r"from the right ones|cannot be decoded \(\d+ errors located at \d+ holders; "
+                rf"t=3, {m} shares\)", str(err)), str(err)
+        else:
+            assert len(found) <= radius
+    assert refused >= 55
+
+
+def test_a_zero_share_is_a_valid_share() -> None:
+    """f(x) = a (x - 4): the share at 4 is 0, and must be accepted (range is [0, p))."""
+    a, xs = 123456789, [1, 2, 4, 6]
+    shares = {x: a * (x - 4) % PRIME for x in xs}
+    assert shares[4] == 0
+    assert find_wrong_shares(shares, 2) == frozenset()
+    secret, wrong = ShareChecker(2, 99).reconstruct(shares)
+    assert secret == (-4 * a) % PRIME and wrong == frozenset()
+
+
+@pytest.mark.parametrize("bad", [PRIME, PRIME + 5, -1])
+def test_out_of_range_shares_are_refused(bad: int) -> None:
+    shares = _shares(5, 2, [1, 2, 3], 3)
+    shares[2] = bad
+    with pytest.raises(ShamirError, match=r"^share out of field range$"):
+        find_wrong_shares(shares, 2)
+    with pytest.raises(ShamirError, match=r"^share out of field range$"):
+        ShareChecker(2, 5).reconstruct(shares)
+
+
+def test_too_few_shares_are_refused_with_the_count() -> None:
+    shares = _shares(5, 3, [1, 2, 3], 3)
+    del shares[3]
+    with pytest.raises(ShamirError, match=r"^need 3 shares, got 2$"):
+        find_wrong_shares(shares, 3)
+    with pytest.raises(ShamirError, match=r"^need 3 shares, got 2$"):
+        ShareChecker(3, 5).reconstruct(shares)
+    assert find_wrong_shares(_shares(5, 3, [1, 2, 3], 3), 3) == frozenset()  # m == t
