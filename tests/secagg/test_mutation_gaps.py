@@ -367,3 +367,20 @@ def test_never_both_shares_across_any_request_sequence(seq) -> None:
         fresh.share()
         fresh.masked()
         fresh.clients[0].unmask(UnmaskRequest(fresh.params.round_id, *first, None))
+
+
+def test_signature_and_aead_failures_say_what_failed() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from secagg.crypto import aead_decrypt, aead_encrypt, ed25519_public_bytes, ed25519_sign
+    from secagg.errors import SignatureError
+
+    key = Ed25519PrivateKey.generate()
+    sig = ed25519_sign(key, b"m")
+    with pytest.raises(SignatureError, match=r"^invalid Ed25519 signature$"):
+        from secagg.crypto import ed25519_verify
+
+        ed25519_verify(ed25519_public_bytes(key), sig, b"other")
+    blob = aead_encrypt(bytes(32), bytes(12), b"pt", b"ad")
+    with pytest.raises(SignatureError, match=r"^share ciphertext failed authentication$"):
+        aead_decrypt(bytes(32), blob, b"other ad")

@@ -101,3 +101,20 @@ def test_too_few_shares_are_refused_with_the_count() -> None:
     with pytest.raises(ShamirError, match=r"^need 3 shares, got 2$"):
         ShareChecker(3, 5).reconstruct(shares)
     assert find_wrong_shares(_shares(5, 3, [1, 2, 3], 3), 3) == frozenset()  # m == t
+
+
+@pytest.mark.parametrize("secret,ok", [(2**256 - 1, True), (2**256, False), (PRIME - 1, False)])
+def test_reconstruct_bytes_at_the_32_byte_boundary(secret: int, ok: bool) -> None:
+    """2^256 - 1 is the largest 32-byte secret; 2^256 .. p - 1 are field elements that
+    no 32-byte secret maps to (a corrupted share), refused with the reason."""
+    from secagg.shamir import encode_share, reconstruct_bytes
+
+    row = split([secret], 2, [1, 2, 3], random.Random(2).randbytes)[0]
+    shares = {x: encode_share(y) for x, y in zip([1, 2, 3], row, strict=True)}
+    if ok:
+        assert reconstruct_bytes(shares, 2) == secret.to_bytes(32, "little")
+    else:
+        with pytest.raises(ShamirError, match=re.escape(
+            "reconstructed value is not a 32-byte secret (corrupted share)"
+        )):
+            reconstruct_bytes(shares, 2)
