@@ -65,6 +65,53 @@ NOTES: dict[str, str] = {}
 KILLED_BY_NEW: dict[str, str] = {}
 
 
+#: The issue's six gaps (and two property tests): the test that closes each, the bug put
+#: back by hand in a scratch copy of the tree, and what failed (checked 2026-12-01; the
+#: old tests passed on every one of these bugs except where noted).
+GAPS: tuple[tuple[str, str, str], ...] = (
+    ("Known answers for derived labels, keys, nonces and AD (round id and both parties)",
+     "share AD without the round id; share key made symmetric (min/max of the pair); "
+     "pairwise-mask PRG label without the round id",
+     "tests/secagg/test_mutation_gaps.py: test_derived_labels_keys_and_ad_known_answers, "
+     "test_every_derivation_binds_round_and_parties[ad|key|pair], "
+     "test_client_encrypts_shares_under_the_pinned_key_nonce_and_ad, "
+     "test_client_masks_with_the_pinned_prg_labels fail; old tests: 408 passed"),
+    ("Shamir shares differ under two randomness sources; one share reveals nothing",
+     "split() drawing its coefficients from random.Random(0)",
+     "test_shares_of_one_secret_differ_under_two_randomness_sources, "
+     "test_client_shares_use_its_randomness_for_the_coefficients, "
+     "test_one_share_is_consistent_with_every_secret, ... (8 failed); old tests: all passed"),
+    ("Clipping at C < 1 and at norms close to C",
+     "clip decided on the squared norm (norms * norms > C)",
+     "tests/dp/test_mutation_gaps.py: 5 of test_clipping_* fail; old dp tests: 235 passed"),
+    ("Discrete-mechanism ε at several δ against the reference formulas",
+     "δ = 1e-5 hard-coded in the accountant's RDP -> ε conversion",
+     "test_discrete_epsilon_at_several_deltas_matches_the_reference[ddgauss|skellam], "
+     "test_accountant_..._sensitive_to_delta fail; old dp tests: 235 passed"),
+    ("Leak check widened to hex, repr and escaped encodings of every vector",
+     "driver logs `masked input from %d: %r` with the first 64 bytes of the body",
+     "tests/server/test_mutation_gaps.py: test_no_vector_reaches_the_log_or_store_in_any_"
+     "encoding fails (repr); test_rounds.py's leak check passed"),
+    ("ε of a dropout round equals an accountant composed by hand with the survivors",
+     "release() charging privacy_event(len(participants)) instead of the survivors",
+     "test_dropout_round_epsilon_equals_an_accountant_of_the_survivors fails; "
+     "test_rounds.py and test_budget.py passed"),
+    ("A budget between the two candidate values",
+     "begin_round() checking the budget with privacy_event(len(sampled)) instead of "
+     "min_survivors",
+     "test_budget_between_the_two_candidate_values fails (a second round runs); "
+     "test_budget.py passed"),
+    ("Property: decoder's signed representative at ±2^(b-1); packing at the wrap",
+     "decoder `signed > 2^(b-1)` instead of `>=`; pack() accepting 2^b (`>` for `>=`)",
+     "test_decoder_signed_representative_at_the_wrap fails (old dp tests passed); "
+     "test_pack_round_trips_at_the_wrap_boundaries fails (one old packing test did too)"),
+    ("Property: never both shares across any sequence of unmask requests",
+     "either half of the guard removed (want_b & revealed_sk, or want_sk & revealed_b)",
+     "test_never_both_shares_across_any_request_sequence fails for both halves; the old "
+     "test_client_refuses_both_shares_across_requests catches only one of them"),
+)
+
+
 @dataclass
 class Module:
     path: str
@@ -131,6 +178,11 @@ def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
         "timeout) / checked; modules or mutants not checked in any recorded run have no rate.",
         "",
     ]
+    # ---- the issue's gaps
+    lines += ["## The six gaps of issue 16 (bug put back by hand)", "",
+              "| gap | bug put back | result |", "|---|---|---|"]
+    lines += [f"| {g} | {b} | {r} |" for g, b, r in GAPS]
+    lines.append("")
     # ---- runs
     lines += ["## Runs on this machine", ""]
     if runs:
