@@ -202,7 +202,7 @@ def test_cli_writes_a_loadable_model(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--task", "nope", "--out", "OUT"], "invalid choice: 'nope'"),
+        (["--task", "nope", "--out", "OUT"], "unknown task 'nope'"),
         (["--task", "linreg"], "--out"),
         (["--out", "OUT"], "--task"),
         (["--task", "linreg", "--out", "OUT", "--lr", "0"], "must be a finite number > 0"),
