@@ -68,6 +68,13 @@ def _check_finite(name: str, value: float) -> float:
     return value
 
 
+def _check_positive(name: str, value: float) -> float:
+    value = _check_finite(name, value)
+    if value <= 0:
+        raise DPConfigError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Parameters of client-level distributed DP for one training run.
@@ -130,9 +137,7 @@ class DPConfig:
             raise DPConfigError(
                 f"rotation must be one of {', '.join(ROTATIONS)}, got {self.rotation!r}"
             )
-        clip = _check_finite("clip", self.clip)
-        if clip <= 0:
-            raise DPConfigError(f"clip must be > 0, got {self.clip!r}")
+        _check_positive("clip", self.clip)
         z = _check_finite("noise_multiplier", self.noise_multiplier)
         if z < 0:
             raise DPConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
@@ -178,12 +183,8 @@ class DPConfig:
             raise DPConfigError(
                 f"eval_max_examples must be >= 1, got {self.eval_max_examples!r}"
             )
-        ratio = _check_finite("eval_noise_ratio", self.eval_noise_ratio)
-        if ratio <= 0:
-            raise DPConfigError(f"eval_noise_ratio must be > 0, got {self.eval_noise_ratio!r}")
-        max_loss = _check_finite("eval_max_loss", self.eval_max_loss)
-        if max_loss <= 0:
-            raise DPConfigError(f"eval_max_loss must be > 0, got {self.eval_max_loss!r}")
+        _check_positive("eval_noise_ratio", self.eval_noise_ratio)
+        _check_positive("eval_max_loss", self.eval_max_loss)
 
     @property
     def eval_dim(self) -> int:
