@@ -384,3 +384,15 @@ def test_signature_and_aead_failures_say_what_failed() -> None:
     blob = aead_encrypt(bytes(32), bytes(12), b"pt", b"ad")
     with pytest.raises(SignatureError, match=r"^share ciphertext failed authentication$"):
         aead_decrypt(bytes(32), blob, b"other ad")
+
+
+def test_pack_refusals_name_the_entry() -> None:
+    assert unpack(pack(np.array([0, 5], dtype=np.int64), 8), 8, 2).tolist() == [0, 5]
+    with pytest.raises(ValueError, match=r"^entry 1 is negative: -3$"):
+        pack(np.array([4, -3, 2], dtype=np.int64), 8)
+    with pytest.raises(ValueError, match=r"^entry 2 = 256 does not fit in 8 bits$"):
+        pack(np.array([4, 3, 256], dtype=np.int64), 8)
+    with pytest.raises(ValueError, match=r"^pack needs a 1-D array, got shape \(1, 2\)$"):
+        pack(np.zeros((1, 2), dtype=np.uint64), 8)
+    with pytest.raises(ValueError, match=r"^pack needs an integer array, got dtype float64$"):
+        pack(np.zeros(2), 8)

@@ -114,7 +114,74 @@ def test_reconstruct_bytes_at_the_32_byte_boundary(secret: int, ok: bool) -> Non
     if ok:
         assert reconstruct_bytes(shares, 2) == secret.to_bytes(32, "little")
     else:
-        with pytest.raises(ShamirError, match=re.escape(
+        with pytest.raises(ShamirError, match="^" + re.escape(
             "reconstructed value is not a 32-byte secret (corrupted share)"
-        )):
+        ) + "$"):
             reconstruct_bytes(shares, 2)
+
+
+def test_three_wrong_of_six_is_refused_as_beyond_the_radius() -> None:
+    xs = [1, 2, 3, 4, 5, 6]
+    shares = _shares(5, 3, xs, 1)
+    for x in (1, 2, 3):
+        shares[x] = (shares[x] + x) % PRIME
+    with pytest.raises(ShamirError, match=r"^more than 1 of 6 shares are wrong \(t=3\); they "
+                       r"cannot be told from the right ones$"):
+        find_wrong_shares(shares, 3)
+    shares[3] = (shares[3] - 3) % PRIME  # two wrong of six: also beyond the radius 1
+    with pytest.raises(ShamirError, match=r"^(more than 1 of 6|the shares of this secret "
+                       r"cannot be decoded \(\d errors located at \d holders; t=3, 6 shares\))"):
+        find_wrong_shares(shares, 3)
+
+
+def _lfsr(conn: list[int], init: list[int], n: int) -> list[int]:
+    """s_k = -sum_{i>=1} conn[i] s_{k-i} mod p, from the first len(conn) - 1 terms."""
+    s = list(init)
+    while len(s) < n:
+        s.append(-sum(c * s[-i] for i, c in enumerate(conn) if i) % PRIME)
+    return s
+
+
+@pytest.mark.parametrize(
+    "conn,init",
+    [
+        ([1, 0, PRIME - 1], [0, 1]),  # s_k = s_{k-2}: a zero discrepancy at k = 0
+        ([1, 0, 0, PRIME - 1], [0, 0, 1]),  # two leading zeros
+        ([1, 0, PRIME - 1], [1, 0]),  # zero discrepancy after the first step
+        ([1, 5, 0, 7], [3, 0, 0]),
+        ([1, PRIME - 2, 1], [1, 2]),  # s_k = 2 s_{k-1} - s_{k-2}: 1, 2, 3, 4, ...
+    ],
+)
+def test_berlekamp_massey_finds_the_shortest_recurrence(conn: list[int], init: list[int]) -> None:
+    from secagg.shamir import _berlekamp_massey
+
+    length = len(conn) - 1
+    seq = _lfsr(conn, init, 2 * length + 2)
+    assert _berlekamp_massey(seq) == conn
+    assert _berlekamp_massey(seq[: 2 * length]) == conn  # 2L terms determine it
+
+
+def test_berlekamp_massey_of_random_recurrences() -> None:
+    from secagg.shamir import _berlekamp_massey
+
+    gen = random.Random(11)
+    for length in range(1, 6):
+        for _ in range(5):
+            conn = [1] + [gen.randrange(PRIME) for _ in range(length)]
+            seq = _lfsr(conn, [gen.randrange(PRIME) for _ in range(length)], 2 * length)
+            got = _berlekamp_massey(seq)
+            assert got == conn  # unique: L nonzero-det terms, 2L terms
+
+
+def test_reconstruct_refusals_name_their_reason() -> None:
+    from secagg.shamir import reconstruct
+
+    shares = _shares(5, 2, [1, 2, 3], 4)
+    assert reconstruct(shares, 2) == 5
+    with pytest.raises(ShamirError, match=r"^threshold must be >= 1, got 0$"):
+        reconstruct(shares, 0)
+    with pytest.raises(ShamirError, match=r"^need 4 shares, got 3$"):
+        reconstruct(shares, 4)
+    for bad in (PRIME, -1):
+        with pytest.raises(ShamirError, match=r"^share out of field range$"):
+            reconstruct({**shares, 1: bad}, 2)
