@@ -59,10 +59,43 @@ DETECTED = {"killed", "timeout", "type check", "segfault"}
 UNDETECTED = {"survived", "no tests", "suspicious"}
 
 #: Review of surviving mutants: name -> one line ("equivalent: why" or "accepted: why").
-NOTES: dict[str, str] = {}
+NOTES: dict[str, str] = {
+    "secagg.shamir.x__berlekamp_massey__mutmut_3": "equivalent: the initial b is used only "
+    "in the first update, which sets L = n + 1, where any coefficient generates the prefix; "
+    "b and last are then reset to the right pair (argued, and every BM test passes with it)",
+    "secagg.shamir.x__berlekamp_massey__mutmut_7": "equivalent: as _3, for the initial "
+    "discrepancy `last` (only the first update's scale changes)",
+    "secagg.shamir.x__berlekamp_massey__mutmut_48": "equivalent: pads c with trailing zeros "
+    "beyond its length L, which the return slice c[: L + 1] drops",
+    "secagg.shamir.x__berlekamp_massey__mutmut_49": "equivalent: as _48",
+    "secagg.shamir.x__berlekamp_massey__mutmut_72": "equivalent: len(c) == L + 1 after "
+    "every update, so c[: L + 2] is c[: L + 1]",
+    "secagg.shamir.x__berlekamp_massey__mutmut_74": "equivalent: the padding is always "
+    "empty (len(c) == L + 1)",
+    "secagg.shamir.x__berlekamp_massey__mutmut_81": "equivalent: as _74",
+    "secagg.shamir.x_find_wrong_shares__mutmut_65": "equivalent: evaluates the negated "
+    "reversed locator, which has the same roots",
+    "secagg.packing.x_pack__mutmut_8": "equivalent: a dtype kind is one character, and 'i' "
+    "and 'u' are the only ones in 'XXiuXX'",
+}
+
+#: Review by the shape of the diff, for survivors without their own entry in NOTES:
+#: (substring of the one-line diff, note). Each was checked at every site it matched.
+PATTERN_NOTES: tuple[tuple[str, str], ...] = (
+    ("strict=True", "equivalent: zip of two sequences equal in length by construction "
+     "(strict=True only guards a programming error)"),
+)
 
 #: Mutants that survived the first run and are killed by a test added for issue 16.
-KILLED_BY_NEW: dict[str, str] = {}
+KILLED_BY_NEW: dict[str, str] = {
+    "secagg.shamir.x__berlekamp_massey__mutmut_25": "tests/secagg/test_mutation_gaps_shamir."
+    "py::test_berlekamp_massey_finds_the_shortest_recurrence (zero discrepancies)",
+    "secagg.shamir.x__berlekamp_massey__mutmut_26": "same test",
+    "secagg.shamir.x__berlekamp_massey__mutmut_27": "same test",
+    "secagg.shamir.x__berlekamp_massey__mutmut_28": "same test",
+    "secagg.shamir.x_find_wrong_shares__mutmut_52": "test_three_wrong_of_six_is_refused_as_"
+    "beyond_the_radius (exact message)",
+}
 
 
 #: The issue's six gaps (and two property tests): the test that closes each, the bug put
@@ -256,8 +289,9 @@ def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
         lines += [f"### {m.path}", ""]
         for k in names:
             n_surv += 1
-            note = NOTES.get(k, "UNREVIEWED")
             diff = one_line_diff(k, m.path) if diffs else ""
+            note = NOTES.get(k) or next(
+                (text for pat, text in PATTERN_NOTES if pat in diff), "UNREVIEWED")
             lines.append(f"- `{k}` ({m.statuses[k]}): `{diff}` — {note}")
         lines.append("")
     if not n_surv:
