@@ -129,13 +129,15 @@ GAPS: tuple[tuple[str, str, str], ...] = (
      "encoding fails (repr); test_rounds.py's leak check passed"),
     ("ε of a dropout round equals an accountant composed by hand with the survivors",
      "release() charging privacy_event(len(participants)) instead of the survivors",
-     "test_dropout_round_epsilon_equals_an_accountant_of_the_survivors fails; "
-     "test_rounds.py and test_budget.py passed"),
+     "test_dropout_round_epsilon_equals_an_accountant_of_the_survivors (HTTP) and "
+     "test_mutation_gaps_core.py::test_a_round_with_a_dropout_is_charged_for_its_survivors "
+     "fail; test_rounds.py and test_budget.py passed"),
     ("A budget between the two candidate values",
      "begin_round() checking the budget with privacy_event(len(sampled)) instead of "
      "min_survivors",
-     "test_budget_between_the_two_candidate_values fails (a second round runs); "
-     "test_budget.py passed"),
+     "test_budget_between_the_two_candidate_values (HTTP: a second round runs) and "
+     "test_mutation_gaps_core.py::test_budget_between_the_two_candidates_stops_before_the_"
+     "round fail; test_budget.py passed"),
     ("Property: decoder's signed representative at ±2^(b-1); packing at the wrap",
      "decoder `signed > 2^(b-1)` instead of `>=`; pack() accepting 2^b (`>` for `>=`)",
      "test_decoder_signed_representative_at_the_wrap fails (old dp tests passed); "
