@@ -40,7 +40,7 @@ from secagg.crypto import label, prg_nonce, prg_words, x25519_agree, x25519_publ
 from secagg.errors import ProtocolError
 from secagg.packing import pack, pack_reduced, packed_size, unpack, word_dtype
 from secagg.shamir import PRIME, reconstruct, split, split_bytes
-from tests.secagg._helpers import MECHANICS, make_params, make_round
+from tests.secagg._helpers import MECHANICS, det_random, make_params, make_round
 
 ROUND, U, V = 7, 3, 5
 
@@ -190,25 +190,12 @@ def test_client_masks_with_the_pinned_prg_labels() -> None:
 # ------------------------------------------------------------------ Shamir randomness
 
 
-def _counter_bytes(tag: bytes):
-    state = {"i": 0}
-
-    def random_bytes(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(tag + state["i"].to_bytes(8, "little")).digest()
-            state["i"] += 1
-        return out[:n]
-
-    return random_bytes
-
-
 @pytest.mark.parametrize("t", [2, 3, 5])
 def test_shares_of_one_secret_differ_under_two_randomness_sources(t: int) -> None:
     secret = 123456789
     xs = list(range(1, 8))
-    a = split([secret], t, xs, _counter_bytes(b"a"))[0]
-    b = split([secret], t, xs, _counter_bytes(b"b"))[0]
+    a = split([secret], t, xs, det_random(b"a"))[0]
+    b = split([secret], t, xs, det_random(b"b"))[0]
     c = split([secret], t, xs, os.urandom)[0]
     d = split([secret], t, xs, os.urandom)[0]
     for j in range(len(xs)):
@@ -224,7 +211,7 @@ def test_client_shares_use_its_randomness_for_the_coefficients() -> None:
     params, _ = make_params(4, dim=8, bits=20, threshold=3)
 
     def source(tag: bytes):
-        fixed, other = _counter_bytes(b"keys"), _counter_bytes(tag)
+        fixed, other = det_random(b"keys"), det_random(tag)
 
         def random_bytes(n: int) -> bytes:
             return fixed(n) if n == 32 else other(n)
@@ -250,7 +237,7 @@ def test_one_share_is_consistent_with_every_secret(t: int) -> None:
     randomness under which split gives s' the same share y at x (and as many such
     polynomials for every s'), so one share says nothing about the secret."""
     x, xs = 5, [5, 9, 11, 13]
-    rb = _counter_bytes(b"observed")
+    rb = det_random(b"observed")
     y = split([42], t, xs, rb)[0][0]
     gen = np.random.default_rng(1)
     for candidate in [0, 1, 42, PRIME - 1, 2**255, *map(int, gen.integers(0, 2**62, 5))]:
