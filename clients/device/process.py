@@ -130,7 +130,10 @@ def warm_up_encoder(dp_config: Any, dim: int, n_clients: int, min_contributors: 
     from dp.prng import SecureRng
 
     plan = EncodingPlan.create(dp_config, dim, n_clients, min_contributors)
-    Encoder(plan, os.urandom(32)).encode(np.zeros(dim, dtype=np.float32), SecureRng.from_os())
+    evaluation = [0.0, 0.0, 0.0] if plan.config.eval_buckets else None  # an empty held-out set
+    Encoder(plan, os.urandom(32)).encode(
+        np.zeros(dim, dtype=np.float32), SecureRng.from_os(), evaluation
+    )
 
 
 class Trainer:
