@@ -164,3 +164,94 @@ def test_charged_cohort_and_corrupt_bound() -> None:
     assert charged_cohort(90, 100, 50) == 100  # at most N
     assert corrupt_bound(0.1, 30) == 3 and corrupt_bound(0.1, 29) == 2
     assert corrupt_bound(0.0, 30) == 0 and corrupt_bound(0.1, 10) == 1
+
+
+def _err(call: Any, status: int, text: str) -> None:
+    from server.round import RoundError
+
+    with pytest.raises(RoundError) as info:
+        call()
+    assert info.value.status == status and text in info.value.detail, info.value.detail
+
+
+def test_a_round_walks_its_stages_in_process_with_a_dropout(tmp_path: Path, models: Any) -> None:
+    """RoundState as the HTTP driver uses it: open, check, accept, advance, with the real
+    protocol; device 2 drops before its masked input. The unmasked sum is the exact sum
+    of the survivors' encoded vectors (the masks cancel)."""
+    from dp import Encoder
+    from dp.prng import SecureRng
+    from secagg import AdvertiseKeys, ClientProtocol
+    from server.round import Stage
+
+    core = _core(tmp_path, models)
+    rnd = core.begin_round(_registered())
+    assert not rnd.opened and rnd.stage == Stage.ADVERTISE_KEYS
+    clients = {c: ClientProtocol(rnd.params, c) for c in rnd.participants}
+    stage, expected = rnd.advance()
+    assert stage == Stage.ADVERTISE_KEYS and expected == {0, 1, 2, 3} and rnd.opened
+    assert not rnd.rotation_seed_public and not rnd.all_in
+    _err(lambda: rnd.check(Stage.ADVERTISE_KEYS, 9), 403, "not a participant of round 0")
+    _err(lambda: rnd.check(Stage.SHARE_KEYS, 0), 409,
+         "round 0 is in stage advertise_keys, not share_keys")
+    for c, cl in clients.items():
+        msg = rnd.message_for(stage, cl.advertise_keys().to_dict(), c)
+        assert isinstance(msg, AdvertiseKeys) and msg.sender == c and msg.round_id == 0
+        assert rnd.accept(stage, c, msg) is (c == 3)
+    _err(lambda: rnd.check(Stage.ADVERTISE_KEYS, 0), 409,
+         "device 0 already sent its advertise_keys message")
+    stage, expected = rnd.advance()
+    assert stage == Stage.SHARE_KEYS and expected == {0, 1, 2, 3}
+    assert rnd.dropouts == {"advertise_keys": []} and rnd.keys_for is not None
+    for c, cl in clients.items():
+        msg = rnd.message_for(stage, cl.share_keys(rnd.keys_for[c]).to_dict(), c)
+        rnd.accept(stage, c, msg)
+    stage, expected = rnd.advance()
+    assert stage == Stage.MASKED_INPUT and rnd.keys_for is None and rnd.cts_for is not None
+    assert rnd.rotation_seed_public
+    enc, plan = Encoder(rnd.plan, rnd.rotation_seed), rnd.plan
+    gen = np.random.default_rng(5)
+    exact = np.zeros(plan.encoded_dim, dtype=np.uint64)
+    for c in (0, 1, 3):
+        x, _ = enc.encode(gen.normal(0, 0.01, plan.dim), SecureRng.for_simulation(5, c))
+        exact = (exact + x) % np.uint64(plan.modulus)
+        data = clients[c].masked_input(rnd.cts_for[c], x).data
+        other = rnd.masked_message(c, data)
+        assert other.sender == c and other.round_id == 0
+        _err(lambda o=other: rnd.accept(stage, 2, o), 403,
+             f"sender {c} is not the authenticated device 2")
+        assert rnd.accept(stage, c, other) is False
+    stage, expected = rnd.advance()
+    assert stage == Stage.UNMASK and expected == {0, 1, 3} and rnd.cts_for is None
+    assert rnd.dropouts["masked_input"] == [2]
+    _err(lambda: rnd.check(Stage.UNMASK, 2), 409,
+         "device 2 is not expected in stage unmask of round 0")
+    req = rnd.unmask_request
+    assert req.survivors == (0, 1, 3) and req.dropped == (2,)
+    for c in (0, 1, 3):
+        assert rnd.accept(stage, c, rnd.message_for(stage, clients[c].unmask(req).to_dict(),
+                                                     c)) is (c == 3)
+    assert rnd.advance() == (Stage.DONE, set()) and rnd.stage == Stage.DONE
+    decoded_by_hand = exact  # what the unmasking must return
+    rec = core.release(rnd)
+    assert rec["secure_sum"] == "protocol" and rec["survivors"] == [0, 1, 3]
+    assert rec["dropouts"]["masked_input"] == [2]
+    assert rec["epsilon"] == pytest.approx(_hand_epsilon(core, plan, [3]), rel=1e-9)
+    from dp import Decoder
+
+    mean = Decoder(plan, rnd.rotation_seed).decode(decoded_by_hand, 3).total / 3
+    np.testing.assert_allclose(core.weights, models.weights0 + mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_message_for_another_round_is_refused(tmp_path: Path, models: Any) -> None:
+    from secagg import ClientProtocol
+    from secagg.messages import AdvertiseKeys
+    from server.round import Stage
+
+    core = _core(tmp_path, models)
+    rnd = core.begin_round(_registered())
+    rnd.advance()
+    msg = ClientProtocol(rnd.params, 0).advertise_keys()
+    foreign = AdvertiseKeys(5, 0, msg.c_pk, msg.s_pk, None)
+    _err(lambda: rnd.accept(Stage.ADVERTISE_KEYS, 0, foreign), 400,
+         "round_id 5 does not match round 0")
+    assert rnd.received == set()
