@@ -231,6 +231,19 @@ def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
         "recorded run have no rate.",
         "",
     ]
+    lines += [
+        "## Scope", "",
+        "- Mutated: `secagg/*`, `dp/*` except `dp/__main__.py` (the CLI, tested through "
+        "subprocesses) and `dp/audit.py` (the canary audit, statistical and slow), and "
+        "`server/round.py`.",
+        "- Tests run per mutant: `tests/secagg`, `tests/dp` (without `test_cli.py` and "
+        "`test_audit.py`) and `tests/server/test_mutation_gaps_core.py` (the round logic "
+        "in-process). No HTTP server test: under mutmut's forked workers their stage "
+        "deadlines never fire and every such test hangs until the timeout (seen in the "
+        "first run below, whose timeouts are therefore counted as not detected).",
+        "- A module with no rate was not mutated in any recorded run: its kill rate is "
+        "unknown, not claimed.", "",
+    ]
     # ---- the issue's gaps
     lines += ["## The six gaps of issue 16 (bug put back by hand)", "",
               "| gap | bug put back | result |", "|---|---|---|"]
