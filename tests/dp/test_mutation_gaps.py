@@ -163,3 +163,19 @@ def test_decoder_signed_representative_at_the_wrap(bits: int, data) -> None:
     np.testing.assert_allclose(out.total, expected, rtol=1e-12, atol=1e-12 * plan.gamma)
     with pytest.raises(ValueError, match="entries >= 2"):
         Decoder(plan, SEED).decode(np.full(plan.encoded_dim, mod, dtype=np.uint64), 2)
+
+
+def test_secure_rng_says_what_it_is_and_refuses_copies() -> None:
+    import copy
+
+    rng = SecureRng(bytes(32))
+    assert rng.simulation is False and repr(rng) == "SecureRng(AES-256-CTR, secret key)"
+    sim = SecureRng.for_simulation(1, "x")
+    assert sim.simulation is True and "SIMULATION ONLY" in repr(sim)
+    msg = ("^a SecureRng cannot be copied or pickled: a copy replays the same keystream, "
+           r"i\.e\. the same noise; create one generator per use$")
+    for attempt in (copy.copy, copy.deepcopy, lambda r: r.__reduce__()):
+        with pytest.raises(TypeError, match=msg):
+            attempt(rng)
+    u = rng.random(1000)
+    assert u.dtype == np.float64 and 0.0 <= u.min() and u.max() < 1.0
