@@ -99,3 +99,62 @@ def test_mechanism_rdp_routes_to_its_formula(name: str) -> None:
         want = reference_skellam_rdp(np.asarray(ORDERS), 2.0, 6.0, 4 * 0.25)
     np.testing.assert_allclose(got, want, rtol=1e-13)
     assert mech.noise_variance(0.5, 4) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ the mechanism registry
+
+
+def _toy(name: str, proven: bool = True) -> type:
+    from dp.mechanisms import NoNoise
+
+    return type("Toy", (NoNoise,), {"name": name, "proven": proven})
+
+
+def test_register_mechanism_class_instance_duplicate_and_replace() -> None:
+    from dp.mechanisms import MECHANISM_REGISTRY, register_mechanism
+
+    cls = _toy("toy_gaps_a")
+    try:
+        assert register_mechanism(cls) is cls  # a class decorator returns the class
+        assert isinstance(MECHANISM_REGISTRY["toy_gaps_a"], cls)
+        assert get_mechanism("toy_gaps_a") is MECHANISM_REGISTRY["toy_gaps_a"]
+        with pytest.raises(ValueError, match=r"^mechanism 'toy_gaps_a' is already registered$"):
+            register_mechanism(cls)
+        other = _toy("toy_gaps_a")()
+        assert register_mechanism(other, replace=True) is other
+        assert MECHANISM_REGISTRY["toy_gaps_a"] is other
+    finally:
+        MECHANISM_REGISTRY.pop("toy_gaps_a", None)
+
+
+@pytest.mark.parametrize("bad", ["", "not an identifier", 3])
+def test_register_mechanism_refuses_bad_names(bad: object) -> None:
+    from dp.mechanisms import MECHANISM_REGISTRY, register_mechanism
+
+    before = dict(MECHANISM_REGISTRY)
+    with pytest.raises(ValueError, match=r"^mechanism name must be a non-empty identifier, got "):
+        register_mechanism(_toy(bad)())  # type: ignore[arg-type]
+    assert dict(MECHANISM_REGISTRY) == before
+
+
+def test_register_mechanism_refuses_what_is_not_a_mechanism() -> None:
+    from dp.mechanisms import register_mechanism
+
+    for bad in (object(), int, "ddgauss"):
+        with pytest.raises(TypeError, match=r"^needs a NoiseMechanism subclass or instance, "):
+            register_mechanism(bad)  # type: ignore[arg-type]
+
+
+def test_accounting_note_only_for_unproven_mechanisms() -> None:
+    from dp.mechanisms import MECHANISM_REGISTRY, accounting_note, register_mechanism
+
+    for name in ("ddgauss", "skellam", "none", "no_such_mechanism"):
+        assert accounting_note(name) is None
+    assert accounting_note("gaussian") == (
+        "gaussian: the sum of rounded shares is accounted as a Gaussian, a close "
+        "approximation, not a proof; use ddgauss or skellam for a proven bound")
+    register_mechanism(_toy("toy_gaps_b", proven=False))
+    try:
+        assert accounting_note("toy_gaps_b").startswith("toy_gaps_b: the sum of rounded")
+    finally:
+        MECHANISM_REGISTRY.pop("toy_gaps_b", None)
