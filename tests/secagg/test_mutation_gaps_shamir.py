@@ -185,3 +185,40 @@ def test_reconstruct_refusals_name_their_reason() -> None:
     for bad in (PRIME, -1):
         with pytest.raises(ShamirError, match=r"^share out of field range$"):
             reconstruct({**shares, 1: bad}, 2)
+
+
+def test_consistency_check_uses_every_syndrome() -> None:
+    """Two wrong shares chosen so that the first syndrome S_0 = sum w_i y_i stays 0: a
+    check on S_0 alone passes them; the check on sum_l rho^l S_l must not."""
+    from secagg.shamir import _barycentric_weights, check_vector, shares_consistent
+
+    xs, t = (1, 2, 3, 4, 5), 2  # m - t = 3 syndromes
+    ys = [split([9], t, list(xs), random.Random(3).randbytes)[0][i] for i in range(5)]
+    w = _barycentric_weights(xs)
+    e0 = 12345
+    e1 = -e0 * w[0] * pow(w[1], -1, PRIME) % PRIME  # w0 e0 + w1 e1 = 0
+    bad = list(ys)
+    bad[0], bad[1] = (ys[0] + e0) % PRIME, (ys[1] + e1) % PRIME
+    assert sum(wi * y for wi, y in zip(w, bad, strict=True)) % PRIME == 0  # S_0 blind
+    for rho in (7, 123456789, random.Random(5).randrange(2, PRIME)):
+        vec = check_vector(xs, t, rho)
+        assert shares_consistent(ys, vec)
+        assert not shares_consistent(bad, vec)
+
+
+@pytest.mark.parametrize("x", [1, 3, 5])
+def test_consistency_check_when_rho_is_an_inverse_abscissa(x: int) -> None:
+    """rho * x = 1: that holder's geometric sum is the special case `extra`."""
+    from secagg.shamir import check_vector, shares_consistent
+
+    xs, t = (1, 2, 3, 4, 5), 2
+    rho = pow(x, -1, PRIME)
+    ys = split([9], t, list(xs), random.Random(4).randbytes)[0]
+    vec = check_vector(xs, t, rho)
+    assert shares_consistent(ys, vec)
+    for i in range(5):
+        bad = list(ys)
+        bad[i] = (bad[i] + 1) % PRIME
+        assert not shares_consistent(bad, vec)
+    secret, wrong = ShareChecker(t, rho).reconstruct(dict(zip(xs, ys, strict=True)))
+    assert secret == 9 and wrong == frozenset()
