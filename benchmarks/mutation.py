@@ -79,6 +79,47 @@ NOTES: dict[str, str] = {
     "reversed locator, which has the same roots",
     "secagg.packing.x_pack__mutmut_8": "equivalent: a dtype kind is one character, and 'i' "
     "and 'u' are the only ones in 'XXiuXX'",
+    "dp.prng.xǁSecureRngǁ__init____mutmut_10": "equivalent: the label is shown only by the "
+    "repr of a simulation generator, and this constructor makes secret ones",
+    "dp.prng.xǁSecureRngǁ__init____mutmut_4": "equivalent: as _10 (label None)",
+    "dp.prng.xǁSecureRngǁrandom__mutmut_8": "equivalent: astype(None) is astype(float64)",
+    "secagg.shamir.x__batch_inverse__mutmut_3": "equivalent: prefix[0] = 2 scales every "
+    "prefix and the inverse of the last, which cancel in out[i] = inv * prefix[i]",
+    "secagg.shamir.x__batch_inverse__mutmut_25": "equivalent: every out[i] is overwritten",
+    "secagg.shamir.x_check_vector__mutmut_20": "equivalent: the inverse of a zero "
+    "denominator is never used (that holder takes the `extra` branch)",
+    "secagg.shamir.x_check_vector__mutmut_41": "equivalent: pow without modulus, reduced "
+    "mod p after the product: the same value, slower",
+    "secagg.shamir.x_check_vector__mutmut_44": "equivalent: as _41",
+    "secagg.shamir.xǁShareCheckerǁ_vectors_for__mutmut_1": "equivalent: a cache miss "
+    "every time (the vectors are recomputed: slower, same values)",
+    "secagg.shamir.xǁShareCheckerǁ_vectors_for__mutmut_2": "equivalent: as _1",
+    "secagg.shamir.xǁShareCheckerǁ_vectors_for__mutmut_38": "equivalent: as _1 (None is "
+    "stored, then recomputed)",
+    "secagg.crypto.x_label__mutmut_8": "equivalent: codec names are case-insensitive",
+    "secagg.crypto.xǁKeystreamǁ__init____mutmut_14": "equivalent: one more byte of slack "
+    "in the output buffer, never read",
+    "secagg.packing.x__pack_words__mutmut_11": "equivalent: astype copy=True/False/default "
+    "gives the same bytes",
+    "secagg.packing.x__pack_words__mutmut_12": "equivalent: as _11",
+    "secagg.packing.x__pack_words__mutmut_17": "equivalent: as _11",
+    "secagg.packing.x__pack_words__mutmut_20": "equivalent: as _11",
+    "secagg.packing.x__pack_words__mutmut_21": "equivalent: bits / 8 == 0 never holds, so "
+    "byte-aligned widths take the general bit path, which gives the same bytes",
+    "secagg.packing.x__pack_words__mutmut_39": "equivalent: always padding to a multiple "
+    "of 8 entries, which the general path truncates to the same size",
+    "secagg.packing.x_unpack__mutmut_43": "equivalent: for native widths the data is "
+    "exactly dim entries (length checked above), so count=dim changes nothing",
+    "secagg.packing.x_unpack__mutmut_44": "equivalent: as _pack_words_21, on the way back",
+    "secagg.packing.x_unpack__mutmut_70": "equivalent: one spare block of zeros, cut off "
+    "by [:dim]",
+    "secagg.packing.x_unpack__mutmut_74": "equivalent: a float64 scratch buffer holds the "
+    "bytes exactly and is cast to uint64 before any shift",
+    "secagg.packing.x_unpack__mutmut_76": "equivalent: as _74",
+    "secagg.packing.x_unpack__mutmut_134": "equivalent: astype(uint64) of a uint64 array "
+    "is a copy, like .copy()",
+    "secagg.packing.x_unpack__mutmut_135": "equivalent: as _134",
+    "secagg.packing.x_unpack__mutmut_137": "equivalent: as _134",
 }
 
 #: Review by the shape of the diff, for survivors without their own entry in NOTES:
@@ -97,6 +138,17 @@ KILLED_BY_NEW: dict[str, str] = {
     "secagg.shamir.x__berlekamp_massey__mutmut_28": "same test",
     "secagg.shamir.x_find_wrong_shares__mutmut_52": "test_three_wrong_of_six_is_refused_as_"
     "beyond_the_radius (exact message)",
+    "secagg.shamir.x_check_vector__mutmut_34": "test_consistency_check_uses_every_syndrome "
+    "(applied by hand: fails)",
+    "secagg.shamir.x_check_vector__mutmut_35": "test_consistency_check_when_rho_is_an_"
+    "inverse_abscissa (applied by hand: fails)",
+    "secagg.shamir.x_check_vector__mutmut_46": "both consistency tests (applied by hand)",
+    "dp.mechanisms.x_skellam_rdp__mutmut_36": "tests/dp/test_mutation_gaps_formulas.py "
+    "(applied by hand: 12 fail)",
+    "dp.mechanisms.x_skellam_rdp__mutmut_43": "tests/dp/test_mutation_gaps_formulas.py "
+    "(applied by hand: 22 fail)",
+    "dp.mechanisms.x_skellam_rdp__mutmut_8": "test_skellam_without_noise_is_not_private "
+    "(applied by hand)",
 }
 
 
