@@ -378,6 +378,8 @@ def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
             fallback = ("UNREVIEWED: survived the unit tests, then hung in an HTTP server "
                         "test under mutmut's workers" if m.statuses[k] == "timeout"
                         else "UNREVIEWED")
+            if k in KILLED_BY_NEW:
+                fallback = f"killed by a test added after this verdict: {KILLED_BY_NEW[k]}"
             note = NOTES.get(k) or next(
                 (text for pat, text in PATTERN_NOTES if pat in diff), fallback)
             lines.append(f"- `{k}` ({m.statuses[k]}): `{diff}` — {note}")
