@@ -362,8 +362,19 @@ def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
             f"Mean test time per checked mutant (one worker): {mean:.2f} s over {len(durs)} "
             f"mutants. Not yet checked: {remaining} mutants, about "
             f"{remaining * mean / 3600:.1f} CPU-hours (÷ the jobs of `MUTATE_JOBS`, plus "
-            "start-up; slower on a loaded machine).", "",
+            "start-up; slower on a loaded machine).",
         ]
+        wall = sum(r["seconds"] for r in runs)
+        done = sum(r.get("checked", 0) for r in runs)
+        if done:
+            lines += [
+                "", f"Measured wall time, start-up included: {wall / 60:.0f} min for {done} "
+                f"mutants ({wall / done:.2f} s each with the runs' jobs), i.e. about "
+                f"{remaining * wall / done / 3600:.1f} h for the rest; more for dp/noise, "
+                "dp/prng and dp/encoding, which every dp test calls (their mutants run the "
+                "most tests, and a broken sampler loops until the timeout).",
+            ]
+        lines.append("")
     # ---- survivors
     lines += ["## Surviving mutants (with timeouts and mutants no selected test reaches)", ""]
     n_surv = 0
