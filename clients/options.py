@@ -250,6 +250,14 @@ def merge_options(file_values: Mapping[str, Any], cli_values: Mapping[str, Any])
     return SimOptions(**merged)
 
 
+def options_from_namespace(ns: argparse.Namespace) -> SimOptions:
+    """The options of a parsed ``run`` / ``plan`` command line: defaults < ``--config``
+    file < the flags given (raises UsageError, TypeError or ValueError)."""
+    cli = {k: v for k, v in vars(ns).items() if k != "config" and k in _FIELD_TYPES}
+    file_values = load_options_file(ns.config) if getattr(ns, "config", None) else {}
+    return merge_options(file_values, cli)
+
+
 # --------------------------------------------------------------------------- CLI parser
 
 

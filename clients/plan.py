@@ -28,13 +28,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from clients.options import (
-    _FIELD_TYPES,
     SimOptions,
     UsageError,
     build_parser,
-    load_options_file,
-    merge_options,
     model_dim,
+    options_from_namespace,
     resolve_noise,
     round_probe,
 )
@@ -188,10 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m clients plan``; returns the exit status."""
     parser = build_plan_parser()
     ns = parser.parse_args(argv)  # argparse exits 2 on a bad flag
-    cli = {k: v for k, v in vars(ns).items() if k != "config" and k in _FIELD_TYPES}
     try:
-        file_values = load_options_file(ns.config) if getattr(ns, "config", None) else {}
-        plan = plan_experiment(merge_options(file_values, cli))
+        plan = plan_experiment(options_from_namespace(ns))
     except (UsageError, TypeError, ValueError) as exc:
         print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -24,12 +24,10 @@ from typing import Any
 
 from clients.engines.common import count, fmt
 from clients.options import (
-    _FIELD_TYPES,
     SimOptions,
     UsageError,
     build_parser,
-    load_options_file,
-    merge_options,
+    options_from_namespace,
 )
 
 __all__ = ["count", "fmt", "main", "operator_token", "round_table", "summary_lines"]
@@ -153,10 +151,8 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     parser = parser or build_parser()
     ns = parser.parse_args(argv)  # argparse exits 2 on a bad flag
     console = Console(stderr=False)
-    cli = {k: v for k, v in vars(ns).items() if k != "config" and k in _FIELD_TYPES}
     try:
-        file_values = load_options_file(ns.config) if getattr(ns, "config", None) else {}
-        opts = merge_options(file_values, cli)
+        opts = options_from_namespace(ns)
     except (UsageError, TypeError, ValueError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

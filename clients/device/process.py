@@ -161,6 +161,15 @@ class Trainer:
 
         return self._worker.submit(job).result()
 
+    def _local(self) -> Any:
+        """The compiled :class:`clients.training.LocalTrainer` (built on first use, on the
+        worker thread)."""
+        if self._trainer is None:
+            from clients.training import LocalTrainer
+
+            self._trainer = LocalTrainer(self.task)
+        return self._trainer
+
     def train(
         self,
         global_weights: np.ndarray,
@@ -172,11 +181,7 @@ class Trainer:
         """Return the float32 update ``new - global`` after local epochs on ``(x, y)``."""
 
         def fit() -> np.ndarray:  # on the worker thread, under the lock
-            from clients.training import LocalTrainer
-
-            if self._trainer is None:
-                self._trainer = LocalTrainer(self.task)
-            return self._trainer.update(
+            return self._local().update(
                 global_weights, x, y, epochs=settings.local_epochs,
                 batch_size=settings.batch_size, lr=settings.lr, seed=seed,
             )
@@ -190,11 +195,7 @@ class Trainer:
         held-out ``(x, y)``, within the plan's bounds (federated evaluation)."""
 
         def run() -> np.ndarray:
-            from clients.training import LocalTrainer
-
-            if self._trainer is None:
-                self._trainer = LocalTrainer(self.task)
-            return self._trainer.evaluate(
+            return self._local().evaluate(
                 global_weights, [(x, y)], max_examples=plan.config.eval_max_examples,
                 max_loss=plan.config.eval_max_loss,
             )[0]
