@@ -9,9 +9,9 @@ reads mutmut's per-file results (``mutants/**/*.py.meta``) and writes
   generated, checked, killed, surviving, and the kill rate over the *checked* ones only
   (a module not run in any recorded run is listed as such, with no rate);
 - every surviving mutant (and every one no selected test reaches) with its one-line
-  diff and its review note from :data:`NOTES` (an equivalent mutant, or why it is
-  accepted); unreviewed survivors are marked as such;
-- the mutants killed by the tests added for issue 16 (:data:`KILLED_BY_NEW`);
+  diff and its review note from ``benchmarks/mutation_review/*.json`` (an equivalent
+  mutant, or why it is accepted); unreviewed survivors are marked as such;
+- the mutants killed by the tests added for issue 16 (``killed_by_new`` in those files);
 - the wall time of each recorded run (``--run`` times it and appends it to
   ``benchmarks/results/mutation_runs.json``) and the time per mutant, from which a
   full run is planned.
@@ -60,96 +60,34 @@ DETECTED = {"killed", "type check", "segfault"}
 #: the unit tests and then hung in an HTTP server test under mutmut's forked workers.
 UNDETECTED = {"survived", "no tests", "suspicious", "timeout"}
 
-#: Review of surviving mutants: name -> one line ("equivalent: why" or "accepted: why").
-NOTES: dict[str, str] = {
-    "secagg.shamir.x__berlekamp_massey__mutmut_3": "equivalent: the initial b is used only "
-    "in the first update, which sets L = n + 1, where any coefficient generates the prefix; "
-    "b and last are then reset to the right pair (argued, and every BM test passes with it)",
-    "secagg.shamir.x__berlekamp_massey__mutmut_7": "equivalent: as _3, for the initial "
-    "discrepancy `last` (only the first update's scale changes)",
-    "secagg.shamir.x__berlekamp_massey__mutmut_48": "equivalent: pads c with trailing zeros "
-    "beyond its length L, which the return slice c[: L + 1] drops",
-    "secagg.shamir.x__berlekamp_massey__mutmut_49": "equivalent: as _48",
-    "secagg.shamir.x__berlekamp_massey__mutmut_72": "equivalent: len(c) == L + 1 after "
-    "every update, so c[: L + 2] is c[: L + 1]",
-    "secagg.shamir.x__berlekamp_massey__mutmut_74": "equivalent: the padding is always "
-    "empty (len(c) == L + 1)",
-    "secagg.shamir.x__berlekamp_massey__mutmut_81": "equivalent: as _74",
-    "secagg.shamir.x_find_wrong_shares__mutmut_65": "equivalent: evaluates the negated "
-    "reversed locator, which has the same roots",
-    "secagg.packing.x_pack__mutmut_8": "equivalent: a dtype kind is one character, and 'i' "
-    "and 'u' are the only ones in 'XXiuXX'",
-    "dp.prng.xǁSecureRngǁ__init____mutmut_10": "equivalent: the label is shown only by the "
-    "repr of a simulation generator, and this constructor makes secret ones",
-    "dp.prng.xǁSecureRngǁ__init____mutmut_4": "equivalent: as _10 (label None)",
-    "dp.prng.xǁSecureRngǁrandom__mutmut_8": "equivalent: astype(None) is astype(float64)",
-    "secagg.shamir.x__batch_inverse__mutmut_3": "equivalent: prefix[0] = 2 scales every "
-    "prefix and the inverse of the last, which cancel in out[i] = inv * prefix[i]",
-    "secagg.shamir.x__batch_inverse__mutmut_25": "equivalent: every out[i] is overwritten",
-    "secagg.shamir.x_check_vector__mutmut_20": "equivalent: the inverse of a zero "
-    "denominator is never used (that holder takes the `extra` branch)",
-    "secagg.shamir.x_check_vector__mutmut_41": "equivalent: pow without modulus, reduced "
-    "mod p after the product: the same value, slower",
-    "secagg.shamir.x_check_vector__mutmut_44": "equivalent: as _41",
-    "secagg.shamir.xǁShareCheckerǁ_vectors_for__mutmut_1": "equivalent: a cache miss "
-    "every time (the vectors are recomputed: slower, same values)",
-    "secagg.shamir.xǁShareCheckerǁ_vectors_for__mutmut_2": "equivalent: as _1",
-    "secagg.shamir.xǁShareCheckerǁ_vectors_for__mutmut_38": "equivalent: as _1 (None is "
-    "stored, then recomputed)",
-    "secagg.crypto.x_label__mutmut_8": "equivalent: codec names are case-insensitive",
-    "secagg.crypto.xǁKeystreamǁ__init____mutmut_14": "equivalent: one more byte of slack "
-    "in the output buffer, never read",
-    "secagg.packing.x__pack_words__mutmut_11": "equivalent: astype copy=True/False/default "
-    "gives the same bytes",
-    "secagg.packing.x__pack_words__mutmut_12": "equivalent: as _11",
-    "secagg.packing.x__pack_words__mutmut_17": "equivalent: as _11",
-    "secagg.packing.x__pack_words__mutmut_20": "equivalent: as _11",
-    "secagg.packing.x__pack_words__mutmut_21": "equivalent: bits / 8 == 0 never holds, so "
-    "byte-aligned widths take the general bit path, which gives the same bytes",
-    "secagg.packing.x__pack_words__mutmut_39": "equivalent: always padding to a multiple "
-    "of 8 entries, which the general path truncates to the same size",
-    "secagg.packing.x_unpack__mutmut_43": "equivalent: for native widths the data is "
-    "exactly dim entries (length checked above), so count=dim changes nothing",
-    "secagg.packing.x_unpack__mutmut_44": "equivalent: as _pack_words_21, on the way back",
-    "secagg.packing.x_unpack__mutmut_70": "equivalent: one spare block of zeros, cut off "
-    "by [:dim]",
-    "secagg.packing.x_unpack__mutmut_74": "equivalent: a float64 scratch buffer holds the "
-    "bytes exactly and is cast to uint64 before any shift",
-    "secagg.packing.x_unpack__mutmut_76": "equivalent: as _74",
-    "secagg.packing.x_unpack__mutmut_134": "equivalent: astype(uint64) of a uint64 array "
-    "is a copy, like .copy()",
-    "secagg.packing.x_unpack__mutmut_135": "equivalent: as _134",
-    "secagg.packing.x_unpack__mutmut_137": "equivalent: as _134",
-}
+#: The review of surviving mutants, one JSON file per module or area
+#: (``{"notes": {mutant: "equivalent: why" | "accepted: why"}, "killed_by_new":
+#: {mutant: "the test added that kills it"}}``), kept as data so several reviewers can
+#: add to it at once. Every note is one line.
+REVIEW = Path(__file__).resolve().parent / "mutation_review"
 
-#: Review by the shape of the diff, for survivors without their own entry in NOTES:
+
+def load_review(directory: Path = REVIEW) -> tuple[dict[str, str], dict[str, str]]:
+    """(notes, killed_by_new) merged over every review file; a mutant reviewed in two
+    files is an error (the two notes could disagree)."""
+    notes: dict[str, str] = {}
+    killed: dict[str, str] = {}
+    for f in sorted(directory.glob("*.json")):
+        data = json.loads(f.read_text(encoding="utf-8"))
+        for part, into in (("notes", notes), ("killed_by_new", killed)):
+            for k, v in data.get(part, {}).items():
+                if k in into:
+                    raise ValueError(f"{f.name}: mutant {k} is reviewed twice")
+                into[k] = str(v)
+    return notes, killed
+
+
+#: Review by the shape of the diff, for survivors without their own review note:
 #: (substring of the one-line diff, note). Each was checked at every site it matched.
 PATTERN_NOTES: tuple[tuple[str, str], ...] = (
     ("strict=True", "equivalent: zip of two sequences equal in length by construction "
      "(strict=True only guards a programming error)"),
 )
-
-#: Mutants that survived the first run and are killed by a test added for issue 16.
-KILLED_BY_NEW: dict[str, str] = {
-    "secagg.shamir.x__berlekamp_massey__mutmut_25": "tests/secagg/test_mutation_gaps_shamir."
-    "py::test_berlekamp_massey_finds_the_shortest_recurrence (zero discrepancies)",
-    "secagg.shamir.x__berlekamp_massey__mutmut_26": "same test",
-    "secagg.shamir.x__berlekamp_massey__mutmut_27": "same test",
-    "secagg.shamir.x__berlekamp_massey__mutmut_28": "same test",
-    "secagg.shamir.x_find_wrong_shares__mutmut_52": "test_three_wrong_of_six_is_refused_as_"
-    "beyond_the_radius (exact message)",
-    "secagg.shamir.x_check_vector__mutmut_34": "test_consistency_check_uses_every_syndrome "
-    "(applied by hand: fails)",
-    "secagg.shamir.x_check_vector__mutmut_35": "test_consistency_check_when_rho_is_an_"
-    "inverse_abscissa (applied by hand: fails)",
-    "secagg.shamir.x_check_vector__mutmut_46": "both consistency tests (applied by hand)",
-    "dp.mechanisms.x_skellam_rdp__mutmut_36": "tests/dp/test_mutation_gaps_formulas.py "
-    "(applied by hand: 12 fail)",
-    "dp.mechanisms.x_skellam_rdp__mutmut_43": "tests/dp/test_mutation_gaps_formulas.py "
-    "(applied by hand: 22 fail)",
-    "dp.mechanisms.x_skellam_rdp__mutmut_8": "test_skellam_without_noise_is_not_private "
-    "(applied by hand)",
-}
 
 
 #: The issue's six gaps (and two property tests): the test that closes each, the bug put
@@ -206,6 +144,8 @@ class Module:
     path: str
     statuses: dict[str, str] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
+    #: mutmut's hash of each function's source, by mangled function name
+    hashes: dict[str, str] = field(default_factory=dict)
 
     def count(self) -> Counter[str]:
         return Counter(self.statuses.values())
@@ -214,7 +154,9 @@ class Module:
 def load(mutants_dir: Path = MUTANTS, merge: Path | None = None) -> list[Module]:
     """Every mutated source file's results, from mutmut's ``.meta`` JSON files. ``merge``:
     a copy of an earlier ``mutants/`` (a config change makes mutmut reset every result)
-    whose verdicts fill in the mutants not checked since."""
+    whose verdicts fill in the mutants not checked since, for functions whose source is
+    unchanged (same hash): a mutant's number means another change once its function
+    changes."""
     if merge is not None:
         old = {m.path: m for m in load(merge)}
         mods = load(mutants_dir)
@@ -223,7 +165,10 @@ def load(mutants_dir: Path = MUTANTS, merge: Path | None = None) -> list[Module]
             if prev is None:
                 continue
             for k, st in m.statuses.items():
-                if st == "not checked" and prev.statuses.get(k, "not checked") != "not checked":
+                fn = k.rsplit("__mutmut_", 1)[0].rsplit(".", 1)[-1]
+                same = fn in m.hashes and prev.hashes.get(fn) == m.hashes[fn]
+                if (same and st == "not checked"
+                        and prev.statuses.get(k, "not checked") != "not checked"):
                     m.statuses[k] = prev.statuses[k]
                     if k in prev.durations:
                         m.durations[k] = prev.durations[k]
@@ -239,6 +184,7 @@ def load(mutants_dir: Path = MUTANTS, merge: Path | None = None) -> list[Module]
             rel,
             {k: STATUS.get(v, "suspicious") for k, v in codes.items()},
             {k: float(v) for k, v in data.get("durations_by_key", {}).items()},
+            dict(data.get("hash_by_function_name", {})),
         ))
     return out
 
@@ -274,6 +220,7 @@ def _fmt_rate(r: float | None) -> str:
 
 
 def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
+    NOTES, KILLED_BY_NEW = load_review()  # noqa: N806 (read-only tables)
     lines = ["# Mutation testing: secagg/, dp/, server/round.py", ""]
     lines += [
         "Written by `python -m benchmarks mutation` (`make mutate`) from mutmut 3.8.1's",

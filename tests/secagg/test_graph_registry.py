@@ -68,11 +68,17 @@ class FixedRing(NeighbourGraph):
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    """Leave the registry, the import switch and sys.path as they were."""
+    """Leave the registry, the import switch, sys.path and sys.modules as they were (a
+    plug-in module a test imported is forgotten, so a second run of the test in the same
+    process, as mutmut's does, imports it again)."""
     before = dict(GRAPH_REGISTRY)
     path = list(sys.path)
+    modules = set(sys.modules)
     allowed = imports_allowed()
     yield
+    for name in set(sys.modules) - modules:
+        if name.startswith("graphplug_"):
+            del sys.modules[name]
     GRAPH_REGISTRY.clear()
     GRAPH_REGISTRY.update(before)
     GRAPH_REGISTRY.refresh()
