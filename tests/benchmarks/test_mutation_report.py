@@ -1,0 +1,69 @@
+"""The mutation report's bookkeeping (benchmarks/mutation.py): the review files, merging
+an earlier run's verdicts, and the kill rate. The report is what issue 16's figures are
+read from, so a wrong merge would print a wrong kill rate."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from benchmarks import mutation
+
+
+def _meta(root: Path, rel: str, codes: dict[str, int | None], hashes: dict[str, str]) -> None:
+    path = root / (rel + ".meta")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"exit_code_by_key": codes, "hash_by_function_name": hashes,
+                                "durations_by_key": {}}))
+
+
+def test_merge_fills_only_unchecked_mutants_of_unchanged_functions(tmp_path: Path) -> None:
+    now, old = tmp_path / "now", tmp_path / "old"
+    _meta(now, "pkg/mod.py", {
+        "pkg.mod.x_same__mutmut_1": None,       # unchecked, function unchanged: merged
+        "pkg.mod.x_same__mutmut_2": 0,          # checked now: the new verdict stays
+        "pkg.mod.xǁKǁchanged__mutmut_1": None,  # function changed since: not merged
+    }, {"x_same": "aaa", "xǁKǁchanged": "new"})
+    _meta(old, "pkg/mod.py", {
+        "pkg.mod.x_same__mutmut_1": 1,
+        "pkg.mod.x_same__mutmut_2": 1,
+        "pkg.mod.xǁKǁchanged__mutmut_1": 1,
+    }, {"x_same": "aaa", "xǁKǁchanged": "old"})
+    (mod,) = mutation.load(now, merge=old)
+    assert mod.statuses == {
+        "pkg.mod.x_same__mutmut_1": "killed",
+        "pkg.mod.x_same__mutmut_2": "survived",
+        "pkg.mod.xǁKǁchanged__mutmut_1": "not checked",
+    }
+
+
+def test_kill_rate_counts_timeouts_and_no_tests_as_undetected() -> None:
+    c = Counter({"killed": 6, "type check": 1, "survived": 1, "timeout": 1, "no tests": 1,
+                 "not checked": 50})
+    assert mutation.rate(c) == (7, 10, 0.7)
+    assert mutation.rate(Counter({"not checked": 3})) == (0, 0, None)
+
+
+def test_review_files_merge_and_a_mutant_reviewed_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({
+        "notes": {"m.x_f__mutmut_1": "equivalent: why"},
+        "killed_by_new": {"m.x_g__mutmut_2": "t"},
+    }))
+    (tmp_path / "b.json").write_text(json.dumps({"notes": {"m.x_f__mutmut_3": "accepted: why"}}))
+    notes, killed = mutation.load_review(tmp_path)
+    assert notes == {"m.x_f__mutmut_1": "equivalent: why", "m.x_f__mutmut_3": "accepted: why"}
+    assert killed == {"m.x_g__mutmut_2": "t"}
+    (tmp_path / "c.json").write_text(json.dumps({"notes": {"m.x_f__mutmut_1": "other"}}))
+    with pytest.raises(ValueError, match="m.x_f__mutmut_1"):
+        mutation.load_review(tmp_path)
+
+
+def test_committed_review_files_are_one_line_notes_of_known_kinds() -> None:
+    notes, killed = mutation.load_review()
+    assert notes and killed
+    for name, note in notes.items():
+        assert "__mutmut_" in name and "\n" not in note
+        assert note.split(":", 1)[0] in {"equivalent", "accepted"}, (name, note)
