@@ -255,3 +255,217 @@ def test_a_message_for_another_round_is_refused(tmp_path: Path, models: Any) -> 
     _err(lambda: rnd.accept(Stage.ADVERTISE_KEYS, 0, foreign), 400,
          "round_id 5 does not match round 0")
     assert rnd.received == set()
+
+
+# ---------------------------------------------------------------------------------------
+# The round log, field by field; restarts; sampling; the paths that stop or abort a round.
+# Builders in tests/server/_core_fixtures.py.
+
+
+def _running_record(core: Any, rnd: Any, n_dev: int) -> dict[str, Any]:
+    """What the round log holds for a round that has just started, from the inputs."""
+    cfg = core.config
+    return {
+        "round": rnd.round_id, "status": "running", "sampled": list(rnd.participants),
+        "survivors": [], "dropouts": {}, "threshold": rnd.params.threshold,
+        "graph": cfg.protocol.graph, "degree": rnd.params.degree, "dim": rnd.plan.encoded_dim,
+        "bits": cfg.dp.bits, "accuracy": None, "loss": None,
+        "metric": core.models.task.metric_name, "epsilon": 0.0, "epsilon_amplified": 0.0,
+        "delta": cfg.dp.delta, "sampling": cfg.server.sampling,
+        "epsilon_budget": cfg.server.epsilon_budget,
+        "sample_rate": min(1.0, cfg.server.per_round / n_dev),
+        "per_round": cfg.server.per_round, "candidates": n_dev,
+        "charged_cohort": len(rnd.participants), "charged_population": n_dev,
+        "clip": cfg.dp.clip, "clip_rate": None, "model_version": 0,
+        "started_at": rnd.started_at, "finished_at": None, "timings": {},
+    }
+
+
+def test_the_round_log_holds_every_field_of_a_round_with_a_dropout(
+    tmp_path: Path, models: Any
+) -> None:
+    """The whole record of a seeded round (fixed 3 of 4, device 2 lost before its masked
+    input), built from the inputs and an accountant composed by hand, against what
+    release returns and what SQLite holds: while running, and when done."""
+    import json
+    import time
+
+    from server.round import Stage
+    from tests.server import _core_fixtures as fx
+
+    t_before = time.time()
+    core = fx.make_core(tmp_path, models, per_round=3, seed=7)
+    rnd = core.begin_round(fx.registered(4))
+    assert not isinstance(rnd, str), rnd
+    cohort = fx.Draws(7).fixed(range(4), 3)
+    assert list(rnd.participants) == cohort
+    assert rnd.params.threshold == 2 and rnd.params.graph == "complete"
+    assert len(rnd.rotation_seed) == 32
+    running = _running_record(core, rnd, 4)
+    assert core.store.rounds() == [running]
+    assert t_before <= rnd.started_at <= time.time()
+    # the masked-input stage closes without device cohort[1]
+    rnd.open(Stage.MASKED_INPUT, set(cohort))
+    rnd.received = {cohort[0], cohort[2]}
+    assert rnd.close() == [cohort[1]]
+    survivors = [cohort[0], cohort[2]]
+    rec, decoded = fx.release(core, rnd, survivors, seed=3)
+    hand = fx.hand_accountant(core.config, 0.75, 4, [(rnd.plan, 2, 3)])
+    rep = hand.report().to_dict()
+    expected = dict(running, **rep)
+    expected.update({
+        "status": "done", "survivors": survivors, "dropouts": {"masked_input": [cohort[1]]},
+        "model_version": 1, "secure_sum": "exact", "excluded_senders": 0,
+        "wrap": decoded.wrap_report(), "finished_at": rec["finished_at"],
+        "timings": rec["timings"],
+    })
+    for key in ("epsilon", "epsilon_amplified"):
+        assert rec[key] == pytest.approx(rep[key], rel=1e-12, abs=1e-12)
+        expected[key] = rec[key]
+    assert rec == expected
+    assert set(rec["timings"]) == {"reconstruct", "decode_update"}
+    spent = rec["finished_at"] - rec["started_at"]
+    assert all(0.0 <= t <= spent + 1e-3 for t in rec["timings"].values()), rec["timings"]
+    assert rnd.started_at <= rec["finished_at"] <= time.time()
+    assert core.store.rounds() == [json.loads(json.dumps(rec))]
+    assert rnd.stage == Stage.DONE
+    assert core.model_bytes == core.weights.astype("<f4").tobytes()
+    stored = core.store.latest_model()
+    assert stored.version == 1 and stored.round == 0
+    np.testing.assert_array_equal(stored.weights, core.weights)
+
+
+
+def test_a_poisson_draw_below_two_devices_is_logged_aborted_and_not_charged(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Poisson at q = 2/8 draws one device twice (seed 19): each round is logged as
+    aborted, nothing is charged, and the second abort in a row stops training."""
+    import logging
+    import time
+
+    from tests.server import _core_fixtures as fx
+
+    draws = fx.Draws(19)
+    cohorts = [draws.poisson(range(8), 0.25) for _ in range(2)]
+    assert cohorts == [[7], [4]]
+    core = fx.make_core(tmp_path, models, sampling="poisson", per_round=2, seed=19,
+                        max_consecutive_aborts=2)
+    t0 = time.time()
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        assert core.begin_round(fx.registered(8)) == ""
+    assert core.consecutive_aborts == 1 and core.last_round_id == 0
+    assert core.stop_reason() is None
+    [rec] = core.store.rounds()
+    empty = fx.hand_accountant(core.config, 0.25, 8, []).report().to_dict()
+    assert empty["epsilon"] == 0.0
+    assert rec == dict({
+        "round": 0, "status": "aborted", "sampled": [7], "survivors": [],
+        "abort_reason": "cohort of 1 too small for a secure round",
+        "started_at": rec["started_at"], "finished_at": rec["started_at"],
+        "sample_rate": 0.25, "sampling": "poisson", "model_version": 0,
+    }, **empty)
+    assert t0 <= rec["started_at"] <= time.time()
+    assert not core.store.is_charged(0) and core.store.privacy_ledger() == []
+    [line] = [r for r in caplog.records if "aborted" in r.getMessage()]
+    assert line.args == (0, "cohort of 1 too small for a secure round")
+    assert "no privacy charged" in line.getMessage()
+    # the second one reaches max_consecutive_aborts: begin_round says why it stops
+    assert core.begin_round(fx.registered(8)) == "2 rounds in a row aborted"
+    assert core.stop_reason() == "2 rounds in a row aborted"
+    assert [r["round"] for r in core.store.rounds()] == [0, 1]
+    assert core.consecutive_aborts == 2 and core.last_round_id == 1
+    assert core.epsilon_report()["epsilon"] == 0.0 and core.model_version == 0
+
+
+def _failing_plan(core: Any) -> None:
+    def plan(round_id: int, sampled: Any, registered: Any) -> Any:
+        raise ValueError(f"no safe parameters for n={len(sampled)}")
+
+    core.plan = plan
+
+
+def test_a_cohort_that_cannot_be_planned(tmp_path: Path, models: Any) -> None:
+    """Poisson drew fewer than per_round and no safe parameters exist: an aborted round
+    that says why (not charged), and training goes on. Poisson at per_round, or a fixed
+    cohort, that cannot be planned stops training with the planner's reason."""
+    from tests.server import _core_fixtures as fx
+
+    draws = fx.Draws(0)
+    assert [draws.poisson(range(4), 0.75) for _ in range(2)] == [[2, 3], [0, 1, 3]]
+    core = fx.make_core(tmp_path, models, sampling="poisson", per_round=3, seed=0)
+    _failing_plan(core)
+    assert core.begin_round(fx.registered(4)) == ""
+    [rec] = core.store.rounds()
+    assert rec["sampled"] == [2, 3] and rec["status"] == "aborted" and rec["round"] == 0
+    assert rec["abort_reason"] == (
+        "cohort of 2 too small for a secure round (no safe parameters for n=2)")
+    assert core.stop_reason() is None and core.consecutive_aborts == 1
+    # 3 drawn = per_round: the configuration cannot run at all
+    reason = core.begin_round(fx.registered(4))
+    assert reason == "cannot plan round 1 with 3 devices: no safe parameters for n=3"
+    assert core.stop_reason() == reason and len(core.store.rounds()) == 1
+    (tmp_path / "fixed").mkdir()
+    fixed = fx.make_core(tmp_path / "fixed", models, per_round=2, seed=0)
+    _failing_plan(fixed)
+    reason = fixed.begin_round(fx.registered(4))
+    assert reason == "cannot plan round 0 with 2 devices: no safe parameters for n=2"
+    assert fixed.store.rounds() == [] and fixed.stop_reason() == reason
+
+
+def test_a_cohort_of_two_runs(tmp_path: Path, models: Any) -> None:
+    """Two devices is the smallest secure cohort: it is planned, not aborted."""
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, per_round=2, seed=1)
+    rnd = core.begin_round(fx.registered(4))
+    assert not isinstance(rnd, str), rnd
+    assert list(rnd.participants) == fx.Draws(1).fixed(range(4), 2)
+    assert core.consecutive_aborts == 0
+
+
+def test_the_cohort_sampler(tmp_path: Path) -> None:
+    """Argument checks with the bad value in the message; the cohorts a seeded source
+    draws (the definitions in _core_fixtures.Draws); the OS CSPRNG by default."""
+    import random
+
+    from server.round import CohortSampler
+    from tests.server import _core_fixtures as fx
+
+    with pytest.raises(ValueError, match=r"sampling must be 'poisson' or 'fixed', got 'uniform'"):
+        CohortSampler("uniform", 2)
+    for bad in (0, -1, True, 2.0, "2"):
+        with pytest.raises(ValueError, match=rf"per_round must be an integer >= 1, got {bad!r}"):
+            CohortSampler("fixed", bad)  # type: ignore[arg-type]
+    assert CohortSampler("poisson", 1).per_round == 1
+    assert isinstance(CohortSampler("fixed", 2).source, random.SystemRandom)
+    assert CohortSampler("poisson", 3).rate(12) == 0.25
+    assert CohortSampler("poisson", 3).rate(2) == 1.0
+    ids = list(range(10))
+    fixed = CohortSampler("fixed", 4, random.Random(5))
+    assert fixed.kind == "fixed"
+    draws = fx.Draws(5)
+    for _ in range(3):
+        assert fixed.sample(ids[::-1], 10) == draws.fixed(ids, 4)
+    assert CohortSampler("fixed", 20, random.Random(5)).sample(ids, 10) == ids
+    poisson = CohortSampler("poisson", 3, random.Random(6))
+    assert poisson.kind == "poisson"
+    draws = fx.Draws(6)
+    got = [poisson.sample(ids[::-1], 12) for _ in range(4)]
+    assert got == [draws.poisson(ids, 0.25) for _ in range(4)]
+    assert len({tuple(g) for g in got}) > 1
+    # q = 1: everyone, whatever the uniforms (a uniform is < 1, never = 1)
+    class Ones:
+        def random(self) -> float:
+            return 1.0 - 2**-53
+
+        def sample(self, population: Any, k: int) -> list[int]:  # pragma: no cover
+            raise AssertionError("fixed sampling not used")
+
+    assert CohortSampler("poisson", 5, Ones()).sample(ids[:4], 4) == ids[:4]
+    # a uniform exactly at q does not join (P(u < q) = q)
+    class Quarter(Ones):
+        def random(self) -> float:
+            return 0.25
+
+    assert CohortSampler("poisson", 1, Quarter()).sample(ids[:4], 4) == []
