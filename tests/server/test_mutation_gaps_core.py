@@ -469,3 +469,312 @@ def test_the_cohort_sampler(tmp_path: Path) -> None:
             return 0.25
 
     assert CohortSampler("poisson", 1, Quarter()).sample(ids[:4], 4) == []
+
+
+def _same_privacy(a: Any, b: Any) -> None:
+    """Two ServerCores report the same ε (to 1e-12), sampling and ledger."""
+    ra, rb = a.epsilon_report(), b.epsilon_report()
+    for key in ("epsilon", "epsilon_amplified"):
+        assert ra[key] == pytest.approx(rb[key], rel=1e-12, abs=1e-12), key
+    assert {k: v for k, v in ra.items() if not k.startswith("epsilon")} == {
+        k: v for k, v in rb.items() if not k.startswith("epsilon")}
+    assert a.accountant.ledger == b.accountant.ledger
+    assert (a.sample_rate, a.population) == (b.sample_rate, b.population)
+
+
+def test_a_restart_rebuilds_model_optimizer_and_accountant(
+    tmp_path: Path, models: Any
+) -> None:
+    """fedadam with non-default hyper-parameters: the optimizer is the configured one,
+    the step is the optimizer's step on the decoded mean, and a ServerCore restarted on
+    the same SQLite file has the same model, optimizer state, version, ε and ledger."""
+    from server.optimizers import ServerOptimizer
+    from tests.server import _core_fixtures as fx
+
+    opts = {"server_opt": "fedadam", "server_lr": 0.05, "server_beta1": 0.8,
+            "server_beta2": 0.95, "server_eps": 0.01}
+    core = fx.make_core(tmp_path, models, per_round=3, seed=2, **opts)
+    opt = ServerOptimizer("fedadam", lr=0.05, beta1=0.8, beta2=0.95, eps=0.01)
+    assert core.optimizer == opt
+    dim = models.weights0.size
+    rnd = core.begin_round(fx.registered(4))
+    _, decoded = fx.release(core, rnd, list(rnd.participants), seed=4)
+    w1, s1 = opt.step(models.weights0, decoded.total / 3, opt.initial_state(dim))
+    np.testing.assert_array_equal(core.weights, w1)
+    assert len(core.opt_state) == 2
+    for got, want in zip(core.opt_state, s1, strict=True):
+        np.testing.assert_array_equal(got, want)
+    again = fx.make_core(tmp_path, models, per_round=3, seed=2, **opts)
+    np.testing.assert_array_equal(again.weights, w1)
+    assert again.weights.dtype == np.float32
+    for got, want in zip(again.opt_state, s1, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert again.model_version == 1 and again.rounds_done == 1 and again.last_round_id == 0
+    assert again.model_bytes == w1.astype("<f4").tobytes() == core.model_bytes
+    assert again.finished_reason is None and again.stop_reason() is None
+    _same_privacy(core, again)
+    assert again.store.get_meta("legacy_population") == 4
+    # fedavgm keeps its momentum
+    (tmp_path / "m").mkdir()
+    m = fx.make_core(tmp_path / "m", models, server_opt="fedavgm", momentum=0.5, server_lr=0.5)
+    assert m.optimizer == ServerOptimizer("fedavgm", lr=0.5, momentum=0.5)
+
+
+def test_a_fresh_store_and_the_checks_of_an_existing_one(tmp_path: Path, models: Any) -> None:
+    """restore() on an empty store saves version 0 (float32, a copy of the caller's
+    weights) and records the task; a store of another task or model size is refused with
+    both in the message."""
+    from server.round import ServerCore
+    from server.store import Store
+    from tests.server import _core_fixtures as fx
+
+    cfg = fx.config()
+    core = ServerCore(cfg, Store(tmp_path / "server.sqlite3"), models)
+    assert core.epsilon_report() == {"epsilon": 0.0, "epsilon_amplified": 0.0, "delta": 1e-5,
+                                     "sampling": "fixed", "corrupt_fraction": 0.1}
+    assert core.clip == 1.0 and core.rounds_done == 0 and core.consecutive_aborts == 0
+    w64 = np.asarray(models.weights0, dtype=np.float64) + 0.1
+    core.restore(w64)
+    expect = w64.astype(np.float32)
+    w64 += 1.0  # the caller's array is not the model
+    assert core.weights.dtype == np.float32
+    np.testing.assert_array_equal(core.weights, expect)
+    assert core.model_bytes == expect.astype("<f4").tobytes()
+    assert core.model_version == 0 and core.last_round_id is None and core.rounds_done == 0
+    assert core.opt_state == [] and core.accountant is None
+    assert core.epsilon_report()["epsilon"] == 0.0
+    assert core.store.get_meta("task") == "digits"
+    assert core.store.get_meta("dim") == expect.size
+    assert core.store.get_meta("legacy_population") is None
+    stored = core.store.latest_model()
+    assert stored.version == 0
+    np.testing.assert_array_equal(stored.weights, expect)
+    path = str(core.store.path)
+    bigger = np.zeros(expect.size + 1, dtype=np.float32)
+    with pytest.raises(ValueError, match=(
+            rf"database {path!r} holds a model of {expect.size} weights; task 'digits' has "
+            rf"{expect.size + 1}")):
+        ServerCore(cfg, Store(tmp_path / "server.sqlite3"), models).restore(bigger)
+    (tmp_path / "other").mkdir()
+    other = Store(tmp_path / "other" / "server.sqlite3")
+    other.set_meta("task", "cifar10")
+    with pytest.raises(ValueError, match=(
+            rf"database {str(other.path)!r} belongs to task 'cifar10', not 'digits'")):
+        ServerCore(cfg, other, models).restore(models.weights0)
+
+
+def test_a_round_in_flight_at_a_restart_is_aborted_uncharged(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, rounds=1)
+    rnd = core.begin_round(fx.registered(4))
+    assert core.store.rounds()[0]["status"] == "running"
+    with caplog.at_level(logging.WARNING, logger="server.round"):
+        again = fx.make_core(tmp_path, models, rounds=1)
+    [rec] = again.store.rounds()
+    assert rec["status"] == "aborted"
+    assert rec["abort_reason"] == "server restarted while the round was in flight"
+    [line] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.args == (0,) and "in flight" in line.getMessage()
+    assert again.last_round_id == 0 and again.rounds_done == 0 and again.stop_reason() is None
+    assert again.epsilon_report()["epsilon"] == 0.0 and not again.store.is_charged(0)
+    nxt = again.begin_round(fx.registered(4))
+    assert nxt.round_id == 1
+    fx.release(again, nxt, list(nxt.participants))
+    assert rnd.round_id == 0
+    done = fx.make_core(tmp_path, models, rounds=1)
+    assert done.stop_reason() == "all planned rounds are done" == done.finished_reason
+    assert done.begin_round(fx.registered(4)) == "all planned rounds are done"
+    assert done.last_round_id == 1 and done.rounds_done == 1
+    more = fx.make_core(tmp_path, models, rounds=2)
+    assert more.stop_reason() is None
+
+
+def test_poisson_population_growth_and_disabled_devices_are_charged_as_designed(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Poisson, 2 per round. Round 0 of 4 devices (q = 1/2); 6 register: N grows to 6,
+    q = 1/3, the accountant is rebuilt and round 0 replayed as ceil(3 * 6 / 4) = 5 of 6;
+    round 1 of 6; two are disabled: round 2 is drawn from 4 at q = 1/2 and charged as
+    ceil(3 * 6 / 4) = 5 of N = 6. ε against an accountant composed by hand, and a restart
+    replays the same ledger."""
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    draws = fx.Draws(9)
+    cohorts = [draws.poisson(range(4), 0.5), draws.poisson(range(6), 1 / 3),
+               draws.poisson(range(4), 0.5)]
+    assert cohorts == [[0, 1, 2], [0, 3], [0, 1, 3]]
+    core = fx.make_core(tmp_path, models, sampling="poisson", per_round=2, seed=9)
+    cfg = core.config
+    plans = []
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        r0 = core.begin_round(fx.registered(4))
+        assert list(r0.participants) == cohorts[0] and r0.sample_rate == 0.5
+        assert (r0.charged_cohort, r0.charged_population, r0.candidates) == (3, 4, 4)
+        assert not [r for r in caplog.records if "rebuilt" in r.getMessage()]
+        fx.release(core, r0, [0, 2])  # device 1 dropped
+        plans.append(r0.plan)
+        assert (core.sample_rate, core.population) == (0.5, 4)
+        r1 = core.begin_round(fx.registered(6))
+    [line] = [r for r in caplog.records if "rebuilt" in r.getMessage()]
+    assert line.args == (pytest.approx(1 / 3), 6)
+    assert (core.sample_rate, core.population) == (pytest.approx(1 / 3), 6)
+    assert core.store.get_meta("population") == 6
+    assert list(r1.participants) == cohorts[1] and r1.sample_rate == pytest.approx(1 / 3)
+    hand = fx.hand_accountant(cfg, 1 / 3, 6, [(plans[0], 2, 5)])
+    _same_figures(core, hand)
+    fx.release(core, r1, [0, 3], seed=1)
+    plans.append(r1.plan)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        r2 = core.begin_round(fx.registered(4))
+    assert not [r for r in caplog.records if "rebuilt" in r.getMessage()]
+    assert list(r2.participants) == cohorts[2] and r2.sample_rate == 0.5
+    assert (r2.charged_cohort, r2.charged_population, r2.candidates) == (5, 6, 4)
+    assert (core.sample_rate, core.population) == (pytest.approx(1 / 3), 6)
+    rec, _ = fx.release(core, r2, [0, 1, 3], seed=2)
+    assert (rec["charged_cohort"], rec["charged_population"], rec["candidates"]) == (5, 6, 4)
+    hand = fx.hand_accountant(cfg, 1 / 3, 6, [(plans[0], 2, 5), (plans[1], 2, 2),
+                                              (r2.plan, 3, 5)])
+    _same_figures(core, hand)
+    assert rec["epsilon_amplified"] == pytest.approx(
+        hand.report().epsilon_amplified, rel=1e-12)
+    again = fx.make_core(tmp_path, models, sampling="poisson", per_round=2, seed=9)
+    _same_privacy(core, again)
+
+
+def _same_figures(core: Any, hand: Any) -> None:
+    got, want = core.epsilon_report(), hand.report().to_dict()
+    for key in ("epsilon", "epsilon_amplified"):
+        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-12), key
+    assert core.accountant.ledger == hand.ledger
+
+
+def test_a_store_from_before_each_round_kept_its_population(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rounds logged without ``charged_population`` were charged against the store's
+    ``legacy_population``: replayed into a grown N at the same fraction (ceil(3 * 6 / 4)
+    = 5 of 6). A store older still, with a sample rate and no population, gets the
+    accountant rebuilt for this round's candidates when the next round starts."""
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, sampling="poisson", per_round=2, seed=9)
+    r0 = core.begin_round(fx.registered(4))
+    assert list(r0.participants) == [0, 1, 2]
+    fx.release(core, r0, [0, 2])
+    store = core.store
+    [rec] = store.rounds()
+    del rec["charged_population"]
+    store.put_round(rec)
+    assert store.privacy_ledger()[0][3:] == (3, None)
+    store.set_meta("legacy_population", 4)
+    store.set_meta("population", 6)
+    store.set_meta("sample_rate", 1 / 3)
+    again = fx.make_core(tmp_path, models, sampling="poisson", per_round=2, seed=9)
+    assert store.get_meta("legacy_population") == 4
+    assert (again.sample_rate, again.population) == (pytest.approx(1 / 3), 6)
+    _same_figures(again, fx.hand_accountant(again.config, 1 / 3, 6, [(r0.plan, 2, 5)]))
+    # before populations were kept at all (Poisson at q = 1: every device, every round)
+    (tmp_path / "old").mkdir()
+    first = fx.make_core(tmp_path / "old", models, sampling="poisson", per_round=4, seed=1)
+    r0 = first.begin_round(fx.registered(4))
+    assert list(r0.participants) == [0, 1, 2, 3] and r0.sample_rate == 1.0
+    fx.release(first, r0, [0, 1, 3])
+    first.store.set_meta("population", None)
+    old = fx.make_core(tmp_path / "old", models, sampling="poisson", per_round=4, seed=1)
+    assert old.population is None and old.sample_rate == 1.0
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        r1 = old.begin_round(fx.registered(4))
+    assert not isinstance(r1, str) and r1.round_id == 1
+    [line] = [r for r in caplog.records if "rebuilt" in r.getMessage()]
+    assert line.args == (1.0, 4)
+    assert (old.sample_rate, old.population) == (1.0, 4)
+    _same_figures(old, fx.hand_accountant(old.config, 1.0, 4, [(r0.plan, 3, 4)]))
+
+
+def test_fixed_size_sampling_keeps_n_when_devices_register_and_shrinks_it_when_disabled(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3 of 4 (q = 3/4). A 5th device registers: N stays 4 (k of N charges more than k
+    of 5), nothing is rebuilt. Two are disabled: N shrinks to 3 for good (q = 1), the
+    accountant is rebuilt and every round charged as 3 of 3."""
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    draws = fx.Draws(5)
+    cohorts = [draws.fixed(range(4), 3), draws.fixed(range(5), 3), draws.fixed(range(3), 3)]
+    core = fx.make_core(tmp_path, models, per_round=3, seed=5)
+    plans = []
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        r0 = core.begin_round(fx.registered(4))
+        assert list(r0.participants) == cohorts[0]
+        fx.release(core, r0, cohorts[0])
+        plans.append(r0.plan)
+        r1 = core.begin_round(fx.registered(5))
+        assert list(r1.participants) == cohorts[1]
+        assert not [r for r in caplog.records if "rebuilt" in r.getMessage()]
+        assert (core.sample_rate, core.population) == (0.75, 4)
+        assert (r1.charged_cohort, r1.charged_population, r1.candidates) == (3, 4, 5)
+        assert r1.sample_rate == 0.6
+        fx.release(core, r1, cohorts[1][:2], seed=1)
+        plans.append(r1.plan)
+        _same_figures(core, fx.hand_accountant(core.config, 0.75, 4,
+                                               [(plans[0], 3, 3), (plans[1], 2, 3)]))
+        r2 = core.begin_round(fx.registered(3))
+    assert list(r2.participants) == [0, 1, 2]
+    [line] = [r for r in caplog.records if "rebuilt" in r.getMessage()]
+    assert line.args == (1.0, 3)
+    assert (core.sample_rate, core.population) == (1.0, 3)
+    assert (r2.charged_cohort, r2.charged_population, r2.candidates) == (3, 3, 3)
+    _same_figures(core, fx.hand_accountant(core.config, 1.0, 3,
+                                           [(plans[0], 3, 3), (plans[1], 2, 3)]))
+
+
+def test_an_abort_is_logged_with_its_reason_and_a_charged_one_stays_charged(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import time
+
+    from server.round import Stage
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, per_round=3, seed=3)
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        rnd = core.begin_round(fx.registered(4))
+    [started] = caplog.records
+    p = rnd.params
+    assert started.args == (0, 3, 4, p.threshold, "complete", rnd.plan.encoded_dim, 20)
+    assert started.getMessage().startswith("round 0: sampled 3 of 4 devices")
+    running = _running_record(core, rnd, 4)
+    rnd.advance()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        rec = core.abort(rnd, "below threshold")
+    assert rnd.stage == Stage.ABORTED and rnd.expected == set()
+    assert rec == dict(running, status="aborted", abort_reason="below threshold",
+                       charged=False, finished_at=rec["finished_at"],
+                       dropouts={})
+    assert rnd.started_at <= rec["finished_at"] <= time.time()
+    assert core.store.rounds() == [rec]
+    [line] = caplog.records
+    assert line.args == (0, "below threshold", False)
+    assert core.consecutive_aborts == 1 and core.last_round_id == 0
+    # an abort after the write-ahead charge (while unmasking): the charge stays
+    r1 = core.begin_round(fx.registered(4))
+    core.store.charge_round(1, r1.plan.to_dict(), 3, r1.sample_rate)
+    rec = core.abort(r1, "unmasking failed")
+    assert rec["charged"] is True and rec["round"] == 1
+    assert core.consecutive_aborts == 2 and core.last_round_id == 1
+    again = fx.make_core(tmp_path, models, per_round=3, seed=3)
+    _same_figures(again, fx.hand_accountant(again.config, 0.75, 4, [(r1.plan, 3, 3)]))
