@@ -15,7 +15,10 @@ import numpy as np
 
 
 def config(
-    protocol: dict[str, Any] | None = None, dp: dict[str, Any] | None = None, **server: Any
+    protocol: dict[str, Any] | None = None,
+    dp: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    **server: Any,
 ) -> Any:
     """The experiment of tests/server/_helpers.experiment (fixed sampling, 4 of 4 devices,
     no evaluation), with overrides."""
@@ -31,6 +34,7 @@ def config(
     d["server"].update(server)
     d["protocol"].update(protocol or {})
     d["dp"].update(dp or {})
+    d["training"].update(training or {})
     return ExperimentConfig.from_dict(d)
 
 
@@ -40,18 +44,23 @@ def make_core(
     *,
     protocol: dict[str, Any] | None = None,
     dp: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
     seed: int | None = None,
     restore: bool = True,
     **server: Any,
 ) -> Any:
     """A ServerCore on ``tmp/server.sqlite3``; ``seed`` gives the sampler a seeded
-    ``random.Random`` (simulation only); restored from ``models.weights0`` unless told."""
+    ``random.Random`` (simulation only); graph and rotation seeds come from a seeded
+    generator too, so that every figure of a test is reproducible (tests only: a server
+    draws them from the OS CSPRNG). Restored from ``models.weights0`` unless told."""
     from server.round import ServerCore
     from server.store import Store
 
-    cfg = config(protocol, dp, **server)
+    cfg = config(protocol, dp, training, **server)
     source = None if seed is None else random.Random(seed)
-    core = ServerCore(cfg, Store(tmp / "server.sqlite3"), models, sampler_source=source)
+    seeds = random.Random(-1 if seed is None else seed)
+    core = ServerCore(cfg, Store(tmp / "server.sqlite3"), models, sampler_source=source,
+                      random_bytes=seeds.randbytes)
     if restore:
         core.restore(models.weights0)
     return core

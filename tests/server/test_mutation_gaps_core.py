@@ -778,3 +778,142 @@ def test_an_abort_is_logged_with_its_reason_and_a_charged_one_stays_charged(
     assert core.consecutive_aborts == 2 and core.last_round_id == 1
     again = fx.make_core(tmp_path, models, per_round=3, seed=3)
     _same_figures(again, fx.hand_accountant(again.config, 0.75, 4, [(r1.plan, 3, 3)]))
+
+
+def test_evaluation_follows_eval_every_and_the_last_planned_round(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model released by round r (version r + 1) is evaluated when r + 1 is a multiple
+    of eval_every or the last planned round; the record keeps finite metrics only and
+    the time evaluation took; the round's closing log line carries its figures."""
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    for rounds, every in ((3, 2), (4, 3), (2, 1), (2, 0)):
+        d = tmp_path / f"{rounds}-{every}"
+        d.mkdir()
+        spy = fx.EvalSpy(models, {"accuracy": np.float32(0.75), "loss": float("nan")})
+        core = fx.make_core(d, spy, rounds=rounds, eval_every=every, per_round=2, seed=1)
+        evaluated = []
+        for v in range(1, rounds + 1):
+            rnd = core.begin_round(fx.registered(3))
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="server.round"):
+                rec, _ = fx.release(core, rnd, list(rnd.participants), seed=v)
+            on = every > 0 and (v % every == 0 or v == rounds)
+            if on:
+                evaluated.append(v)
+                weights, version = spy.calls[-1]
+                assert version == v
+                np.testing.assert_array_equal(weights, core.weights)
+            assert (rec["accuracy"], rec["loss"]) == ((0.75, None) if on else (None, None))
+            assert ("evaluate" in rec["timings"]) is on
+            spent = rec["finished_at"] - rec["started_at"]
+            assert 0.0 <= rec["timings"].get("evaluate", 0.0) <= spent + 1e-3
+            [line] = [r for r in caplog.records if "done" in r.getMessage()]
+            assert line.args == (rnd.round_id, 2, rec["accuracy"], rec["epsilon"],
+                                 rec["epsilon_amplified"])
+        assert [c[1] for c in spy.calls] == evaluated, (rounds, every)
+        assert evaluated == {(3, 2): [2, 3], (4, 3): [3, 4], (2, 1): [1, 2], (2, 0): []}[
+            (rounds, every)]
+
+
+def test_metrics_that_are_not_finite_numbers_and_a_failed_evaluation(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed evaluation is logged with the round and loses no round: the round is
+    done, the model released, the metrics empty."""
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    spy = fx.EvalSpy(models, {"accuracy": "n/a", "loss": 2})
+    core = fx.make_core(tmp_path, spy, eval_every=1, per_round=2, seed=1)
+    rec, _ = fx.release(core, core.begin_round(fx.registered(3)), [0, 1])
+    assert (rec["accuracy"], rec["loss"]) == (None, 2.0)
+    spy.metrics = {"accuracy": float("inf"), "loss": None}
+    rec, _ = fx.release(core, core.begin_round(fx.registered(3)), [0, 1])
+    assert (rec["accuracy"], rec["loss"]) == (None, None)
+    spy.error = RuntimeError("no test split")
+    rnd = core.begin_round(fx.registered(3))
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        rec, _ = fx.release(core, rnd, [0, 1])
+    assert rec["status"] == "done" and rec["model_version"] == 3 == core.model_version
+    assert (rec["accuracy"], rec["loss"]) == (None, None) and "evaluate" in rec["timings"]
+    [err] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert err.args == (2,) and "evaluation failed" in err.getMessage()
+    assert err.exc_info is not None and err.exc_info[1] is spy.error
+
+
+def test_adaptive_clipping_updates_the_clip_records_the_rate_and_survives_a_restart(
+    tmp_path: Path, models: Any
+) -> None:
+    """Andrew et al.: the noised clipped count b of n gives clip_rate = clamp(b / n, 0, 1)
+    and C' = update_clip(C, b, n, target_quantile, clip_lr); C' is stored, used by the next
+    round's plan, and restored after a restart (only when adaptive clipping is on)."""
+    from dp import update_clip
+    from tests.server import _core_fixtures as fx
+
+    dp = {"adaptive_clip": True, "clip": 0.25, "target_quantile": 0.6, "clip_lr": 0.3}
+    core = fx.make_core(tmp_path, models, per_round=3, seed=1, dp=dp)
+    clip = 0.25
+    for i, scale in enumerate((0.005, 0.05)):
+        rnd = core.begin_round(fx.registered(4))
+        assert rnd.plan.config.clip == clip
+        rec, decoded = fx.release(core, rnd, list(rnd.participants), seed=1 + 7 * i,
+                                  scale=scale)
+        count = decoded.clipped_count
+        assert rec["clip"] == clip
+        assert rec["clip_rate"] == min(1.0, max(0.0, count / 3))
+        if i == 0:
+            assert 0 < count < 3  # an interior rate
+        else:
+            assert count > 3  # the noise pushed it past n: the rate is 1
+        clip = update_clip(clip, count, 3, 0.6, 0.3)
+        assert core.clip == clip and core.store.get_meta("clip") == clip
+    assert clip != 0.25
+    again = fx.make_core(tmp_path, models, per_round=3, seed=1, dp=dp)
+    assert again.clip == clip
+    assert again.begin_round(fx.registered(4)).plan.config.clip == clip
+    fixed = fx.make_core(tmp_path, models, per_round=3, seed=1, dp=dict(dp, adaptive_clip=False))
+    assert fixed.clip == 0.25
+
+
+def test_federated_evaluation_is_recorded_for_the_model_the_devices_were_sent(
+    tmp_path: Path, models: Any
+) -> None:
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, per_round=3, seed=1, dp={"eval_buckets": 4},
+                        training={"eval_fraction": 0.2})
+    evs = {i: (0.25 * (i + 1), 10.0, 3.0 + i) for i in range(4)}
+    for version in (0, 1):
+        rnd = core.begin_round(fx.registered(4))
+        rec, decoded = fx.release(core, rnd, list(rnd.participants), seed=version,
+                                  evaluations=evs)
+        assert decoded.evaluation
+        assert rec["federated_eval"] == dict(decoded.evaluation, model_version=version)
+
+
+def test_a_sum_that_may_have_wrapped_is_flagged_in_the_record_and_the_log(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from dp import Decoder
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models)
+    rnd = core.begin_round(fx.registered(4))
+    half = rnd.plan.modulus // 2
+    total = np.full(rnd.plan.encoded_dim, half - 1, dtype=np.uint64)
+    total[::2] = half + 1  # every coordinate at the edge of the range
+    wrap = Decoder(rnd.plan, rnd.rotation_seed).decode(total, 4).wrap_report()
+    assert wrap["wrap_suspected"] and wrap["near_wrap"] > 0
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        rec = core.release(rnd, lambda: total, secure_sum="exact", survivors=[0, 1, 2, 3])
+    assert rec["wrap"] == wrap
+    [line] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.args == (0, 20, wrap["near_wrap"], wrap["outliers"])
+    assert "may have wrapped" in line.getMessage()
