@@ -93,7 +93,7 @@ def _check_ids(value: object, what: str) -> tuple[int, ...]:
 
 
 def _key_from_json(k: object, what: str) -> int:
-    if isinstance(k, str) and k.isdigit() and (k == "0" or not k.startswith("0")):
+    if isinstance(k, str) and k.isascii() and k.isdigit() and (k == "0" or not k.startswith("0")):
         return int(k)
     return _check_int(k, what)
 
