@@ -1,0 +1,665 @@
+"""dp.encoding against reference implementations written from the formulas (issue 16).
+
+Each test pins a whole result computed independently here:
+- the plan (gamma, local scales, Delta2 / Delta1, the count slot and the evaluation
+  block) from Kairouz, Liu, Steinke (ICML 2021, Sec. 4.1) and the rules in the
+  docstrings of `EncodingPlan.create`, `_count_slot` and `_eval_slots`;
+- the encoded vectors bit for bit, from a reference pipeline (clip, dense rotation matrix,
+  scaling, conditional randomized rounding, the noise share, mod 2^b) that draws the same
+  uniforms from a `SecureRng` with the same key;
+- the decoded sum (dense inverse rotation, signed representative), the clipped count,
+  the evaluation block and the wrap statistics (`DecodedSum` docstring);
+- the validation of the plan and of the stored privacy records, with the bad value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.linalg import hadamard
+
+from dp import Decoder, DPConfig, DPConfigError, Encoder, EncodingPlan, RoundPrivacy
+from dp import noise as dpnoise
+from dp.encoding import (
+    decode_evaluation,
+    eval_values,
+    rounding_bias_bound,
+    rounding_l2_bound,
+    update_clip,
+)
+from dp.mechanisms import get_mechanism
+from dp.prng import SecureRng
+from dp.rotation import rotation_signs
+
+SEED = b"mutation-encoding-round-seed-001"
+
+
+def _rng(*labels: int | str) -> SecureRng:
+    return SecureRng.for_simulation(16, "tests/dp/test_mutation_encoding", *labels)
+
+
+# ------------------------------------------------------------------ reference formulas
+
+
+def ref_padded(dim: int, rotation: str) -> int:
+    if rotation == "hadamard":
+        d = 1
+        while d < dim:
+            d *= 2
+        return d
+    return max(2, dim + dim % 2)
+
+
+def ref_l2(scaled_clip: float, d: int, beta: float) -> float:
+    """Delta2 of REFERENCES.md (second term only for beta > 0)."""
+    plain = scaled_clip + math.sqrt(d)
+    if beta == 0:
+        return plain
+    s = math.sqrt(2 * math.log(1 / beta))
+    return min(plain, math.sqrt(scaled_clip**2 + d / 4 + s * (scaled_clip + math.sqrt(d) / 2)))
+
+
+def ref_plan(cfg: DPConfig, dim: int, n: int, t: int, c: int = 0) -> dict:
+    """The plan's derived values from the published rules."""
+    mech = get_mechanism(cfg.mechanism)
+    d = ref_padded(dim, cfg.rotation)
+    k = math.sqrt(2 * math.log(2 / cfg.modclip_prob))
+    half = 2.0 ** (cfg.bits - 1)
+    sig_u = cfg.noise_multiplier * cfg.clip / math.sqrt(t - c) if cfg.mechanism != "none" else 0
+    data_var = (cfg.clip * n) ** 2 / d
+    g = math.sqrt((data_var + n * sig_u**2) / ((half / k) ** 2 - n / 4))
+    if sig_u > 0 and sig_u / g > mech.max_local_scale:
+        g = sig_u / mech.max_local_scale
+
+    def local(g: float) -> float:
+        return mech.local_scale(sig_u / g) if sig_u > 0 else 0.0
+
+    # the discrete scale is rounded up: gamma grows by 1 % until k std fit in 2^(b-1)
+    while k * math.sqrt(data_var / g**2 + n / 4 + n * local(g) ** 2) > half:
+        g *= 1.01
+    l2 = ref_l2(cfg.clip / g, d, cfg.beta)
+    out = {
+        "dim": dim, "n_clients": n, "min_contributors": t, "padded_dim": d,
+        "encoded_dim": d + int(cfg.adaptive_clip) + (cfg.eval_buckets + 3 if cfg.eval_buckets
+                                                      else 0),
+        "gamma": g, "local_stddev": local(g), "k_stddevs": k, "l2_sensitivity": l2,
+        "l1_sensitivity": l2 * min(math.sqrt(d), l2), "count_scale": 0,
+        "count_local_stddev": 0.0, "corrupt": c, "eval_scale": 0, "eval_local_stddev": 0.0,
+    }
+    if cfg.adaptive_clip:
+        # centred count: m * (+-1); the sum of t - c shares has std 2 m sigma_b
+        sb = cfg.clipped_count_stddev if cfg.clipped_count_stddev is not None else n / 20
+        if cfg.mechanism == "none" or sb == 0:
+            m, loc = 1, 0.0
+        else:
+            m = max(1, math.ceil(20 * math.sqrt(t - c) / (2 * sb)))
+            while True:
+                loc = mech.local_scale(2 * sb * m / math.sqrt(t - c))
+                if n * m + k * math.sqrt(n) * loc < half:
+                    break
+                m //= 2
+        out["count_scale"], out["count_local_stddev"] = m, loc
+    if cfg.eval_buckets:
+        sigma = 2 * cfg.eval_noise_ratio * cfg.noise_multiplier
+        noisy = cfg.mechanism != "none" and sigma > 0
+        m = 4096
+        while True:
+            loc = mech.local_scale(sigma * m / math.sqrt(t - c)) if noisy else 0.0
+            if n * m + k * math.sqrt(n) * loc < half and (not noisy or loc >= mech.min_local_scale):
+                break
+            m //= 2
+        out["eval_scale"], out["eval_local_stddev"] = m, loc
+    return out
+
+
+def assert_plan_matches(plan: EncodingPlan, expected: dict) -> None:
+    got = plan.to_dict()
+    got.pop("config")
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert type(got[key]) is type(value) or isinstance(value, float), key
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=0), key
+        else:
+            assert got[key] == value, key
+    # JSON as a device receives it: integers stay integers
+    assert json.loads(json.dumps(plan.to_dict())) == plan.to_dict()
+    for key in ("count_scale", "eval_scale", "padded_dim", "encoded_dim"):
+        assert type(getattr(plan, key)) is int, key
+
+
+PLANS = [
+    # ddgauss with collusion, the count slot and the evaluation block
+    (DPConfig(mechanism="ddgauss", bits=16, adaptive_clip=True, eval_buckets=4), 40, 10, 8, 2),
+    # skellam, DFT, odd dim, C != 1
+    (DPConfig(mechanism="skellam", bits=18, clip=0.7, noise_multiplier=0.8, rotation="dft"),
+     13, 7, 5, 0),
+    # rounded Gaussian without conditional rounding (Delta2 = c~ + sqrt(d))
+    (DPConfig(mechanism="gaussian", bits=20, beta=0.0), 20, 5, 5, 1),
+    # a configured clipped-count std far from n / 20: large count scale
+    (DPConfig(mechanism="ddgauss", bits=16, adaptive_clip=True, clipped_count_stddev=0.05),
+     40, 10, 8, 0),
+    # a large count std: m = max(1, ceil(.)) = 1
+    (DPConfig(mechanism="skellam", bits=20, adaptive_clip=True, clipped_count_stddev=500.0),
+     16, 10, 9, 0),
+    # the count slot halves m until n m + k sqrt(n) local fits (12 bits)
+    (DPConfig(mechanism="ddgauss", bits=12, noise_multiplier=0.3, adaptive_clip=True,
+              clipped_count_stddev=0.2, modclip_prob=0.1), 8, 30, 30, 0),
+    # no noise: count slot m = 1 without noise
+    (DPConfig(mechanism="none", noise_multiplier=0.0, bits=8, adaptive_clip=True), 8, 127, 100, 0),
+    # the rounded Gaussian with z = 0 and an evaluation block: no noise anywhere
+    (DPConfig(mechanism="gaussian", bits=20, eval_buckets=3, noise_multiplier=0.0), 8, 5, 5, 0),
+    # n m = 2^(b-1) exactly at m = 2048: the block takes m = 1024
+    (DPConfig(mechanism="none", bits=20, noise_multiplier=0.0, eval_buckets=3), 8, 256, 5, 0),
+    # eval noise std 2 * 0.25 * 1 = 0.5 devices (< 1): still noised
+    (DPConfig(mechanism="ddgauss", bits=24, noise_multiplier=1.0, eval_buckets=2,
+              eval_noise_ratio=0.25), 8, 4, 4, 0),
+    # an evaluation block whose only fitting scale is m = 1
+    (DPConfig(mechanism="none", bits=12, noise_multiplier=0.0, eval_buckets=2), 8, 1500, 5, 0),
+    # the evaluation block's scale is halved by the noise term (n m alone fits at 4096)
+    (DPConfig(mechanism="skellam", bits=20, noise_multiplier=1.0, eval_buckets=5), 64, 100, 5, 0),
+    # more bits than the sampler can use: gamma = sigma_u / max_local_scale
+    (DPConfig(mechanism="ddgauss", bits=40), 16, 4, 4, 0),
+]
+
+
+@pytest.mark.parametrize("cfg,dim,n,t,c", PLANS)
+def test_plan_matches_the_reference_formulas(cfg: DPConfig, dim: int, n: int, t: int,
+                                             c: int) -> None:
+    plan = EncodingPlan.create(cfg, dim, n, t, c)
+    assert_plan_matches(plan, ref_plan(cfg, dim, n, t, c))
+    assert EncodingPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_plan_cases_reach_the_branches_they_name() -> None:
+    """The PLANS above really exercise what their comments say."""
+    by = [EncodingPlan.create(cfg, dim, n, t, c) for cfg, dim, n, t, c in PLANS]
+    assert by[0].corrupt == 2 and by[0].eval_scale < 4096
+    assert by[2].l2_sensitivity == pytest.approx(by[2].config.clip / by[2].gamma + math.sqrt(32))
+    assert by[3].count_scale > 1 and by[4].count_scale == 1
+    assert by[5].count_scale < math.ceil(20 * math.sqrt(30) / 0.4)  # halved
+    assert (by[6].count_scale, by[6].count_local_stddev) == (1, 0.0)
+    assert (by[7].eval_scale, by[7].eval_local_stddev) == (4096, 0.0)
+    assert by[8].eval_scale == 1024
+    assert by[9].eval_local_stddev > 0
+    assert by[10].eval_scale == 1
+    assert by[11].eval_scale == 2048 and 100 * 4096 < 2**19
+    assert by[12].local_stddev == get_mechanism("ddgauss").max_local_scale
+
+
+def test_count_slot_without_noise_needs_n_below_half() -> None:
+    """Without noise the count is n in the worst case: n = 2^(b-1) does not fit."""
+    cfg = DPConfig(mechanism="none", noise_multiplier=0.0, bits=8, adaptive_clip=True)
+    with pytest.raises(DPConfigError, match="bits=8 too small for a count of 128 clients"):
+        EncodingPlan.create(cfg, 8, 128, 100)
+
+
+def test_count_slot_that_cannot_fit_names_its_noise() -> None:
+    cfg = DPConfig(mechanism="ddgauss", bits=8, noise_multiplier=0.1, adaptive_clip=True,
+                   clipped_count_stddev=200.0, modclip_prob=0.4)
+    with pytest.raises(DPConfigError, match=r"clipped count of 10 clients \(count noise std 200"):
+        EncodingPlan.create(cfg, 8, 10, 10)
+
+
+def test_eval_block_refuses_a_gaussian_share_it_cannot_account_for() -> None:
+    """The rounded Gaussian's accounting needs a local std >= 1: an evaluation block whose
+    only fitting scales give less is refused (not planned with an unaccounted share)."""
+    cfg = DPConfig(mechanism="gaussian", bits=24, noise_multiplier=1.0, eval_buckets=2,
+                   eval_noise_ratio=0.001)
+    with pytest.raises(DPConfigError, match="federated-evaluation block of 1000 clients"):
+        EncodingPlan.create(cfg, 1024, 1000, 1000)
+
+
+def test_rounding_l2_bound_both_regimes() -> None:
+    # conditional bound binding
+    assert rounding_l2_bound(10.0, 64, math.exp(-0.5)) == pytest.approx(
+        math.sqrt(100 + 16 + 1.0 * (10 + 4)), rel=1e-14)
+    # beta = 0: deterministic bound
+    assert rounding_l2_bound(10.0, 64, 0.0) == 18.0
+    # tiny beta, small d: the deterministic bound is the smaller one
+    assert rounding_l2_bound(1000.0, 4, 1e-12) == 1002.0
+
+
+def test_rounding_bias_bound_of_a_plan() -> None:
+    """n gamma sqrt(p) / (2 (1 - p)), p = beta only when the conditional bound is in force."""
+    cfg = DPConfig(mechanism="ddgauss", bits=16)
+    plan = EncodingPlan.create(cfg, 40, 10, 8)
+    b = math.exp(-0.5)
+    per = math.sqrt(b) / (2 * (1 - b))
+    assert plan.rounding_bias_bound() == pytest.approx(10 * plan.gamma * per, rel=1e-14)
+    assert plan.rounding_bias_bound(3) == pytest.approx(3 * plan.gamma * per, rel=1e-14)
+    # tiny beta, d = 4: Delta2 = c~ + sqrt(d), no draw is ever rejected, no bias
+    det = EncodingPlan.create(DPConfig(mechanism="ddgauss", bits=16, beta=1e-12), 4, 10, 8)
+    assert det.l2_sensitivity == pytest.approx(det.config.clip / det.gamma + 2.0, rel=1e-14)
+    assert det.rounding_bias_bound(5) == 0.0
+    for bad in (0, 2.5, True, -1):
+        with pytest.raises(DPConfigError, match=f"got {bad!r}"):
+            plan.rounding_bias_bound(bad)
+    assert rounding_bias_bound(0.25) == pytest.approx(0.5 / 1.5)
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match=f"got {bad!r}"):
+            rounding_bias_bound(bad)
+
+
+def test_eval_stddev_and_privacy_event_without_the_block() -> None:
+    plan = EncodingPlan.create(DPConfig(mechanism="ddgauss", bits=16), 40, 10, 8)
+    assert plan.eval_stddev(7) == 0.0
+    ev = EncodingPlan.create(DPConfig(mechanism="ddgauss", bits=16, eval_buckets=4), 40, 10, 8)
+    assert ev.eval_stddev(7) == pytest.approx(math.sqrt(7) * ev.eval_local_stddev
+                                              / ev.eval_scale)
+
+
+# -------------------------------------------------------------- plan dict validation
+
+
+def test_plan_from_dict_checks_every_derived_value() -> None:
+    plan = EncodingPlan.create(DPConfig(mechanism="skellam", bits=18), 40, 10, 8, 1)
+    d = plan.to_dict()
+    # within the 1e-9 relative tolerance of a float that travelled through JSON
+    ok = dict(d, gamma=d["gamma"] * (1 + 1e-12))
+    assert EncodingPlan.from_dict(ok) == plan
+    with pytest.raises(DPConfigError, match="EncodingPlan gamma="):
+        EncodingPlan.from_dict(dict(d, gamma=d["gamma"] * (1 + 1e-6)))
+    # integer fields compare exactly and by type of value, not as floats
+    with pytest.raises(DPConfigError, match="EncodingPlan padded_dim='64' disagrees with 64"):
+        EncodingPlan.from_dict(dict(d, padded_dim="64"))
+    with pytest.raises(DPConfigError, match="unknown EncodingPlan key 'extra'"):
+        EncodingPlan.from_dict(dict(d, extra=1))
+    lacking = dict(d)
+    del lacking["n_clients"]
+    with pytest.raises(DPConfigError, match="EncodingPlan dict lacks 'n_clients'"):
+        EncodingPlan.from_dict(lacking)
+    with pytest.raises(DPConfigError, match="needs a dict, got list"):
+        EncodingPlan.from_dict([d])
+    # a dict from before the corrupt bound existed: c = 0
+    plain = EncodingPlan.create(plan.config, 40, 10, 8)
+    old = plain.to_dict()
+    del old["corrupt"]
+    assert EncodingPlan.from_dict(old) == plain
+
+
+# ----------------------------------------------------------- RoundPrivacy from_dict
+
+
+def _event() -> RoundPrivacy:
+    cfg = DPConfig(mechanism="ddgauss", bits=16, adaptive_clip=True, eval_buckets=4)
+    return EncodingPlan.create(cfg, 40, 10, 8, 2).privacy_event(9)
+
+
+def test_round_privacy_round_trip_keeps_types() -> None:
+    ev = _event()
+    back = RoundPrivacy.from_dict(json.loads(json.dumps(ev.to_dict())))
+    assert back == ev
+    assert json.dumps(back.to_dict()) == json.dumps(ev.to_dict())
+    # integers given for float fields come back as floats, integer fields stay integers
+    d = dict(ev.to_dict(), local_stddev=3, clip=1, n_shares=4, dim=64, corrupt=1, eval_dim=7)
+    r = RoundPrivacy.from_dict(d)
+    assert [type(getattr(r, k)) for k in ("local_stddev", "clip", "n_shares", "dim", "corrupt",
+                                          "eval_dim", "mechanism")] == [
+        float, float, int, int, int, int, str]
+
+
+def test_round_privacy_from_an_older_store_takes_the_defaults() -> None:
+    """Records written before collusion, the count slot or the evaluation block existed."""
+    ev = _event().to_dict()
+    old = {k: ev[k] for k in ("mechanism", "n_shares", "local_stddev", "l2_sensitivity",
+                              "l1_sensitivity", "dim", "gamma", "clip")}
+    r = RoundPrivacy.from_dict(old)
+    assert (r.corrupt, r.eval_dim, r.count_sensitivity, r.count_local_stddev,
+            r.eval_sensitivity, r.eval_local_stddev) == (0, 0, 0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "key,bad",
+    [("n_shares", 2.5), ("n_shares", "3"), ("n_shares", True), ("n_shares", -1),
+     ("dim", 0), ("corrupt", -1), ("eval_dim", 1.0),
+     ("local_stddev", "1.0"), ("local_stddev", True), ("local_stddev", -0.5),
+     ("gamma", math.inf), ("clip", math.nan), ("count_sensitivity", -1.0),
+     ("eval_local_stddev", "x")],
+)
+def test_round_privacy_refuses_bad_values(key: str, bad: object) -> None:
+    with pytest.raises(DPConfigError, match=f"RoundPrivacy {key} must be .*got {bad!r}"):
+        RoundPrivacy.from_dict(dict(_event().to_dict(), **{key: bad}))
+
+
+def test_round_privacy_dim_one_and_zero_shares_are_valid() -> None:
+    r = RoundPrivacy.from_dict(dict(_event().to_dict(), dim=1, n_shares=0, corrupt=0))
+    assert (r.dim, r.n_shares) == (1, 0)
+
+
+@pytest.mark.parametrize("key", ["n_shares", "dim", "local_stddev", "gamma", "mechanism"])
+def test_round_privacy_refuses_a_missing_key(key: str) -> None:
+    d = _event().to_dict()
+    del d[key]
+    with pytest.raises(DPConfigError, match=key):
+        RoundPrivacy.from_dict(d)
+
+
+def test_round_privacy_refuses_what_is_not_a_record() -> None:
+    with pytest.raises(DPConfigError, match="needs a dict, got list"):
+        RoundPrivacy.from_dict([1])
+    with pytest.raises(DPConfigError, match="unknown RoundPrivacy keys: \\['zz'\\]"):
+        RoundPrivacy.from_dict(dict(_event().to_dict(), zz=1))
+    with pytest.raises(DPConfigError, match="no-such-mech"):
+        RoundPrivacy.from_dict(dict(_event().to_dict(), mechanism="no-such-mech"))
+
+
+# ------------------------------------------------------------------ update_clip
+
+
+def test_update_clip_defaults_are_the_papers() -> None:
+    """Andrew et al.: target quantile 0.5, learning rate 0.2 by default."""
+    for count, n in ((3.0, 10), (9.5, 10), (-2.0, 10), (14.0, 10), (0.0, 1)):
+        b = min(1.0, max(0.0, 1 - count / n))
+        assert update_clip(2.0, count, n) == pytest.approx(2.0 * math.exp(-0.2 * (b - 0.5)),
+                                                          rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [((0.0, 1.0, 5), "clip must be > 0, got 0.0"),
+     ((math.inf, 1.0, 5), "clip must be > 0, got inf"),
+     ((1.0, 1.0, 0), "n_contributors must be an integer >= 1, got 0"),
+     ((1.0, 1.0, 2.5), "n_contributors must be an integer >= 1, got 2.5"),
+     ((1.0, 1.0, True), "n_contributors must be an integer >= 1, got True"),
+     ((1.0, math.nan, 5), "clipped_count must be finite, got nan")],
+)
+def test_update_clip_refuses_bad_input(args: tuple, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        update_clip(*args)
+
+
+# ---------------------------------------------------------------- eval_values
+
+
+def test_eval_values_clamp_every_field() -> None:
+    cfg = DPConfig(mechanism="ddgauss", eval_buckets=4, eval_max_examples=16, eval_max_loss=5.0)
+    rows = np.array([
+        [0.3, 8.0, 12.0],      # plain
+        [1.5, 40.0, 1000.0],   # accuracy > 1, examples and loss above their caps
+        [1.7, 0.5, 0.4],       # accuracy in (1, 2); fractional examples and loss
+        [-0.2, 0.0, 3.0],      # no example: an all-zero block
+        [1.0, 16.0, -4.0],     # accuracy exactly 1 -> last bucket; negative loss
+        [0.9, -3.0, 2.0],      # negative examples count as none
+    ])
+    expected = np.array([
+        [1, 0.3, 0.5, 12.0 / 80],
+        [3, 1.0, 1.0, 1.0],
+        [3, 1.0, 0.5 / 16, 0.4 / 80],
+        [-1, 0.0, 0.0, 0.0],
+        [3, 1.0, 1.0, 0.0],
+        [-1, 0.0, 0.0, 0.0],
+    ])
+    np.testing.assert_array_equal(eval_values(rows, cfg), expected)
+    np.testing.assert_array_equal(eval_values(rows.astype(np.float32).astype(np.float64), cfg)[3],
+                                  expected[3])
+    with pytest.raises(ValueError, match=r"shape \(m, 3\), got \(2, 4\)"):
+        eval_values(np.zeros((2, 4)), cfg)
+    with pytest.raises(ValueError, match=r"got \(3,\)"):
+        eval_values(np.zeros(3), cfg)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        eval_values(np.array([[0.5, np.inf, 1.0]]), cfg)
+
+
+# -------------------------------------------------- the encoder against a reference
+
+
+def dense_rotation(signs: np.ndarray, rotation: str) -> np.ndarray:
+    """The rotation as a d x d real matrix R (y = R x_padded), built from its definition:
+    H D / sqrt(d) (Walsh-Hadamard), or F D with the real vector read as complex (DFT)."""
+    d = signs.shape[0]
+    if rotation == "hadamard":
+        return hadamard(d).astype(np.float64) / math.sqrt(d) * signs[np.newaxis, :]
+    h = d // 2
+    j = np.arange(h)
+    f = np.exp(-2j * math.pi * np.outer(j, j) / h) / math.sqrt(h)
+    # complex z = v[:h] + i v[h:] -> (Re F z, Im F z)
+    real = np.block([[f.real, -f.imag], [f.imag, f.real]])
+    return real * signs[np.newaxis, :]
+
+
+def ref_noise(mech: str, rng: SecureRng, scale: float, n: int) -> np.ndarray:
+    if scale == 0 or mech == "none":
+        return np.zeros(n, dtype=np.int64)
+    if mech == "ddgauss":
+        return dpnoise.discrete_gaussian(rng, scale, n)
+    if mech == "skellam":
+        return dpnoise.skellam(rng, scale**2, n)
+    return np.rint(dpnoise.gaussian(rng, scale, n)).astype(np.int64)
+
+
+def ref_encode(plan: EncodingPlan, x: np.ndarray, rng: SecureRng,
+               evaluation: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(encoded vector, rounding tries) of one device, from the published pipeline."""
+    cfg = plan.config
+    norm = math.sqrt(float(np.sum(x * x)))
+    if norm > cfg.clip:
+        x = x * (cfg.clip / norm)
+    xp = np.zeros(plan.padded_dim)
+    xp[: plan.dim] = x
+    y = dense_rotation(rotation_signs(SEED, plan.padded_dim), cfg.rotation) @ xp / plan.gamma
+    low = np.floor(y)
+    tries = 0
+    while True:
+        tries += 1
+        r = low + (rng.random(plan.padded_dim) < (y - low))
+        if float(r @ r) <= plan.l2_sensitivity**2:
+            break
+    vec = r.astype(np.int64) + ref_noise(cfg.mechanism, rng, plan.local_stddev, plan.padded_dim)
+    parts = [vec]
+    if cfg.adaptive_clip:
+        bit = plan.count_scale * (1 if norm > cfg.clip else -1)
+        parts.append(bit + ref_noise(cfg.mechanism, rng, plan.count_local_stddev, 1))
+    if cfg.eval_buckets:
+        m = plan.eval_scale
+        vals = eval_values(evaluation[np.newaxis, :], cfg)[0]
+        block = np.zeros(cfg.eval_buckets + 3, dtype=np.int64)
+        if vals[0] >= 0:
+            block[int(vals[0])] = m
+        s = vals[1:] * m
+        lo = np.floor(s)
+        block[cfg.eval_buckets:] = np.minimum(lo + (rng.random(3) < s - lo), m)
+        parts.append(block + ref_noise(cfg.mechanism, rng, plan.eval_local_stddev, block.size))
+    full = np.concatenate(parts)
+    return np.array([int(v) % plan.modulus for v in full], dtype=np.uint64), tries
+
+
+ENCODE_CASES = [
+    (DPConfig(mechanism="ddgauss", bits=16, adaptive_clip=True, eval_buckets=4), 40, 12, 8, 2),
+    (DPConfig(mechanism="skellam", bits=18, clip=0.7, noise_multiplier=0.8, rotation="dft",
+              adaptive_clip=True), 13, 10, 5, 0),
+    (DPConfig(mechanism="gaussian", bits=20, beta=0.0, eval_buckets=2), 20, 9, 9, 1),
+    # barely-slack conditional rounding: many draws are rejected
+    (DPConfig(mechanism="none", noise_multiplier=0.0, bits=12, beta=0.999, clip=3.0), 64, 9, 9, 0),
+]
+
+
+def _updates(m: int, dim: int, clip: float, seed: int) -> np.ndarray:
+    g = np.random.default_rng(seed)
+    u = g.normal(size=(m, dim))
+    u *= (clip * g.uniform(0.2, 2.5, size=m) / np.linalg.norm(u, axis=1))[:, np.newaxis]
+    u[0] *= 4.0 * clip / np.linalg.norm(u[0])  # clipped
+    u[1] *= 0.5 * clip / np.linalg.norm(u[1])  # kept
+    return u
+
+
+def _evals(m: int) -> np.ndarray:
+    g = np.random.default_rng(5)
+    ev = np.stack([g.uniform(-0.1, 1.1, m), g.uniform(0, 20, m), g.uniform(0, 90, m)], axis=1)
+    ev[2, 1] = 0.0  # a device without held-out examples
+    return ev
+
+
+@pytest.mark.parametrize("case", range(len(ENCODE_CASES)))
+def test_encode_batch_equals_the_reference_pipeline(case: int) -> None:
+    cfg, dim, n, t, c = ENCODE_CASES[case]
+    plan = EncodingPlan.create(cfg, dim, n, t, c)
+    u = _updates(n, dim, cfg.clip, case)
+    evs = _evals(n) if cfg.eval_buckets else None
+    out, reports = Encoder(plan, SEED).encode_batch(u, [_rng(case, i) for i in range(n)], evs)
+    assert out.dtype == np.uint64 and out.shape == (n, plan.encoded_dim)
+    tries = []
+    for i in range(n):
+        ref, k = ref_encode(plan, u[i], _rng(case, i), None if evs is None else evs[i])
+        tries.append(k)
+        np.testing.assert_array_equal(out[i], ref, err_msg=f"row {i}")
+        norm = float(np.linalg.norm(u[i]))
+        assert reports[i].to_dict() == pytest.approx({
+            "norm": norm, "clipped": norm > cfg.clip, "clip": cfg.clip, "gamma": plan.gamma,
+            "local_stddev": plan.local_stddev, "mechanism": cfg.mechanism}, rel=1e-14)
+    if cfg.beta == 0.999:
+        assert max(tries) > 1  # the redraw path was taken
+    # one device alone, and a float32 update, give the same bits as its row of the batch
+    one, rep = Encoder(plan, SEED).encode(u[0], _rng(case, 0),
+                                          None if evs is None else list(evs[0]))
+    np.testing.assert_array_equal(one, out[0])
+    assert rep.clipped
+
+
+def test_float32_updates_are_encoded_in_float64() -> None:
+    """The norm, clip and rotation are computed in float64 whatever the input dtype."""
+    cfg = DPConfig(mechanism="none", noise_multiplier=0.0, bits=40)
+    plan = EncodingPlan.create(cfg, 64, 3, 3)
+    u = (np.random.default_rng(2).normal(size=(3, 64)) * 0.9).astype(np.float32)
+    enc = Encoder(plan, SEED)
+    a, _ = enc.encode_batch(u, [_rng("f32", i) for i in range(3)])
+    b, _ = enc.encode_batch(u.astype(np.float64), [_rng("f32", i) for i in range(3)])
+    np.testing.assert_array_equal(a, b)
+    one, _ = enc.encode(u[0], _rng("f32", 0))
+    np.testing.assert_array_equal(one, b[0])
+
+
+# --------------------------------------------------------- the decoder against a reference
+
+
+def _plan_with_all() -> EncodingPlan:
+    cfg = DPConfig(mechanism="ddgauss", bits=16, adaptive_clip=True, eval_buckets=4)
+    return EncodingPlan.create(cfg, 40, 12, 8, 2)
+
+
+def test_decode_equals_the_reference() -> None:
+    plan = _plan_with_all()
+    mod, half = plan.modulus, plan.modulus // 2
+    g = np.random.default_rng(11)
+    v = g.integers(0, mod, size=plan.encoded_dim).astype(np.uint64)
+    v[:4] = [half - 1, half, half + 1, mod - 1]
+    v[plan.padded_dim] = mod - 3 * plan.count_scale  # count slot: -3 m
+    signed = np.array([int(a) - mod if int(a) >= half else int(a) for a in v], dtype=np.float64)
+    rot = dense_rotation(rotation_signs(SEED, plan.padded_dim), "hadamard")
+    expected = (rot.T @ (signed[: plan.padded_dim] * plan.gamma))[: plan.dim]
+    out = Decoder(plan, SEED).decode(v, 9)
+    np.testing.assert_allclose(out.total, expected, rtol=1e-10, atol=1e-12)
+    assert out.clipped_count == pytest.approx((-3 + 9) / 2)
+    assert out.evaluation == decode_evaluation(signed[plan.eval_offset:], plan, 9)
+    assert plan.eval_offset == plan.padded_dim + 1
+
+
+def _ref_evaluation(slots: np.ndarray, plan: EncodingPlan, n: int) -> dict:
+    cfg = plan.config
+    b, m, cap, lmax = cfg.eval_buckets, plan.eval_scale, cfg.eval_max_examples, cfg.eval_max_loss
+    std = math.sqrt(n) * plan.eval_local_stddev / m
+    examples = slots[b + 1] / m * cap
+    ok = examples >= max(1.0, 3 * std * cap)
+    return {
+        "buckets": b, "histogram": [h / m for h in slots[:b]], "devices": n,
+        "accuracy": slots[b] / m / n, "examples": examples,
+        "loss": (slots[b + 2] / m * cap * lmax) / examples if ok else None,
+        "loss_stddev": std * cap * lmax / examples if ok else None,
+        "count_stddev": std, "accuracy_stddev": std / n, "examples_stddev": std * cap,
+    }
+
+
+def test_decode_evaluation_equals_the_reference() -> None:
+    noisy = _plan_with_all()
+    m, cap = noisy.eval_scale, noisy.config.eval_max_examples
+    std = noisy.eval_stddev(9)
+    three = 3 * std * cap  # the loss is given from 3 std of the example count on
+    cases = []
+    for examples in (three * 1.2, three * 3.5, three * 0.8, three / cap * 2):
+        cases.append((noisy, [3 * m, -m, 2 * m, 4 * m, 5 * m, round(examples * m / cap), 7 * m],
+                      9))
+    quiet = EncodingPlan.create(
+        DPConfig(mechanism="none", noise_multiplier=0.0, bits=24, eval_buckets=2), 8, 5, 5)
+    mq, cq = quiet.eval_scale, quiet.config.eval_max_examples
+    # without noise the threshold is one example: exactly 1 gets a loss, 0.5 does not
+    cases += [(quiet, [mq, 2 * mq, mq, mq // cq, 3 * mq], 5),
+              (quiet, [mq, 2 * mq, mq, mq // (2 * cq), 3 * mq], 5)]
+    seen = set()
+    for plan, slots, n in cases:
+        got = decode_evaluation(np.array(slots, dtype=np.int64), plan, n)
+        want = _ref_evaluation(np.array(slots, dtype=np.float64), plan, n)
+        assert list(got) == list(want)
+        assert got == pytest.approx(want, rel=1e-14)
+        seen.add(got["loss"] is None)
+    assert seen == {True, False}
+    assert decode_evaluation(np.array(cases[-2][1]), quiet, 5)["examples"] == 1.0
+
+
+def _ref_binomial_upper(d: int, p: float, alpha: float) -> int:
+    for a in range(max(1, math.ceil(d * p)), d + 1):
+        x = a / d
+        kl = x * math.log(x / p) + (0 if x == 1 else (1 - x) * math.log((1 - x) / (1 - p)))
+        if x > p and math.exp(-d * kl) <= alpha:
+            return a
+    return d + 1
+
+
+def _ref_wrap(s: np.ndarray, plan: EncodingPlan) -> dict:
+    d, half, k = s.size, plan.modulus / 2, plan.k_stddevs
+    margin = (1 - 1 / k) * half
+    rms = math.sqrt(float(np.mean(s * s)))
+    thr = math.sqrt(2 * math.log(2 * d / 1e-6)) * rms
+    near = int(np.sum(np.abs(s) >= margin))
+    outliers = int(np.sum(np.abs(s) > thr)) if rms > 0 else 0
+    planned = math.erfc((k - 1) / math.sqrt(2))
+    return {
+        "near_wrap": near, "wrap_fraction": near / d, "wrap_margin": margin,
+        "outliers": outliers, "outlier_threshold": thr,
+        "expected_wraps": d * math.erfc(half / (rms * math.sqrt(2))) if rms > 0 else 0.0,
+        "wrap_suspected": outliers > 0 or near >= _ref_binomial_upper(d, planned, 1e-6),
+    }
+
+
+def test_wrap_statistics_equal_the_reference() -> None:
+    cfg = DPConfig(mechanism="none", noise_multiplier=0.0, bits=16)
+    plan = EncodingPlan.create(cfg, 64, 4, 4)
+    mod, half = plan.modulus, plan.modulus // 2
+    margin = (1 - 1 / plan.k_stddevs) * half
+    g = np.random.default_rng(3)
+    base = g.integers(-half // 2, half // 2, size=64)
+    spike = np.zeros(64, dtype=np.int64)
+    spike[5] = 1000
+    vectors = {"zeros": np.zeros(64, dtype=np.int64), "spike": spike, "spread": base}
+    limit = _ref_binomial_upper(64, math.erfc((plan.k_stddevs - 1) / math.sqrt(2)), 1e-6)
+    for near in (limit - 1, limit):
+        s = base.copy()
+        s[:near] = np.where(np.arange(near) % 2 == 0, math.ceil(margin), -half)
+        vectors[f"near{near}"] = s
+    results = {}
+    for name, s in vectors.items():
+        out = Decoder(plan, SEED).decode((s % mod).astype(np.uint64), 4)
+        want = _ref_wrap(s.astype(np.float64), plan)
+        assert out.wrap_report() == pytest.approx(want, rel=1e-12), name
+        assert isinstance(out.wrap_report()["wrap_suspected"], bool)
+        results[name] = (out.outliers, out.wrap_suspected)
+    assert results["spike"] == (1, True) and results["zeros"] == (0, False)
+    assert results[f"near{limit - 1}"] == (0, False) and results[f"near{limit}"] == (0, True)
+
+
+@pytest.mark.parametrize(
+    "make,n,match",
+    [(lambda p: np.zeros(p.encoded_dim + 1, dtype=np.uint64), 2, r"shape \(73,\), the plan"),
+     (lambda p: np.zeros((1, p.encoded_dim), dtype=np.uint64), 2, r"shape \(1, 72\)"),
+     (lambda p: np.zeros(p.encoded_dim), 2, "dtype float64"),
+     (lambda p: np.full(p.encoded_dim, p.modulus, dtype=np.uint64), 2, "entries >= 2\\^16"),
+     (lambda p: np.zeros(p.encoded_dim, dtype=np.uint64), 0, "got 0"),
+     (lambda p: np.zeros(p.encoded_dim, dtype=np.uint64), True, "got True"),
+     (lambda p: np.zeros(p.encoded_dim, dtype=np.uint64), 2.0, "got 2.0")],
+)
+def test_decoder_refuses_bad_sums(make, n, match: str) -> None:
+    plan = _plan_with_all()
+    with pytest.raises(ValueError, match=match):
+        Decoder(plan, SEED).decode(make(plan), n)
