@@ -161,6 +161,7 @@ def test_charged_cohort_and_corrupt_bound() -> None:
     assert charged_cohort(0, 100, 50) == 0
     assert charged_cohort(10, 100, 50) == 20  # ceil(10 * 100 / 50)
     assert charged_cohort(10, 100, 30) == 34  # ceil(33.3)
+    assert charged_cohort(1, 100, 50) == 2  # one device of half the population
     assert charged_cohort(90, 100, 50) == 100  # at most N
     assert corrupt_bound(0.1, 30) == 3 and corrupt_bound(0.1, 29) == 2
     assert corrupt_bound(0.0, 30) == 0 and corrupt_bound(0.1, 10) == 1
@@ -231,6 +232,9 @@ def test_a_round_walks_its_stages_in_process_with_a_dropout(tmp_path: Path, mode
         assert rnd.accept(stage, c, rnd.message_for(stage, clients[c].unmask(req).to_dict(),
                                                      c)) is (c == 3)
     assert rnd.advance() == (Stage.DONE, set()) and rnd.stage == Stage.DONE
+    assert rnd.expected == set() and rnd.all_in
+    with pytest.raises(RuntimeError, match="cannot advance from stage"):
+        rnd.advance()
     decoded_by_hand = exact  # what the unmasking must return
     rec = core.release(rnd)
     assert rec["secure_sum"] == "protocol" and rec["survivors"] == [0, 1, 3]
@@ -288,6 +292,7 @@ def test_the_round_log_holds_every_field_of_a_round_with_a_dropout(
     input), built from the inputs and an accountant composed by hand, against what
     release returns and what SQLite holds: while running, and when done."""
     import json
+    import random
     import time
 
     from server.round import Stage
@@ -300,7 +305,11 @@ def test_the_round_log_holds_every_field_of_a_round_with_a_dropout(
     cohort = fx.Draws(7).fixed(range(4), 3)
     assert list(rnd.participants) == cohort
     assert rnd.params.threshold == 2 and rnd.params.graph == "complete"
-    assert len(rnd.rotation_seed) == 32
+    # the graph and rotation seeds come from the injected source (a simulation's seeded
+    # generator here; os.urandom on a server), 32 bytes each
+    seeds = random.Random(7)
+    assert rnd.params.graph_seed == seeds.randbytes(32)
+    assert rnd.rotation_seed == seeds.randbytes(32)
     running = _running_record(core, rnd, 4)
     assert core.store.rounds() == [running]
     assert t_before <= rnd.started_at <= time.time()
@@ -533,6 +542,11 @@ def test_a_fresh_store_and_the_checks_of_an_existing_one(tmp_path: Path, models:
     assert core.epsilon_report() == {"epsilon": 0.0, "epsilon_amplified": 0.0, "delta": 1e-5,
                                      "sampling": "fixed", "corrupt_fraction": 0.1}
     assert core.clip == 1.0 and core.rounds_done == 0 and core.consecutive_aborts == 0
+    # before restore() there is no model, no accountant and no round
+    assert core.weights.size == 0 and core.weights.dtype == np.float32
+    assert core.opt_state == [] and core.model_version == 0 and core.model_bytes == b""
+    assert core.accountant is None and core.sample_rate is None and core.population is None
+    assert core.last_round_id is None and core.finished_reason is None
     w64 = np.asarray(models.weights0, dtype=np.float64) + 0.1
     core.restore(w64)
     expect = w64.astype(np.float32)
@@ -769,6 +783,8 @@ def test_an_abort_is_logged_with_its_reason_and_a_charged_one_stays_charged(
     assert core.store.rounds() == [rec]
     [line] = caplog.records
     assert line.args == (0, "below threshold", False)
+    assert "below threshold" in line.getMessage()
+    assert rnd.rotation_seed_public is False  # an aborted round never reveals it
     assert core.consecutive_aborts == 1 and core.last_round_id == 0
     # an abort after the write-ahead charge (while unmasking): the charge stays
     r1 = core.begin_round(fx.registered(4))
