@@ -32,7 +32,7 @@ from dp.encoding import (
 )
 from dp.mechanisms import get_mechanism
 from dp.prng import SecureRng
-from dp.rotation import rotation_signs
+from dp.rotation import padded_dim, rotate, rotation_signs, unrotate
 
 SEED = b"mutation-encoding-round-seed-001"
 
@@ -663,3 +663,61 @@ def test_decoder_refuses_bad_sums(make, n, match: str) -> None:
     plan = _plan_with_all()
     with pytest.raises(ValueError, match=match):
         Decoder(plan, SEED).decode(make(plan), n)
+
+
+# ------------------------------------------------------------------------ rotation
+
+
+@pytest.mark.parametrize(
+    "dim,hada,dft", [(1, 1, 2), (2, 2, 2), (3, 4, 4), (5, 8, 6), (13, 16, 14), (64, 64, 64),
+                     (65, 128, 66)],
+)
+def test_padded_dim(dim: int, hada: int, dft: int) -> None:
+    assert (padded_dim(dim, "hadamard"), padded_dim(dim, "dft")) == (hada, dft)
+
+
+def test_padded_dim_and_rotation_refuse_bad_input() -> None:
+    with pytest.raises(ValueError, match="dim must be >= 1, got 0"):
+        padded_dim(0, "hadamard")
+    for call in (lambda: padded_dim(4, "fft"), lambda: rotate(np.ones(4), np.ones(4), "fft"),
+                 lambda: unrotate(np.ones(4), np.ones(4), "fft", 4)):
+        with pytest.raises(ValueError, match="unknown rotation 'fft'"):
+            call()
+    for bad in (b"", "text", None):
+        with pytest.raises(ValueError, match=f"rotation seed must be non-empty bytes, got {bad!r}"):
+            rotation_signs(bad, 8)
+
+
+def test_rotation_signs_known_derivation() -> None:
+    """Public signs: PCG64 seeded with the seed read as a little-endian integer, an int8
+    draw in {0, 1} per coordinate, 1 -> +1 (what every device and the server compute)."""
+    gen = np.random.Generator(np.random.PCG64(int.from_bytes(SEED, "little")))
+    bits = gen.integers(0, 2, size=40, dtype=np.int8)
+    want = np.where(bits == 1, 1.0, -1.0)
+    got = rotation_signs(SEED, 40)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(rotation_signs(bytearray(SEED), 40), want)
+    assert set(np.unique(got)) == {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("rotation", ["hadamard", "dft"])
+@pytest.mark.parametrize("d", [2, 4, 8, 16, 32, 64, 128])
+def test_rotate_and_unrotate_equal_the_dense_matrices(rotation: str, d: int) -> None:
+    """Every number of Walsh-Hadamard levels (radix-4 passes plus one radix-2 pass when
+    odd), on single vectors and batches of any leading shape, padded and truncated."""
+    signs = rotation_signs(SEED + bytes([d]), d)
+    mat = dense_rotation(signs, rotation)
+    n = d - 1 if d > 2 else d
+    x = np.random.default_rng(d).normal(size=(2, 3, n))
+    xp = np.concatenate([x, np.zeros((2, 3, d - n))], axis=-1)
+    y = rotate(x, signs, rotation)
+    assert y.shape == (2, 3, d)
+    np.testing.assert_allclose(y, xp @ mat.T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rotate(x[1, 2], signs, rotation), mat @ xp[1, 2], atol=1e-12)
+    back = unrotate(y, signs, rotation, n)
+    assert back.shape == (2, 3, n)
+    np.testing.assert_allclose(back, (y @ mat)[..., :n], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12)
+    z = np.random.default_rng(d + 1).normal(size=d)  # unrotate of any vector: R^T z
+    np.testing.assert_allclose(unrotate(z, signs, rotation, d), mat.T @ z, atol=1e-12)
