@@ -970,3 +970,76 @@ def test_the_round_parameters_follow_the_protocol_configuration(
     p = active.begin_round(fx.registered(4)).params
     cohort = fx.Draws(2).fixed(range(4), 3)
     assert p.active is True and p.identity_keys == {c: fx.registered(4)[c] for c in cohort}
+
+
+def test_an_active_round_walks_through_the_consistency_check(
+    tmp_path: Path, models: Any
+) -> None:
+    """Active security: after the masked inputs, the survivors sign the survivor set
+    (consistency check) before any unmask share is sent; the unmasked sum is the exact
+    sum of the survivors' encoded vectors."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dp import Encoder
+    from dp.prng import SecureRng
+    from secagg import ClientProtocol
+    from secagg.auth import public_key_bytes
+    from server.round import Stage
+    from tests.server import _core_fixtures as fx
+
+    keys = {c: Ed25519PrivateKey.generate() for c in range(4)}
+    reg = {c: public_key_bytes(k) for c, k in keys.items()}
+    core = fx.make_core(tmp_path, models, protocol={"active": True}, seed=1)
+    rnd = core.begin_round(reg)
+    assert rnd.params.active and rnd.params.identity_keys == reg
+    clients = {c: ClientProtocol(rnd.params, c, signing_key=keys[c],
+                                 pinned_identity_keys=reg) for c in rnd.participants}
+    stage, _ = rnd.advance()
+    for c, cl in clients.items():
+        rnd.accept(stage, c, rnd.message_for(stage, cl.advertise_keys().to_dict(), c))
+    stage, _ = rnd.advance()
+    for c, cl in clients.items():
+        rnd.accept(stage, c, rnd.message_for(stage, cl.share_keys(rnd.keys_for[c]).to_dict(),
+                                             c))
+    stage, _ = rnd.advance()
+    assert stage == Stage.MASKED_INPUT
+    total, decoded = fx.encoded_sum(rnd, [0, 1, 2], seed=2)  # the same vectors, summed
+    enc_total = np.zeros_like(total)
+    gen = np.random.default_rng(2)
+    enc = Encoder(rnd.plan, rnd.rotation_seed)
+    for c in (0, 1, 2):
+        x, _ = enc.encode(gen.normal(0, 0.01, rnd.plan.dim), SecureRng.for_simulation(2, c))
+        enc_total = (enc_total + x) % np.uint64(rnd.plan.modulus)
+        rnd.accept(stage, c, rnd.masked_message(c, clients[c].masked_input(rnd.cts_for[c],
+                                                                          x).data))
+    np.testing.assert_array_equal(enc_total, total)
+    stage, expected = rnd.advance()
+    assert stage == Stage.CONSISTENCY_CHECK and expected == {0, 1, 2}
+    req = rnd.consistency_request
+    assert req is not None and req.survivors == (0, 1, 2) and rnd.unmask_request is None
+    for c in (0, 1, 2):
+        msg = rnd.message_for(stage, clients[c].consistency_check(req).to_dict(), c)
+        rnd.accept(stage, c, msg)
+    stage, expected = rnd.advance()
+    assert stage == Stage.UNMASK and expected == {0, 1, 2}
+    req = rnd.unmask_request
+    assert req is not None and req.survivors == (0, 1, 2)
+    for c in (0, 1, 2):
+        rnd.accept(stage, c, rnd.message_for(stage, clients[c].unmask(req).to_dict(), c))
+    assert rnd.advance() == (Stage.DONE, set())
+    rec = core.release(rnd)
+    assert rec["survivors"] == [0, 1, 2] and rec["dropouts"]["masked_input"] == [3]
+    np.testing.assert_allclose(core.weights, models.weights0 + decoded.total / 3,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_pld_accountant_is_the_one_configured(tmp_path: Path, models: Any) -> None:
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, per_round=3, seed=1, accountant="pld",
+                        dp={"mechanism": "gaussian"})
+    rnd = core.begin_round(fx.registered(4))
+    rec, _ = fx.release(core, rnd, list(rnd.participants))
+    hand = fx.hand_accountant(core.config, 0.75, 4, [(rnd.plan, 3, 3)])
+    assert hand.report().accountant == "pld" and rec["accountant"] == "pld"
+    _same_figures(core, hand)
