@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -163,6 +165,14 @@ PLANS = [
     (DPConfig(mechanism="skellam", bits=20, noise_multiplier=1.0, eval_buckets=5), 64, 100, 5, 0),
     # more bits than the sampler can use: gamma = sigma_u / max_local_scale
     (DPConfig(mechanism="ddgauss", bits=40), 16, 4, 4, 0),
+    # no noise: the count slot is m = 1 even where bits would hold a larger m
+    (DPConfig(mechanism="none", noise_multiplier=0.0, bits=20, adaptive_clip=True), 8, 10, 10, 0),
+    # the count slot halves 32 -> 16 -> 8 -> 4 -> 2 -> 1 and takes m = 1
+    (DPConfig(mechanism="skellam", bits=8, noise_multiplier=0.5, adaptive_clip=True,
+              clipped_count_stddev=2.5), 8, 64, 64, 0),
+    # the rounded Gaussian's evaluation share at exactly its minimum local std (1.0)
+    (DPConfig(mechanism="gaussian", bits=20, eval_buckets=2, eval_noise_ratio=2.0**-13),
+     8, 1, 1, 0),
 ]
 
 
@@ -188,6 +198,9 @@ def test_plan_cases_reach_the_branches_they_name() -> None:
     assert by[10].eval_scale == 1
     assert by[11].eval_scale == 2048 and 100 * 4096 < 2**19
     assert by[12].local_stddev == get_mechanism("ddgauss").max_local_scale
+    assert (by[13].count_scale, by[13].count_local_stddev) == (1, 0.0)
+    assert by[14].count_scale == 1 and math.ceil(20 * 8 / 5.0) == 32
+    assert (by[15].eval_scale, by[15].eval_local_stddev) == (4096, 1.0)
 
 
 def test_count_slot_without_noise_needs_n_below_half() -> None:
@@ -197,11 +210,31 @@ def test_count_slot_without_noise_needs_n_below_half() -> None:
         EncodingPlan.create(cfg, 8, 128, 100)
 
 
+def _refusal(fn: Callable[[], object], seconds: float = 20.0) -> BaseException | None:
+    """Run fn in a daemon thread: the exception it raised, or a failure if it neither
+    returned nor raised in time (a search for a scale that never ends)."""
+    box: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 - handed back to the test
+            box[0] = err
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(seconds)
+    if th.is_alive():
+        pytest.fail(f"no answer in {seconds} s: the scale search does not terminate")
+    return box[0]
+
+
 def test_count_slot_that_cannot_fit_names_its_noise() -> None:
     cfg = DPConfig(mechanism="ddgauss", bits=8, noise_multiplier=0.1, adaptive_clip=True,
                    clipped_count_stddev=200.0, modclip_prob=0.4)
-    with pytest.raises(DPConfigError, match=r"clipped count of 10 clients \(count noise std 200"):
-        EncodingPlan.create(cfg, 8, 10, 10)
+    err = _refusal(lambda: EncodingPlan.create(cfg, 8, 10, 10))
+    assert isinstance(err, DPConfigError)
+    assert "clipped count of 10 clients (count noise std 200" in str(err)
 
 
 def test_eval_block_refuses_a_gaussian_share_it_cannot_account_for() -> None:
@@ -209,8 +242,9 @@ def test_eval_block_refuses_a_gaussian_share_it_cannot_account_for() -> None:
     only fitting scales give less is refused (not planned with an unaccounted share)."""
     cfg = DPConfig(mechanism="gaussian", bits=24, noise_multiplier=1.0, eval_buckets=2,
                    eval_noise_ratio=0.001)
-    with pytest.raises(DPConfigError, match="federated-evaluation block of 1000 clients"):
-        EncodingPlan.create(cfg, 1024, 1000, 1000)
+    err = _refusal(lambda: EncodingPlan.create(cfg, 1024, 1000, 1000))
+    assert isinstance(err, DPConfigError)
+    assert "federated-evaluation block of 1000 clients" in str(err)
 
 
 def test_rounding_l2_bound_both_regimes() -> None:
@@ -274,6 +308,11 @@ def test_plan_from_dict_checks_every_derived_value() -> None:
         EncodingPlan.from_dict(lacking)
     with pytest.raises(DPConfigError, match="needs a dict, got list"):
         EncodingPlan.from_dict([d])
+    # a config written by an older version, without the keys that have defaults since
+    short = dict(d, config={k: v for k, v in d["config"].items()
+                            if k not in ("eval_buckets", "eval_noise_ratio", "eval_max_examples",
+                                         "eval_max_loss", "clipped_count_stddev")})
+    assert EncodingPlan.from_dict(short) == plan
     # a dict from before the corrupt bound existed: c = 0
     plain = EncodingPlan.create(plan.config, 40, 10, 8)
     old = plain.to_dict()
