@@ -210,23 +210,29 @@ def test_count_slot_without_noise_needs_n_below_half() -> None:
         EncodingPlan.create(cfg, 8, 128, 100)
 
 
-def _refusal(fn: Callable[[], object], seconds: float = 20.0) -> BaseException | None:
-    """Run fn in a daemon thread: the exception it raised, or a failure if it neither
-    returned nor raised in time (a search for a scale that never ends)."""
-    box: list[BaseException | None] = [None]
+def _in_time(
+    fn: Callable[[], object], seconds: float = 20.0
+) -> tuple[object, BaseException | None]:
+    """Run fn in a daemon thread: (its result, the exception it raised), or a test failure
+    if it neither returned nor raised in time (a loop that never ends)."""
+    box: list = [None, None]
 
     def run() -> None:
         try:
-            fn()
+            box[0] = fn()
         except BaseException as err:  # noqa: BLE001 - handed back to the test
-            box[0] = err
+            box[1] = err
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
     th.join(seconds)
     if th.is_alive():
-        pytest.fail(f"no answer in {seconds} s: the scale search does not terminate")
-    return box[0]
+        pytest.fail(f"no answer in {seconds} s: the loop does not terminate")
+    return box[0], box[1]
+
+
+def _refusal(fn: Callable[[], object]) -> BaseException | None:
+    return _in_time(fn)[1]
 
 
 def test_count_slot_that_cannot_fit_names_its_noise() -> None:
@@ -760,3 +766,32 @@ def test_rotate_and_unrotate_equal_the_dense_matrices(rotation: str, d: int) -> 
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-12)
     z = np.random.default_rng(d + 1).normal(size=d)  # unrotate of any vector: R^T z
     np.testing.assert_allclose(unrotate(z, signs, rotation, d), mat.T @ z, atol=1e-12)
+
+
+def test_rotation_of_a_long_vector_ends_and_is_right() -> None:
+    d = 1024
+    signs = rotation_signs(SEED, d)
+    x = np.random.default_rng(9).normal(size=d)
+    y, err = _in_time(lambda: rotate(x, signs, "hadamard"))
+    assert err is None
+    np.testing.assert_allclose(y, dense_rotation(signs, "hadamard") @ x, atol=1e-12)
+    back, err = _in_time(lambda: unrotate(y, signs, "hadamard", d))
+    assert err is None
+    np.testing.assert_allclose(back, x, atol=1e-12)
+
+
+@pytest.mark.parametrize("rotation", ["hadamard", "dft"])
+def test_unrotate_of_strided_float32_or_fortran_input(rotation: str) -> None:
+    """unrotate works on any array: a Fortran-ordered or strided batch gives the rows of
+    its contiguous copy, float32 input is computed in float64."""
+    d = 16
+    signs = rotation_signs(SEED, d)
+    y = np.random.default_rng(4).normal(size=(3, 2 * d))
+    want = unrotate(np.ascontiguousarray(y[:, ::2]), signs, rotation, d)
+    np.testing.assert_array_equal(unrotate(y[:, ::2], signs, rotation, d), want)
+    f = np.asfortranarray(y[:, :d])
+    np.testing.assert_array_equal(unrotate(f, signs, rotation, d),
+                                  unrotate(np.ascontiguousarray(f), signs, rotation, d))
+    y32 = y[:, :d].astype(np.float32)
+    np.testing.assert_array_equal(unrotate(y32, signs, rotation, d),
+                                  unrotate(y32.astype(np.float64), signs, rotation, d))
