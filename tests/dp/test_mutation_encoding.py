@@ -14,6 +14,7 @@ Each test pins a whole result computed independently here:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -32,7 +33,14 @@ from dp.encoding import (
     rounding_l2_bound,
     update_clip,
 )
-from dp.mechanisms import get_mechanism
+from dp.mechanisms import (
+    MECHANISM_REGISTRY,
+    NoiseMechanism,
+    ddgauss_rdp,
+    get_mechanism,
+    register_mechanism,
+    skellam_rdp,
+)
 from dp.prng import SecureRng
 from dp.rotation import padded_dim, rotate, rotation_signs, unrotate
 
@@ -519,6 +527,14 @@ ENCODE_CASES = [
     (DPConfig(mechanism="gaussian", bits=20, beta=0.0, eval_buckets=2), 20, 9, 9, 1),
     # barely-slack conditional rounding: many draws are rejected
     (DPConfig(mechanism="none", noise_multiplier=0.0, bits=12, beta=0.999, clip=3.0), 64, 9, 9, 0),
+    # local stds below 1 (update 0.079, count slot 0.625) and more rows (64) than entries (8)
+    (DPConfig(mechanism="skellam", bits=8, noise_multiplier=0.5, adaptive_clip=True,
+              clipped_count_stddev=2.5), 8, 64, 64, 0),
+    # an evaluation share of std exactly 1.0
+    (DPConfig(mechanism="gaussian", bits=20, eval_buckets=2, eval_noise_ratio=2.0**-13),
+     8, 1, 1, 0),
+    # a count slot without noise
+    (DPConfig(mechanism="none", noise_multiplier=0.0, bits=20, adaptive_clip=True), 8, 10, 10, 0),
 ]
 
 
@@ -527,14 +543,19 @@ def _updates(m: int, dim: int, clip: float, seed: int) -> np.ndarray:
     u = g.normal(size=(m, dim))
     u *= (clip * g.uniform(0.2, 2.5, size=m) / np.linalg.norm(u, axis=1))[:, np.newaxis]
     u[0] *= 4.0 * clip / np.linalg.norm(u[0])  # clipped
-    u[1] *= 0.5 * clip / np.linalg.norm(u[1])  # kept
+    if m > 1:
+        u[1] *= 0.5 * clip / np.linalg.norm(u[1])  # kept
+    if m > 2:
+        u[2] = 0.0
+        u[2, 0] = clip  # norm exactly C: kept as is, counted as not clipped
     return u
 
 
 def _evals(m: int) -> np.ndarray:
     g = np.random.default_rng(5)
     ev = np.stack([g.uniform(-0.1, 1.1, m), g.uniform(0, 20, m), g.uniform(0, 90, m)], axis=1)
-    ev[2, 1] = 0.0  # a device without held-out examples
+    if m > 2:
+        ev[2, 1] = 0.0  # a device without held-out examples
     return ev
 
 
@@ -795,3 +816,185 @@ def test_unrotate_of_strided_float32_or_fortran_input(rotation: str) -> None:
     y32 = y[:, :d].astype(np.float32)
     np.testing.assert_array_equal(unrotate(y32, signs, rotation, d),
                                   unrotate(y32.astype(np.float64), signs, rotation, d))
+
+
+# ------------------------------------------------- what a plug-in mechanism is handed
+
+
+class _Recording(NoiseMechanism):
+    """A plug-in that adds nothing and records what the encoder asks of it."""
+
+    name = "rec_mutation_encoding"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float, float, float]] = []
+
+    def add_noise(self, record, scale, l2_bound, l1_bound, rng):  # noqa: ANN001
+        self.calls.append((int(np.size(record)), scale, l2_bound, l1_bound))
+        return np.asarray(record, dtype=np.int64)
+
+    def rdp(self, orders, l2_sens, l1_sens, local_scale, n_shares, dim):  # noqa: ANN001
+        return np.zeros(len(orders))
+
+
+def test_plug_in_gets_each_records_norm_bounds() -> None:
+    """The contract of `NoiseMechanism.add_noise`: the update with (local, Delta2, Delta1),
+    the count slot with (count local, m, m), the evaluation block with (eval local, 2m, 4m)
+    (its L2 norm is <= 2m, its L1 norm <= 4m)."""
+    rec = _Recording()
+    register_mechanism(rec)
+    try:
+        cfg = DPConfig(mechanism=rec.name, bits=20, adaptive_clip=True, eval_buckets=3)
+        plan = EncodingPlan.create(cfg, 16, 5, 5)
+        Encoder(plan, SEED).encode(np.ones(16), _rng("plug"), [0.5, 3.0, 2.0])
+    finally:
+        MECHANISM_REGISTRY.pop(rec.name, None)
+    m, e = plan.count_scale, plan.eval_scale
+    assert plan.local_stddev > 0 and plan.count_local_stddev > 0 and plan.eval_local_stddev > 0
+    assert rec.calls == [
+        (plan.padded_dim, plan.local_stddev, plan.l2_sensitivity, plan.l1_sensitivity),
+        (1, plan.count_local_stddev, m, m),
+        (6, plan.eval_local_stddev, 2.0 * e, 4.0 * e),
+    ]
+
+
+# ------------------------------------------------------------ the round's RDP
+
+
+def test_round_rdp_adds_the_count_slot_and_the_evaluation_block() -> None:
+    """RDP(update) + RDP(count slot: Delta2 = Delta1 = m, one coordinate) + RDP(eval block:
+    Delta2 = 2m, Delta1 = 4m, eval_dim coordinates), each from the mechanism's formula."""
+    orders = [2.0, 3.0, 8.0, 32.0]
+    for cfg, dim, n, t, c in (PLANS[0], PLANS[14]):
+        plan = EncodingPlan.create(cfg, dim, n, t, c)
+        ev = plan.privacy_event(n)
+        h = n - c
+
+        def f(a: float, b: float, s: float, k: int, h: int = h, mech: str = cfg.mechanism):
+            if mech == "ddgauss":
+                return ddgauss_rdp(orders, a, b, s, h, k)
+            return skellam_rdp(orders, a, b, h * s**2)
+
+        want = f(plan.l2_sensitivity, plan.l1_sensitivity, plan.local_stddev, plan.padded_dim)
+        want = want + f(plan.count_scale, plan.count_scale, plan.count_local_stddev, 1)
+        if cfg.eval_buckets:
+            m = plan.eval_scale
+            want = want + f(2 * m, 4 * m, plan.eval_local_stddev, cfg.eval_dim)
+        np.testing.assert_allclose(ev.rdp(orders), want, rtol=1e-12)
+    assert EncodingPlan.create(*PLANS[14][:4]).count_scale == 1
+
+
+# ------------------------------------------------------------------ encoder errors
+
+
+def test_encoder_errors_name_the_row_and_the_counts() -> None:
+    cfg = DPConfig(mechanism="ddgauss", bits=16, eval_buckets=2)
+    plan = EncodingPlan.create(cfg, 8, 4, 4)
+    enc = Encoder(plan, SEED)
+    bad = np.zeros((3, 8))
+    bad[2, 5] = np.nan
+    ev = np.tile([0.5, 2.0, 1.0], (3, 1))
+    rngs = [_rng("e", i) for i in range(3)]
+    with pytest.raises(ValueError, match=r"^update contains NaN or infinite values \(row 2\)$"):
+        enc.encode_batch(bad, rngs, ev)
+    with pytest.raises(ValueError, match=r"^update contains NaN or infinite values$"):
+        enc.encode(bad[2], rngs[0], ev[0])
+    with pytest.raises(ValueError, match=r"^3 updates but 2 evaluation rows$"):
+        enc.encode_batch(np.zeros((3, 8)), rngs, ev[:2])
+    with pytest.raises(ValueError, match=r"needs its \(accuracy, examples, loss sum\)$"):
+        enc.encode(np.zeros(8), rngs[0])
+    plain = Encoder(EncodingPlan.create(DPConfig(mechanism="ddgauss", bits=16), 8, 4, 4), SEED)
+    with pytest.raises(ValueError, match="^evaluation stats given, but the plan has no "
+                                         "evaluation block$"):
+        plain.encode(np.zeros(8), rngs[0], [0.5, 2.0, 1.0])
+    for cls in (Encoder, Decoder):
+        with pytest.raises(TypeError, match="^plan must be an EncodingPlan, got dict$"):
+            cls(plan.to_dict(), SEED)
+
+
+def test_rounding_that_cannot_meet_its_bound_stops_after_1000_tries() -> None:
+    """A plan whose Delta2 no rounding can meet (tampered with: `create` never makes one)
+    fails loudly after 1000 tries of d uniforms each, instead of looping."""
+    plan = EncodingPlan.create(DPConfig(mechanism="none", noise_multiplier=0.0, bits=16), 8, 2, 2)
+    bad = dataclasses.replace(plan, l2_sensitivity=0.5)
+    rng = _rng("stuck")
+    x = np.full(8, 0.3)  # rotated and scaled: far from 0 in integer units
+    err = _refusal(lambda: Encoder(bad, SEED).encode(x, rng))
+    assert isinstance(err, RuntimeError)
+    assert str(err) == "conditional rounding did not meet the norm bound 0.5 in 1000 tries"
+    fresh = _rng("stuck")
+    fresh.words(1000 * 8)
+    np.testing.assert_array_equal(rng.words(4), fresh.words(4))
+
+
+# -------------------------------------------------------------- decoder edge cases
+
+
+def test_decoder_at_60_bits_and_without_optional_slots() -> None:
+    """2^b - 1 is -1 even where float64 cannot hold 2^b - 1; a plan without the count slot
+    or the evaluation block decodes neither."""
+    plan = EncodingPlan.create(DPConfig(mechanism="none", noise_multiplier=0.0, bits=60), 8, 2, 2)
+    v = np.zeros(plan.encoded_dim, dtype=np.uint64)
+    v[0] = np.uint64((1 << 60) - 1)
+    out = Decoder(plan, SEED).decode(v, 2)
+    rot = dense_rotation(rotation_signs(SEED, 8), "hadamard")
+    np.testing.assert_allclose(out.total, -plan.gamma * rot.T[:, 0], rtol=1e-12)
+    assert out.clipped_count is None and out.evaluation is None
+    with pytest.raises(ValueError, match=r"sum has shape \(8, 1\)"):
+        Decoder(plan, SEED).decode(v[:, np.newaxis], 2)
+
+
+def _wrap_plan(dim: int, rotation: str = "hadamard", modclip_prob: float = 1e-4) -> EncodingPlan:
+    cfg = DPConfig(mechanism="none", noise_multiplier=0.0, bits=16, rotation=rotation,
+                   modclip_prob=modclip_prob)
+    return EncodingPlan.create(cfg, dim, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "name,plan_args,coords,suspected",
+    [
+        # d = 1: no number of near-wrap values is unlikely enough (p > 1e-6): never flagged
+        ("d1-zero", (1,), [0], False),
+        ("d1-near", (1, "hadamard", 1.2e-7), ["near"], False),
+        # d = 2: both near the wrap has probability p^2 < 1e-6: flagged
+        ("d2-both", (2, "dft"), ["near", "-near"], True),
+        ("d2-one", (2, "dft"), ["near", 0], False),
+        # a tiny planned rate (modclip 1e-12): one near-wrap value is flagged
+        ("d64-one", (64, "hadamard", 1e-12), ["near"], True),
+        # a lone +-1 is an outlier, whatever the scale
+        ("tiny-spike", (64,), [1], True),
+    ],
+)
+def test_wrap_flags_at_small_dimensions(name: str, plan_args: tuple, coords: list,
+                                        suspected: bool) -> None:
+    plan = _wrap_plan(*plan_args)
+    d, half = plan.padded_dim, plan.modulus // 2
+    near = math.ceil((1 - 1 / plan.k_stddevs) * half)
+    s = np.random.default_rng(1).integers(-half // 2, half // 2, size=d) if d > 8 else (
+        np.zeros(d, dtype=np.int64))
+    if name == "tiny-spike":
+        s[:] = 0
+    for i, c in enumerate(coords):
+        s[i] = {"near": near, "-near": -near}.get(c, c)
+    out, err = _in_time(lambda: Decoder(plan, SEED).decode((s % plan.modulus).astype(np.uint64),
+                                                           2))
+    assert err is None
+    assert out.wrap_report() == pytest.approx(_ref_wrap(s.astype(np.float64), plan), rel=1e-12)
+    assert out.wrap_suspected is suspected
+
+
+def test_wrap_near_limit_at_1024_coordinates() -> None:
+    plan = _wrap_plan(1024)
+    d, half = 1024, plan.modulus // 2
+    limit = _ref_binomial_upper(d, math.erfc((plan.k_stddevs - 1) / math.sqrt(2)), 1e-6)
+    base = np.random.default_rng(8).integers(-half // 2, half // 2, size=d)
+    margin = math.ceil((1 - 1 / plan.k_stddevs) * half)
+    for near, flagged in ((limit - 1, False), (limit, True)):
+        s = base.copy()
+        s[:near] = margin
+        out, err = _in_time(lambda s=s: Decoder(plan, SEED).decode(
+            (s % plan.modulus).astype(np.uint64), 2))
+        assert err is None
+        assert out.wrap_report() == pytest.approx(_ref_wrap(s.astype(np.float64), plan),
+                                                  rel=1e-12)
+        assert (out.near_wrap, out.outliers, out.wrap_suspected) == (near, 0, flagged)
