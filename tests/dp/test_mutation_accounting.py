@@ -1,0 +1,252 @@
+"""The accountant's printed figures, budget decisions and storage, pinned against
+independent references (issue 16: mutants of dp.accounting that every older test let
+through).
+
+- The PLD accountant's unamplified epsilon is the root of the Gaussian's exact
+  delta(epsilon) (Balle & Wang 2018), written out again here with scipy and found by
+  brentq, to 3e-12 relative, at figures below 0.01, below 1, above 1, and 0.
+- `calibrate_noise` returns the smallest z (to `rel_tol`) that meets the target for the
+  accountant the run charges with, for targets reached below z = 1 (the shrinking branch),
+  far above it (z near 2^15), with every run parameter set away from its default, and
+  with the defaults of `epsilon_for`.
+- The Poisson (Zhu-Wang) subsampled RDP against its formula written out again.
+- `would_exceed` at the budget's edges; `to_dict`/`from_dict` of a PLD accountant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.special import ndtr
+
+from dp import (
+    DPConfig,
+    DPConfigError,
+    EncodingPlan,
+    PrivacyAccountant,
+    calibrate_noise,
+    epsilon_for,
+    subsampled_rdp,
+)
+
+# ------------------------------------------------------------ exact Gaussian (PLD)
+
+
+def _gaussian_delta(eps: float, z: float) -> float:
+    """delta(eps) of the Gaussian mechanism with noise multiplier z (sensitivity 1):
+    Phi(1/(2z) - eps z) - e^eps Phi(-1/(2z) - eps z) (Balle & Wang 2018, Thm. 8)."""
+    return float(ndtr(1 / (2 * z) - eps * z) - math.exp(eps) * ndtr(-1 / (2 * z) - eps * z))
+
+
+def _gaussian_epsilon_ref(z: float, delta: float) -> float:
+    if _gaussian_delta(0.0, z) <= delta:
+        return 0.0
+    return brentq(lambda e: _gaussian_delta(e, z) - delta, 0.0, 200.0,
+                  xtol=1e-300, rtol=1e-15, maxiter=1000)
+
+
+def _gaussian_event(z: float, delta: float):
+    config = DPConfig(mechanism="gaussian", noise_multiplier=z, bits=40, delta=delta)
+    return config, EncodingPlan.create(config, 1000, 100, 100).privacy_event(100)
+
+
+#: A hang guard, far above these tests' run time (well under a second): a bisection that
+#: never ends fails here instead of running into mutmut's CPU limit.
+HANG = pytest.mark.timeout(30)
+
+
+@HANG
+@pytest.mark.parametrize(
+    "z,rounds,delta",
+    [(300.0, 1, 1e-5),   # epsilon ~ 0.008: the bisection's tolerance is relative
+     (3.0, 1, 1e-5),     # epsilon ~ 1.27
+     (1.4, 2, 1e-6),     # epsilon ~ 7.4: the bracket is doubled three times
+     (2000.0, 1, 1e-3)],  # delta(0) <= delta: epsilon 0
+)
+def test_pld_unamplified_epsilon_is_the_exact_gaussian_root(
+    z: float, rounds: int, delta: float
+) -> None:
+    config, event = _gaussian_event(z, delta)
+    acc = PrivacyAccountant(config, 1.0, "pld")
+    acc.compose(event, rounds)
+    z_total = 1.0 / math.sqrt(rounds / event.gaussian_noise_multiplier**2)
+    expected = _gaussian_epsilon_ref(z_total, delta)
+    got = acc.report().epsilon
+    if expected == 0.0:
+        assert got == 0.0
+    else:
+        # the bisection returns the upper end, within 1e-12 relative of the root
+        assert got == pytest.approx(expected, rel=3e-12)
+        assert got >= expected * (1 - 1e-13)
+
+
+# ------------------------------------------------------------------- calibration
+
+
+def _assert_smallest(eps, z: float, target: float, rel_tol: float) -> None:
+    """z meets the target, and z shrunk by twice the tolerance does not."""
+    assert isinstance(z, float)
+    assert eps(z) <= target
+    assert eps(z * (1 - 2 * rel_tol)) > target
+
+
+@HANG
+@pytest.mark.parametrize("target", [200.0, 30.0, 3.0])
+def test_calibration_below_one_is_the_smallest_z(target: float) -> None:
+    # unamplified Gaussian, one round: z* ~ 0.07, 0.2 and 1.5 (the first two are found by
+    # shrinking the bracket below z = 1, the last by doubling it)
+    run = dict(bits=40, dim=1000, clients_per_round=10)
+    z = calibrate_noise(target, 1.0, 1, 1e-5, mechanism="gaussian", **run)
+    _assert_smallest(lambda x: epsilon_for("gaussian", x, 1.0, 1, 1e-5, **run), z, target,
+                     1e-4)
+
+
+@HANG
+def test_calibration_of_the_unamplified_figure_under_sampling() -> None:
+    # q < 1: the unamplified (zero-out) figure is calibrated, not the amplified one
+    run = dict(bits=40, dim=1000, clients_per_round=10, amplified=False)
+    z = calibrate_noise(20.0, 0.1, 5, 1e-5, mechanism="gaussian", **run)
+    _assert_smallest(lambda x: epsilon_for("gaussian", x, 0.1, 5, 1e-5, **run), z, 20.0, 1e-4)
+    assert epsilon_for("gaussian", z, 0.1, 5, 1e-5, **{**run, "amplified": True}) > 20.0
+
+
+@HANG
+def test_calibration_far_above_one() -> None:
+    # a target reached at z ~ 4e4 (between 2^15 and 2^16), exact Gaussian (PLD)
+    run = dict(bits=20, dim=1000, clients_per_round=10, accountant="pld", amplified=False)
+    target = epsilon_for("gaussian", 40_000.0, 1.0, 1, 1e-6, **run)
+    z = calibrate_noise(target, 1.0, 1, 1e-6, mechanism="gaussian", **run)
+    assert 2.0**15 < z <= 2.0**16
+    _assert_smallest(lambda x: epsilon_for("gaussian", x, 1.0, 1, 1e-6, **run), z, target,
+                     1e-4)
+
+
+@HANG
+def test_calibration_charges_every_run_parameter() -> None:
+    # every parameter away from its default, and each of them moves epsilon by far more
+    # than the tolerance (bits=10: the rounding counts; adaptive clipping with its own
+    # stddev, the evaluation block with its own ratio, colluders and survivors)
+    run = dict(clients_per_round=10, bits=10, dim=1000, clip=0.5, min_contributors=8,
+               adaptive_clip=True, clipped_count_stddev=2.0, sampling="fixed",
+               population=100, corrupt=0.1, eval_buckets=4, eval_noise_ratio=3.0,
+               survivors=9)
+    z = calibrate_noise(5.0, 0.1, 5, 1e-5, mechanism="ddgauss", **run)
+    _assert_smallest(lambda x: epsilon_for("ddgauss", x, 0.1, 5, 1e-5, **run), z, 5.0, 1e-4)
+
+
+def test_calibration_of_fixed_sampling_needs_the_population() -> None:
+    # Poisson sampling infers N = k / q; fixed-size sampling must be told N
+    with pytest.raises(DPConfigError, match="fixed-size sampling needs the population N"):
+        calibrate_noise(5.0, 0.1, 5, 1e-5, mechanism="gaussian", clients_per_round=10,
+                        sampling="fixed")
+
+
+@HANG
+def test_calibration_defaults_are_epsilon_fors() -> None:
+    # With the defaults (bits 20, dim 1e5, 100 clients, evaluation ratio 2) the
+    # calibrated z is the smallest for epsilon_for's defaults, to a tight tolerance
+    # (at 20 bits the rounding moves epsilon by ~1e-5 of itself).
+    tol = 1e-7
+    z = calibrate_noise(1.2, 1.0, 1, 1e-5, mechanism="ddgauss", eval_buckets=4, rel_tol=tol)
+    _assert_smallest(lambda x: epsilon_for("ddgauss", x, 1.0, 1, 1e-5, eval_buckets=4), z,
+                     1.2, tol)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, "3"])
+def test_calibration_refuses_a_target_that_is_not_positive(bad: object) -> None:
+    with pytest.raises(DPConfigError, match=f"target epsilon must be > 0, got {bad!r}"):
+        calibrate_noise(bad, 1.0, 1, 1e-5)  # type: ignore[arg-type]
+
+
+def test_calibration_refuses_mechanism_none() -> None:
+    with pytest.raises(DPConfigError, match="'none' adds no noise"):
+        calibrate_noise(1.0, 1.0, 1, 1e-5, mechanism="none")
+
+
+# ------------------------------------------------------- Poisson subsampling (Zhu-Wang)
+
+
+def _zhu_wang_ref(eps: list[float], q: float, a: int) -> float:
+    """REFERENCES.md's Poisson-subsampled bound at integer order a, eps[i] = eps(i + 2)."""
+    s = (1 - q) ** (a - 1) * (a * q - q + 1)
+    s += math.comb(a, 2) * q**2 * (1 - q) ** (a - 2) * math.exp(eps[0])
+    s += 3 * sum(math.comb(a, j) * (1 - q) ** (a - j) * q**j * math.exp((j - 1) * eps[j - 2])
+                 for j in range(3, a + 1))
+    return min(math.log(s) / (a - 1), eps[a - 2])
+
+
+@pytest.mark.parametrize("z,q", [(1.0, 0.01), (0.8, 0.2), (1.0, 0.6), (2.0, 0.95)])
+def test_poisson_subsampled_rdp_is_the_formula(z: float, q: float) -> None:
+    orders = tuple(range(2, 31))
+    eps = [a / (2 * z * z) for a in orders]
+    got = subsampled_rdp(np.asarray(eps), q)
+    want = [_zhu_wang_ref(eps, q, a) for a in orders]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # a subset of orders gives the same values at those orders
+    np.testing.assert_allclose(subsampled_rdp(np.asarray(eps), q, (2, 7, 30)),
+                               [want[0], want[5], want[28]], rtol=1e-12)
+
+
+# ------------------------------------------------------------------ budget decisions
+
+
+def _accountant(sample_rate: float = 1.0, population: int | None = None):
+    config, event = _gaussian_event(1.0, 1e-5)
+    return PrivacyAccountant(config, sample_rate, population=population), event
+
+
+def test_would_exceed_at_the_edges_of_the_budget() -> None:
+    acc, event = _accountant()
+    acc.compose(event)
+    two = _accountant()[0]
+    two.compose(event, 2)
+    after = two.report().epsilon
+    assert acc.would_exceed(event, 0.0)  # any round costs something; 0 is a valid budget
+    assert acc.would_exceed(event, 0.5)
+    assert not acc.would_exceed(event, after)  # reaching the budget exactly is allowed
+    assert acc.would_exceed(event, math.nextafter(after, 0.0))
+    assert acc.report().epsilon < after and acc.rounds == 1  # the check charged nothing
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError, match=f"budget must be >= 0, got {bad!r}"):
+            acc.would_exceed(event, bad)
+
+
+def test_would_exceed_unamplified_ignores_the_amplified_figure() -> None:
+    acc, event = _accountant(0.01, population=10_000)
+    acc.compose(event, 3, cohort=100)
+    trial = _accountant(0.01, population=10_000)[0]
+    trial.compose(event, 4, cohort=100)
+    rep = trial.report()
+    assert rep.epsilon_amplified < rep.epsilon
+    budget = 0.5 * (rep.epsilon_amplified + rep.epsilon)
+    assert acc.would_exceed(event, budget)  # default: the unamplified figure
+    assert not acc.would_exceed(event, budget, cohort=100, amplified=True)
+    with pytest.raises(DPConfigError, match="cohort"):
+        acc.would_exceed(event, budget, amplified=True)
+
+
+# ------------------------------------------------------------------ storage / replay
+
+
+def test_pld_accountant_round_trips_through_its_dict() -> None:
+    config, event = _gaussian_event(2.0, 1e-5)
+    acc = PrivacyAccountant(config, 1.0, "pld")
+    acc.compose(event, 3)
+    again = PrivacyAccountant.from_dict(acc.to_dict())
+    assert again.to_dict() == acc.to_dict()
+    assert again.accountant == "pld"
+    assert again.report() == acc.report()
+
+
+def test_from_dict_refuses_bad_records_naming_them() -> None:
+    config, event = _gaussian_event(2.0, 1e-5)
+    d = PrivacyAccountant(config, 1.0).to_dict()
+    with pytest.raises(DPConfigError, match="needs a dict, got list"):
+        PrivacyAccountant.from_dict([d])  # type: ignore[arg-type]
+    with pytest.raises(DPConfigError, match=r"unknown PrivacyAccountant keys: \['bogus'\]"):
+        PrivacyAccountant.from_dict({**d, "bogus": 1})
+    with pytest.raises(DPConfigError, match="events must be a list, got 'x'"):
+        PrivacyAccountant.from_dict({**d, "events": "x"})
