@@ -373,40 +373,40 @@ def test_policy_range_ends_are_accepted() -> None:
     ("policy", "message"),
     [
         (
-            ClientPolicy(min_threshold_fraction=0.71),
+            dict(min_threshold_fraction=0.71),
             "round 7: threshold 7 is below this device's minimum 8 (0.71 of 10 share holders)",
         ),
         (
-            ClientPolicy(min_survivors_fraction=0.71),
+            dict(min_survivors_fraction=0.71),
             "round 7: min_survivors 7 is below this device's minimum 8 (0.71 of 10 participants)",
         ),
         (
-            ClientPolicy(min_cohort=11),
+            dict(min_cohort=11),
             "round 7: 10 participants, this device accepts [11, 1000000]",
         ),
-        (ClientPolicy(max_cohort=9), "round 7: 10 participants, this device accepts [3, 9]"),
-        (ClientPolicy(min_bits=17), "round 7: bits=16, this device accepts [17, 62]"),
-        (ClientPolicy(max_bits=15), "round 7: bits=16, this device accepts [8, 15]"),
+        (dict(max_cohort=9), "round 7: 10 participants, this device accepts [3, 9]"),
+        (dict(min_bits=17), "round 7: bits=16, this device accepts [17, 62]"),
+        (dict(max_bits=15), "round 7: bits=16, this device accepts [8, 15]"),
         (
-            ClientPolicy(allowed_graphs=("harary",)),
+            dict(allowed_graphs=("harary",)),
             "round 7: graph 'complete' is not allowed by this device (allowed: ('harary',))",
         ),
         (
-            ClientPolicy(require_active=True),
+            dict(require_active=True),
             "round 7 is not in active mode, which this device requires (without the "
             "consistency check a lying server can unmask an input)",
         ),
         (
-            ClientPolicy(corrupt=0.7),
+            dict(corrupt=0.7),
             "round 7: threshold 7 <= 7, the corrupt share holders expected at corrupt=0.7: "
             "they could rebuild a secret on their own",
         ),
     ],
 )
-def test_policy_check_refuses_with_the_rule_and_value(policy: ClientPolicy, message: str) -> None:
+def test_policy_check_refuses_with_the_rule_and_value(policy: dict[str, Any], message: str) -> None:
     q = RoundParams(**_base(participants=tuple(range(10)), threshold=7))
     with pytest.raises(PolicyError, match=_exact(message)):
-        policy.check(q)
+        ClientPolicy(**policy).check(q)
     ClientPolicy(allowed_graphs=["complete"], require_active=False).check(q)
 
 
@@ -584,7 +584,11 @@ def test_registry_resolves_registered_paths_and_refuses_the_rest(imports_switch:
 
 def test_entry_points_of_the_registry_group(tmp_path: Path, imports_switch: None) -> None:
     """An installed distribution's entry point (a dist-info on sys.path) resolves by its
-    name, is adopted under that name and stored; an entry point that cannot load says so."""
+    name, is adopted under that name and stored; an entry point that cannot load says so;
+    entry points are read once, until refresh()."""
+    sys.path.insert(0, str(tmp_path))
+    reg: PluginRegistry[tuple[str, Any]] = PluginRegistry("widget", "wireplug.widgets", _adopt)
+    assert reg.names() == []
     (tmp_path / "wireplug_mod.py").write_text("def make():\n    return 42\n", encoding="utf-8")
     dist = tmp_path / "wireplug-0.1.dist-info"
     dist.mkdir()
@@ -592,14 +596,15 @@ def test_entry_points_of_the_registry_group(tmp_path: Path, imports_switch: None
     (dist / "entry_points.txt").write_text(
         "[wireplug.widgets]\nmaker = wireplug_mod:make\nbroken = wireplug_mod:nothing\n"
     )
-    sys.path.insert(0, str(tmp_path))
-    reg: PluginRegistry[tuple[str, Any]] = PluginRegistry("widget", "wireplug.widgets", _adopt)
+    assert reg.names() == []  # read once
+    reg.refresh()
     other: PluginRegistry[tuple[str, Any]] = PluginRegistry("widget", "wireplug.other", _adopt)
     assert other.names() == []
     assert reg.names() == ["broken", "maker"]
     allow_imports(False)  # an installed entry point is not a path named by someone else
     name, make = reg.resolve("maker")
-    assert name == "maker" and make() == 42 and "maker" in reg
+    assert name == "maker" and make() == 42 and reg["maker"] == ("maker", make)
+    assert reg.names() == ["maker", "broken"]  # registered first, then the entry points left
     with pytest.raises(
         PluginError,
         match=re.escape(
