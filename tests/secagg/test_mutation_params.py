@@ -275,8 +275,18 @@ def test_create_is_the_rule_with_the_drawn_seed() -> None:
     assert (act.graph, act.threshold, act.active, act.min_survivors) == ("complete", 60, True, 90)
     with pytest.raises(ValueError, match=_exact("participants contain duplicates")):
         RoundParams.create(0, [1, 2, 2], 4, 16)
-    with pytest.raises(ValueError, match="dropout must be in"):
-        RoundParams.create(0, range(5), 4, 16, dropout=1.0)
+    # the knobs are checked as a ProtocolConfig before anything is chosen
+    for kw, message in (
+        ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+        ({"dropout": 0.5, "corrupt": 0.5}, "dropout + corrupt must be <= 0.9, got 0.5 + 0.5"),
+        ({"min_survivors": 1.5}, "min_survivors must be a fraction in [0, 1], got 1.5"),
+        (
+            {"graph": "ring"},
+            "unknown graph 'ring'; known: complete, harary, or package.module:Attr",
+        ),
+    ):
+        with pytest.raises(ValueError, match=_exact(message)):
+            RoundParams.create(0, range(5), 4, 16, **kw)
 
 
 def test_from_dict_defaults_and_refusals() -> None:
@@ -345,6 +355,25 @@ def test_from_dict_defaults_and_refusals() -> None:
             "ClientPolicy.min_survivors_fraction must be in [0, 1], got -0.1",
         ),
         ({"require_pinned_keys": 0}, "ClientPolicy.require_pinned_keys must be a bool, got 0"),
+        ({"min_cohort": 3.0}, "ClientPolicy.min_cohort must be an int, got 3.0"),
+        ({"min_bits": "8"}, "ClientPolicy.min_bits must be an int, got '8'"),
+        ({"max_bits": True}, "ClientPolicy.max_bits must be an int, got True"),
+        ({"sigma": "40"}, "ClientPolicy.sigma must be a finite number, got '40'"),
+        (
+            {"min_survivors_fraction": None},
+            "ClientPolicy.min_survivors_fraction must be a finite number, got None",
+        ),
+        ({"allowed_graphs": ()}, "ClientPolicy.allowed_graphs must not be empty"),
+        ({"allowed_graphs": "harary"}, "ClientPolicy.allowed_graphs must be a tuple, got 'harary'"),
+        (
+            {"allowed_graphs": {"harary"}},
+            "ClientPolicy.allowed_graphs must be a tuple, got {'harary'}",
+        ),
+        (
+            {"allowed_graphs": ("harary", "ring")},
+            "ClientPolicy.allowed_graphs: unknown graph 'ring'; known: complete, harary, or "
+            "package.module:Attr",
+        ),
     ],
 )
 def test_policy_refuses_with_the_bad_value(kw: dict[str, Any], message: str) -> None:
@@ -367,6 +396,7 @@ def test_policy_range_ends_are_accepted() -> None:
     q = RoundParams(**_base(participants=tuple(range(10)), threshold=7))
     ClientPolicy(min_threshold_fraction=0.7, min_survivors_fraction=0.7).check(q)  # 0.7*10 = 7
     ClientPolicy(corrupt=0.6).check(q)  # c = 6 < 7
+    assert ClientPolicy(sigma=0.5).sigma == 0.5  # any positive sigma
 
 
 @pytest.mark.parametrize(

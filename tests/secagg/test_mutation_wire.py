@@ -354,6 +354,10 @@ def _errors() -> list[tuple[Any, str]]:
         (lambda: UnmaskRequest(-1, (), ()), "round_id must be >= 0, got -1"),
         (lambda: UnmaskRequest(1, (2, 1), ()), "survivors must be sorted and unique, got [2, 1]"),
         (lambda: UnmaskRequest(1, "12", ()), "survivors must be a sequence of ids, got str"),
+        (
+            lambda: UnmaskRequest(1, tuple(range(25, 0, -1)), ()),
+            f"survivors must be sorted and unique, got {list(range(25, 5, -1))}",  # first 20
+        ),
         (lambda: UnmaskRequest(1, (1, -1), ()), "survivors entry must be >= 0, got -1"),
         (lambda: UnmaskRequest(1, (1,), (3, 3)), "dropped must be sorted and unique, got [3, 3]"),
         (lambda: UnmaskRequest(1, (1,), {3}), "dropped must be a sequence of ids, got set"),
