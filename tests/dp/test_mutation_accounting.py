@@ -16,6 +16,7 @@ through).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -28,9 +29,13 @@ from dp import (
     EncodingPlan,
     PrivacyAccountant,
     calibrate_noise,
+    corrupt_count,
     epsilon_for,
+    epsilon_report,
     subsampled_rdp,
+    wbk_subsampled_rdp,
 )
+from tests.dp.test_sampling import _wbk_ref
 
 # ------------------------------------------------------------ exact Gaussian (PLD)
 
@@ -188,6 +193,87 @@ def test_poisson_subsampled_rdp_is_the_formula(z: float, q: float) -> None:
     # a subset of orders gives the same values at those orders
     np.testing.assert_allclose(subsampled_rdp(np.asarray(eps), q, (2, 7, 30)),
                                [want[0], want[5], want[28]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [(2.5,), (2, 3.5), (True,), (1,), (31,)])
+def test_subsampled_bounds_refuse_orders_that_are_not_integers_in_range(bad: tuple) -> None:
+    eps = np.arange(2, 31) / 2.0
+    for bound in (subsampled_rdp, wbk_subsampled_rdp):
+        with pytest.raises(ValueError, match=re.escape(f"got {bad!r}")):
+            bound(eps, 0.1, bad)
+
+
+def test_wbk_keeps_no_loss_at_zero_and_refuses_gamma_above_one() -> None:
+    # a mechanism that leaks nothing still leaks nothing when sampled
+    assert np.array_equal(wbk_subsampled_rdp(np.zeros(9), 0.3), np.zeros(9))
+    with pytest.raises(ValueError, match="gamma must be in \\(0, 1\\], got 1.5"):
+        wbk_subsampled_rdp(np.arange(2, 11) / 2.0, 1.5)
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.2])
+def test_wbk_second_term_when_eps2_is_large(gamma: float) -> None:
+    # eps(2) = 60 > 50: log(e^eps(2) - 1) is taken without expm1 (it would still fit, but
+    # the branch is where overflow is avoided at eps(2) > 709)
+    eps = np.array([30.0 * a for a in range(2, 6)])
+    got = wbk_subsampled_rdp(eps, gamma)
+    want = [_wbk_ref(lambda x: 30.0 * x, a, gamma) for a in range(2, 6)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[0] < eps[0]  # the sampled bound, not the unsampled one, is what counts
+
+
+# ------------------------------------------------------------ epsilon_for by hand
+
+BY_HAND = [
+    # every parameter away from its default; fixed-size sampling of 10 of 100
+    dict(mechanism="ddgauss", z=1.3, q=0.1, rounds=4, delta=1e-6,
+         run=dict(clients_per_round=10, bits=12, dim=1000, clip=0.5, min_contributors=8,
+                  adaptive_clip=True, clipped_count_stddev=2.0, sampling="fixed",
+                  population=100, corrupt=0.1, eval_buckets=4, eval_noise_ratio=3.0,
+                  survivors=9)),
+    # Poisson sampling: N = k / q inferred; skellam; the clipped count at its default std
+    dict(mechanism="skellam", z=0.9, q=0.05, rounds=3, delta=1e-5,
+         run=dict(clients_per_round=20, bits=14, dim=300, adaptive_clip=True,
+                  eval_buckets=3)),
+    # gaussian with the defaults of epsilon_for (bits 20, d = 1e5, 100 clients, C = 1)
+    dict(mechanism="gaussian", z=1.1, q=1.0, rounds=5, delta=1e-5,
+         run=dict(eval_buckets=2)),
+]
+
+
+def _by_hand(mechanism: str, z: float, q: float, rounds: int, delta: float,
+             run: dict) -> PrivacyAccountant:
+    """The accountant of that run written out: DPConfig with the run's fields (its own
+    defaults otherwise), the plan for k devices and t shares, the event of the survivors,
+    every round charged at the expected cohort k."""
+    k = run.get("clients_per_round", 100)
+    config = DPConfig(
+        mechanism=mechanism, noise_multiplier=z, delta=delta,
+        **{f: run[f] for f in ("bits", "clip", "adaptive_clip", "clipped_count_stddev",
+                               "eval_buckets", "eval_noise_ratio") if f in run})
+    t = run.get("min_contributors", k)
+    c = corrupt_count(run.get("corrupt", 0.0), k)
+    plan = EncodingPlan.create(config, run.get("dim", 100_000), k, t, corrupt=c)
+    acc = PrivacyAccountant(config, q, sampling=run.get("sampling", "poisson"),
+                            population=run.get("population", round(k / q) if q < 1 else None),
+                            corrupt_fraction=run.get("corrupt", 0.0))
+    acc.compose(plan.privacy_event(run.get("survivors", t)), rounds,
+                cohort=k if q < 1 else None)
+    return acc
+
+
+@pytest.mark.parametrize("case", BY_HAND, ids=["ddgauss-fixed", "skellam-poisson", "gaussian"])
+def test_epsilon_for_is_the_accountant_composed_by_hand(case: dict) -> None:
+    m, z, q, rounds, delta, run = (case[k] for k in ("mechanism", "z", "q", "rounds", "delta",
+                                                     "run"))
+    ref = _by_hand(m, z, q, rounds, delta, run).report()
+    rep = epsilon_report(m, z, q, rounds, delta, **run)
+    assert (rep.epsilon, rep.epsilon_amplified) == pytest.approx(
+        (ref.epsilon, ref.epsilon_amplified), rel=1e-12)
+    assert rep == ref  # and every other field of the report
+    assert epsilon_for(m, z, q, rounds, delta, **run) == pytest.approx(
+        ref.epsilon_amplified, rel=1e-12)
+    assert epsilon_for(m, z, q, rounds, delta, amplified=False, **run) == pytest.approx(
+        ref.epsilon, rel=1e-12)
 
 
 # ------------------------------------------------------------------ budget decisions

@@ -198,6 +198,23 @@ def test_rounded_gaussian_rdp_is_the_events_gaussian() -> None:
     assert mech.noise_multiplier(0.0, 3.0, 16) == math.inf
 
 
+def test_one_discrete_gaussian_share_is_the_discrete_gaussian_bound() -> None:
+    # n = 1: tau = 0, so eps(alpha) = alpha Delta2^2 / (2 s^2) (Canonne, Kamath, Steinke)
+    orders = [1.5, 2.0, 8.0]
+    got = get_mechanism("ddgauss").rdp(orders, 3.0, 9.0, 2.0, 1, 50)
+    np.testing.assert_allclose(got, [a * 9.0 / 8.0 for a in orders], rtol=1e-14)
+
+
+@pytest.mark.parametrize("target,scale", [
+    (0.0, 0.0), (-1.0, 0.0),  # no noise asked: none added (z = 0 tests the encoding)
+    (0.2, 1.0), (2.5, 3.0), (3.0, 3.0),
+    (3.0 + 1e-12, 3.0),  # float noise above an integer is not a whole unit more
+    (3.001, 4.0),
+])
+def test_discrete_gaussian_scale_is_the_target_rounded_up(target: float, scale: float) -> None:
+    assert get_mechanism("ddgauss").local_scale(target) == scale
+
+
 # ---------------------------------------------------------------------- generator
 
 
