@@ -21,6 +21,7 @@ per candidate. Distribution tests with tolerances live in test_noise.py.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import mpmath
@@ -118,13 +119,11 @@ def ref_poisson(rng: SecureRng, lam: float, n: int) -> np.ndarray:
         return np.zeros(n, dtype=np.int64)
     if lam >= 10:
         return ref_ptrs(rng, lam, n)
-    pmf, cdf, k = math.exp(-lam), [], 0
-    total = 0.0
+    cdf, k, total = [], 0, 0.0
     while total < 1.0 and k < 200:
         total += math.exp(k * math.log(lam) - lam - math.lgamma(k + 1))
         cdf.append(total)
         k += 1
-    del pmf
     out = []
     for w in rng.words(n):
         u = (int(w) >> 11) * TWO_M53
@@ -217,7 +216,7 @@ def test_poisson_accepts_the_largest_lambda() -> None:
 def test_bad_parameters_are_named_with_their_value(sampler, where: str, name: str) -> None:
     for bad in (-1.0, math.nan, math.inf, "2"):
         with pytest.raises(ValueError, match=rf"^{where}: {name} must be a finite number >= 0, "
-                                             rf"got {re_escape(repr(bad))}$"):
+                                             rf"got {re.escape(repr(bad))}$"):
             sampler(_rng("bad"), bad, 3)
     for size in (-1, 2.0, True):
         with pytest.raises(ValueError, match=rf"^{where}: size must be an integer >= 0, "
@@ -225,12 +224,6 @@ def test_bad_parameters_are_named_with_their_value(sampler, where: str, name: st
             sampler(_rng("bad"), 1.0, size)
     with pytest.raises(TypeError, match=where):
         sampler(np.random.default_rng(0), 1.0, 3)
-
-
-def re_escape(s: str) -> str:
-    import re
-
-    return re.escape(s)
 
 
 # ---------------------------------------------------------------- the exact log-pmf
