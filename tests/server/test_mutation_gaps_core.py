@@ -938,7 +938,7 @@ def test_a_sum_that_may_have_wrapped_is_flagged_in_the_record_and_the_log(
 def test_the_round_parameters_follow_the_protocol_configuration(
     tmp_path: Path, models: Any
 ) -> None:
-    """Harary graph, 30 % dropout, 20 % corrupt, survivors at least 75 % of the cohort:
+    """Harary graph, 30 % dropout, 30 % corrupt, survivors at least 75 % of the cohort:
     what the round's secagg parameters and encoding plan are sized for; active security
     pins the registered identity keys of the cohort."""
     import math
@@ -947,22 +947,23 @@ def test_the_round_parameters_follow_the_protocol_configuration(
     from server.round import corrupt_bound
     from tests.server import _core_fixtures as fx
 
-    proto = {"graph": "harary", "dropout": 0.3, "corrupt": 0.2, "min_survivors": 0.75}
+    proto = {"graph": "harary", "dropout": 0.3, "corrupt": 0.3, "min_survivors": 0.75}
     core = fx.make_core(tmp_path, models, protocol=proto, clients=9, per_round=8, seed=1)
     reg = fx.registered(9)
     rnd = core.begin_round(reg)
     cohort = fx.Draws(1).fixed(range(9), 8)
     assert list(rnd.participants) == cohort
     p = rnd.params
-    ref = RoundParams.create(0, cohort, 10, 20, graph="harary", dropout=0.3, corrupt=0.2,
+    ref = RoundParams.create(0, cohort, 10, 20, graph="harary", dropout=0.3, corrupt=0.3,
                              min_survivors=0.75)
     assert (p.graph, p.degree, p.threshold) == ("harary", ref.degree, ref.threshold)
-    assert p.degree == 4 and p.active is False and p.identity_keys is None
+    # (either fraction at its default, 10 %, gives degree 4: 30 % of each is what sizes it)
+    assert (p.degree, p.threshold) == (6, 3) and p.active is False and p.identity_keys is None
     assert p.min_survivors == max(ref.threshold, math.ceil(0.75 * 8)) == 6
     assert p.dim == rnd.plan.encoded_dim and p.bits == 20
     plan = rnd.plan
     assert (plan.n_clients, plan.min_contributors) == (8, 6)
-    assert plan.corrupt == corrupt_bound(0.2, 8) > 0 and plan.dim == models.weights0.size
+    assert plan.corrupt == corrupt_bound(0.3, 8) > 0 and plan.dim == models.weights0.size
     # active security: the cohort's identity keys are in the parameters
     (tmp_path / "active").mkdir()
     active = fx.make_core(tmp_path / "active", models, protocol={"active": True}, per_round=3,
