@@ -40,11 +40,21 @@ def test_merge_fills_only_unchecked_mutants_of_unchanged_functions(tmp_path: Pat
     }
 
 
-def test_kill_rate_counts_timeouts_and_no_tests_as_undetected() -> None:
+def test_kill_rate_score_and_lower_bound() -> None:
     c = Counter({"killed": 6, "type check": 1, "survived": 1, "timeout": 1, "no tests": 1,
                  "not checked": 50})
-    assert mutation.rate(c) == (7, 10, 0.7)
+    assert mutation.rate(c) == (8, 10, 0.8)  # a timeout (a hang) is detected
+    assert mutation.rate(c, timeouts_detected=False) == (7, 10, 0.7)
+    assert mutation.rate(c, equivalent=2) == (8, 8, 1.0)  # equivalents leave the denominator
     assert mutation.rate(Counter({"not checked": 3})) == (0, 0, None)
+
+
+def test_equivalents_are_undetected_mutants_with_an_equivalent_note() -> None:
+    m = mutation.Module("pkg/mod.py", {"a": "survived", "b": "survived", "c": "killed",
+                                       "d": "no tests"})
+    notes = {"a": "equivalent: same value", "b": "accepted: log wording",
+             "c": "equivalent: stale note", "d": "equivalent: unreachable"}
+    assert mutation.equivalents(m, notes) == 2  # a and d
 
 
 def test_review_files_merge_and_a_mutant_reviewed_twice_is_refused(tmp_path: Path) -> None:
