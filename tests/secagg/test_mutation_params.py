@@ -460,6 +460,7 @@ def test_policy_checks_identity_keys_against_its_pins() -> None:
     )
     ClientPolicy().check(a, dict(KEYS))
     ClientPolicy().check(a)  # no pins and not required
+    ClientPolicy(require_active=True, require_pinned_keys=True).check(a, KEYS)
     with pytest.raises(
         PolicyError,
         match=_exact(
