@@ -390,8 +390,8 @@ class _Clock:
     """A clock that moves only when protocol code runs (wall, thread CPU)."""
 
     def __init__(self) -> None:
-        self.wall = 0.0
-        self.cpu = 0.0
+        self.wall = 1000.0  # arbitrary origins: only differences mean anything
+        self.cpu = 64.0
 
     def perf_counter(self) -> float:
         return self.wall
@@ -520,3 +520,27 @@ def test_run_round_refusals_name_the_bad_value() -> None:
     zeros = {c: np.zeros(4, dtype=np.uint64) for c in range(5)}
     with pytest.raises(ValueError, match=r"^active mode needs signing_keys$"):
         run_round(active, zeros)
+
+
+def test_active_run_round_drops_at_the_consistency_check() -> None:
+    """Active mode in process, 7 clients, t = 4: a survivor that vanishes before the
+    ConsistencyCheck neither signs nor unmasks, and is recorded there; a schedule may
+    name DONE for a client that stays to the end."""
+    params, signing = make_params(7, dim=6, bits=16, threshold=4, active=True)
+    rng = np.random.default_rng(5)
+    inputs = {c: rng.integers(0, 1 << 16, 6, dtype=np.uint64) for c in range(5)}
+    drops = {6: Stage.ADVERTISE_KEYS, 5: Stage.MASKED_INPUT, 4: Stage.CONSISTENCY_CHECK,
+             0: Stage.DONE}  # fmt: skip
+    res = run_round(
+        params, inputs, drops, random_bytes=det_random(b"act"), signing_keys=signing,
+        policy=MECHANICS,
+    )  # fmt: skip
+    assert np.array_equal(res.sum, _sum_of(inputs, (0, 1, 2, 3, 4), 16))
+    assert (res.survivors, res.dropped) == ((0, 1, 2, 3, 4), (5, 6))
+    assert res.dropouts_by_stage == {
+        "advertise_keys": [6],
+        "share_keys": [],
+        "masked_input": [5],
+        "consistency_check": [4],
+        "unmask": [],
+    }
