@@ -1044,3 +1044,31 @@ def test_the_pld_accountant_is_the_one_configured(tmp_path: Path, models: Any) -
     hand = fx.hand_accountant(core.config, 0.75, 4, [(rnd.plan, 3, 3)])
     assert hand.report().accountant == "pld" and rec["accountant"] == "pld"
     _same_figures(core, hand)
+
+
+def test_a_new_per_round_rebuilds_the_accountant_at_the_new_rate(
+    tmp_path: Path, models: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator raises per_round from 2 to 3 of N = 4 (server.control sets
+    ``sampler.per_round``): N is unchanged, q goes from 1/2 to 3/4, so the accountant is
+    rebuilt at 3/4 and the earlier round replayed into it."""
+    import logging
+
+    from tests.server import _core_fixtures as fx
+
+    draws = fx.Draws(0)
+    assert [draws.poisson(range(4), 0.5), draws.poisson(range(4), 0.75)] == [
+        [2, 3], [0, 1, 3]]
+    core = fx.make_core(tmp_path, models, sampling="poisson", per_round=2, seed=0)
+    r0 = core.begin_round(fx.registered(4))
+    fx.release(core, r0, [2, 3])
+    core.sampler.per_round = 3
+    with caplog.at_level(logging.INFO, logger="server.round"):
+        r1 = core.begin_round(fx.registered(4))
+    [line] = [r for r in caplog.records if "rebuilt" in r.getMessage()]
+    assert line.args == (0.75, 4)
+    assert (core.sample_rate, core.population) == (0.75, 4)
+    assert core.store.get_meta("sample_rate") == 0.75
+    assert list(r1.participants) == [0, 1, 3] and r1.sample_rate == 0.75
+    assert r1.per_round == 3
+    _same_figures(core, fx.hand_accountant(core.config, 0.75, 4, [(r0.plan, 2, 2)]))
