@@ -30,6 +30,7 @@ from dp import (
     PrivacyAccountant,
     calibrate_noise,
     corrupt_count,
+    epsilon_amplified_approx,
     epsilon_for,
     epsilon_report,
     subsampled_rdp,
@@ -274,6 +275,31 @@ def test_epsilon_for_is_the_accountant_composed_by_hand(case: dict) -> None:
         ref.epsilon_amplified, rel=1e-12)
     assert epsilon_for(m, z, q, rounds, delta, amplified=False, **run) == pytest.approx(
         ref.epsilon, rel=1e-12)
+
+
+APPROX = [
+    dict(mechanism="skellam", z=1.1, q=0.1, rounds=3, delta=1e-6,
+         run=dict(clients_per_round=10, bits=12, dim=500, clip=0.5, min_contributors=8,
+                  adaptive_clip=True, clipped_count_stddev=2.0, population=100,
+                  corrupt=0.1, eval_buckets=4, eval_noise_ratio=3.0, survivors=9)),
+    # the defaults (100 clients a round, bits 20, d = 1e5, evaluation ratio 2)
+    dict(mechanism="gaussian", z=0.9, q=0.5, rounds=4, delta=1e-5, run=dict(eval_buckets=2)),
+]
+
+
+@pytest.mark.parametrize("case", APPROX, ids=["skellam", "gaussian-defaults"])
+def test_add_remove_approximation_is_the_accountants_composed_by_hand(case: dict) -> None:
+    m, z, q, rounds, delta, run = (case[k] for k in ("mechanism", "z", "q", "rounds", "delta",
+                                                     "run"))
+    ref = _by_hand(m, z, q, rounds, delta, run).epsilon_amplified_approx()
+    assert epsilon_amplified_approx(m, z, q, rounds, delta, **run) == pytest.approx(
+        ref, rel=1e-12)
+
+
+def test_add_remove_approximation_checks_the_population() -> None:
+    with pytest.raises(DPConfigError, match="expects 15 devices per round"):
+        epsilon_amplified_approx("skellam", 1.0, 0.1, 2, 1e-5, clients_per_round=10,
+                                 population=150)
 
 
 # ------------------------------------------------------------------ budget decisions
