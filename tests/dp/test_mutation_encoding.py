@@ -219,7 +219,7 @@ def test_count_slot_without_noise_needs_n_below_half() -> None:
 
 
 def _in_time(
-    fn: Callable[[], object], seconds: float = 20.0
+    fn: Callable[[], object], seconds: float = 10.0
 ) -> tuple[object, BaseException | None]:
     """Run fn in a daemon thread: (its result, the exception it raised), or a test failure
     if it neither returned nor raised in time (a loop that never ends)."""

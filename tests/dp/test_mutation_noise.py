@@ -40,7 +40,7 @@ def _rng(*labels: object) -> SecureRng:
     return SecureRng.for_simulation(16, "tests/dp/test_mutation_noise", *map(str, labels))
 
 
-def _in_time(fn: Callable[[], np.ndarray], seconds: float = 20.0) -> np.ndarray:
+def _in_time(fn: Callable[[], np.ndarray], seconds: float = 10.0) -> np.ndarray:
     """fn() run in a daemon thread; a test failure (not a hang) if a rejection loop that
     accepts nothing never ends."""
     box: list = [None, None]
