@@ -143,11 +143,13 @@ def test_calibration_charges_every_run_parameter() -> None:
     _assert_smallest(lambda x: epsilon_for("ddgauss", x, 0.1, 5, 1e-5, **run), z, 5.0, 1e-4)
 
 
-def test_calibration_of_fixed_sampling_needs_the_population() -> None:
+def test_fixed_sampling_needs_the_population() -> None:
     # Poisson sampling infers N = k / q; fixed-size sampling must be told N
     with pytest.raises(DPConfigError, match="fixed-size sampling needs the population N"):
         calibrate_noise(5.0, 0.1, 5, 1e-5, mechanism="gaussian", clients_per_round=10,
                         sampling="fixed")
+    with pytest.raises(DPConfigError, match="fixed-size sampling needs the population N"):
+        epsilon_for("gaussian", 1.0, 0.1, 5, 1e-5, clients_per_round=10, sampling="fixed")
 
 
 @HANG
@@ -238,6 +240,9 @@ BY_HAND = [
     # gaussian with the defaults of epsilon_for (bits 20, d = 1e5, 100 clients, C = 1)
     dict(mechanism="gaussian", z=1.1, q=1.0, rounds=5, delta=1e-5,
          run=dict(eval_buckets=2)),
+    # the exact Gaussian (PLD accountant)
+    dict(mechanism="gaussian", z=1.1, q=1.0, rounds=5, delta=1e-5,
+         run=dict(accountant="pld", bits=16, dim=2000, clients_per_round=20)),
 ]
 
 
@@ -254,7 +259,8 @@ def _by_hand(mechanism: str, z: float, q: float, rounds: int, delta: float,
     t = run.get("min_contributors", k)
     c = corrupt_count(run.get("corrupt", 0.0), k)
     plan = EncodingPlan.create(config, run.get("dim", 100_000), k, t, corrupt=c)
-    acc = PrivacyAccountant(config, q, sampling=run.get("sampling", "poisson"),
+    acc = PrivacyAccountant(config, q, run.get("accountant", "rdp"),
+                            sampling=run.get("sampling", "poisson"),
                             population=run.get("population", round(k / q) if q < 1 else None),
                             corrupt_fraction=run.get("corrupt", 0.0))
     acc.compose(plan.privacy_event(run.get("survivors", t)), rounds,
@@ -262,7 +268,8 @@ def _by_hand(mechanism: str, z: float, q: float, rounds: int, delta: float,
     return acc
 
 
-@pytest.mark.parametrize("case", BY_HAND, ids=["ddgauss-fixed", "skellam-poisson", "gaussian"])
+@pytest.mark.parametrize(
+    "case", BY_HAND, ids=["ddgauss-fixed", "skellam-poisson", "gaussian", "gaussian-pld"])
 def test_epsilon_for_is_the_accountant_composed_by_hand(case: dict) -> None:
     m, z, q, rounds, delta, run = (case[k] for k in ("mechanism", "z", "q", "rounds", "delta",
                                                      "run"))
