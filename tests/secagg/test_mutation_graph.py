@@ -83,6 +83,13 @@ FINDER_CASES = [
     ((400, 0.5, 0.0, 20, 10, False), (36, 2)),
     ((150, 0.0, 0.6, 20, 10, False), (40, 39)),
     ((1000, 0.0, 0.3, 20, 10, False), (24, 22)),
+    # 1a at its edge: the union bound at the chosen k is 0.99948 of 2^-(sigma+1), at
+    # k - 2 it is 1.0042 times it, so any change of its terms moves k
+    ((176, 0.5, 0.0, 40, 20, False), (44, 2)),
+    ((90, 0.3, 0.0, 40, 20, False), (24, 2)),
+    ((64, 0.6, 0.0, 20, 10, False), (28, 2)),
+    ((186, 0.3, 0.0, 20, 10, False), (18, 2)),
+    ((22, 0.5, 1 / 22, 20, 10, False), (14, 2)),  # k = 12 = B is cut too often
     ((12, 0.0, 0.3, 40, 20, False), (4, 4)),  # t = k
     ((60, 0.0, 0.5, 40, 20, False), (30, 30)),
     ((12, 0.3, 0.1, 40, 20, True), (10, 7)),  # k = n - 2
@@ -287,3 +294,10 @@ def test_register_graph_refuses_a_name_that_is_not_an_identifier(name: str) -> N
         if dict(GRAPH_REGISTRY) != before:  # only if a broken check let it in
             GRAPH_REGISTRY.clear()
             GRAPH_REGISTRY.update(before)
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33])
+def test_ring_order_refuses_a_seed_that_is_not_32_bytes(size: int) -> None:
+    with pytest.raises(ValueError) as err:
+        ring_order([1, 2, 3], bytes(size), 0)
+    assert str(err.value) == f"graph_seed must be 32 bytes, got {size}"

@@ -29,8 +29,10 @@ from secagg import (
     MalformedMessageError,
     MaskedInput,
     NotParticipantError,
+    RoundMismatchError,
     RoundParams,
     Stage,
+    UnmaskRequest,
     UnmaskShares,
     run_round,
 )
@@ -544,3 +546,21 @@ def test_active_run_round_drops_at_the_consistency_check() -> None:
         "consistency_check": [4],
         "unmask": [],
     }
+
+
+def test_unmask_request_refusals_name_the_bad_value() -> None:
+    """A client checks the server's request before revealing anything; each refusal
+    says what was wrong (at most ten ids listed), and the client stays as it was."""
+    r = make_round(5, dim=6, bits=16, threshold=3)
+    r.to_unmask()
+    c = r.clients[0]
+    with pytest.raises(MalformedMessageError, match=r"^expected an UnmaskRequest$"):
+        c.unmask("survivors: everyone")  # type: ignore[arg-type]
+    with pytest.raises(RoundMismatchError, match=r"^request is for round 8, not 7$"):
+        c.unmask(UnmaskRequest(8, (0, 1, 2, 3, 4), (), None))
+    outsiders = tuple(range(100, 112))
+    with pytest.raises(NotParticipantError) as err:
+        c.unmask(UnmaskRequest(7, (0, 1, 2, 3, 4) + outsiders, (), None))
+    assert str(err.value) == f"request names non-participants {list(outsiders[:10])}"
+    assert c.stage == Stage.UNMASK
+    assert sorted(c.unmask(r.msgs["request"]).self_mask_shares) == [0, 1, 2, 3, 4]
