@@ -564,3 +564,158 @@ def test_unmask_request_refusals_name_the_bad_value() -> None:
     assert str(err.value) == f"request names non-participants {list(outsiders[:10])}"
     assert c.stage == Stage.UNMASK
     assert sorted(c.unmask(r.msgs["request"]).self_mask_shares) == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- the client's checks
+
+
+def _msg(fn: Callable[[], Any]) -> str:
+    with pytest.raises(Exception) as err:
+        fn()
+    return f"{type(err.value).__name__}: {err.value}"
+
+
+def test_client_construction_refusals_name_the_bad_value() -> None:
+    params, signing = make_params(5, dim=4, bits=16, threshold=3, active=True)
+    assert signing is not None
+    assert _msg(lambda: ClientProtocol(params, 0, policy="strict")) == (  # type: ignore[arg-type]
+        "TypeError: policy must be a ClientPolicy, got str"
+    )
+    assert _msg(lambda: ClientProtocol(params, 0, signing_key=signing[1], policy=MECHANICS)) == (
+        "ValueError: signing_key does not match identity key of client 0"
+    )
+    passive, _ = make_params(5, dim=4, bits=16, threshold=3)
+    c = ClientProtocol(passive, 0, signing_key=signing[0], policy=MECHANICS)
+    assert c.advertise_keys().signature is None  # passive mode signs nothing
+
+
+def test_client_stage_and_share_keys_refusals_name_the_bad_value() -> None:
+    """Each refusal of share_keys names the peer and what is wrong with its keys; a
+    relay that includes the client's own keys unchanged is accepted (whatever its
+    position), a changed one is refused."""
+    r = make_round(5, dim=4, bits=16, threshold=3)
+    c = r.clients[0]
+    assert _msg(lambda: c.unmask(None)) == (  # type: ignore[arg-type]
+        "StageError: client 0 is at stage advertise_keys, not unmask or done"
+    )
+    r.advertise()
+    keys = dict(r.msgs["keys"][0])
+    own = r.msgs["adv"][0]
+    adv3 = keys[3]
+    cases = {
+        "MalformedMessageError: keys[3] is not an AdvertiseKeys message": {**keys, 3: "k"},
+        "RoundMismatchError: keys of 3 are for round 8, not 7": {
+            **keys, 3: dataclasses.replace(adv3, round_id=8)},
+        "MalformedMessageError: relayed keys for this client are not its own": {
+            0: dataclasses.replace(own, c_pk=adv3.c_pk), **keys},
+        "MalformedMessageError: client 3 advertised equal c_pk and s_pk": {
+            **keys, 3: dataclasses.replace(adv3, s_pk=adv3.c_pk)},
+        "MalformedMessageError: c_pk of client 3 is a point of small order": {
+            **keys, 3: dataclasses.replace(adv3, c_pk=bytes(32))},
+        "MalformedMessageError: s_pk of client 3 is a point of small order": {
+            **keys, 3: dataclasses.replace(adv3, s_pk=bytes(32))},
+    }  # fmt: skip
+    for want, relay in cases.items():
+        assert _msg(lambda relay=relay: c.share_keys(relay)) == want
+    assert c.stage == Stage.SHARE_KEYS
+    out = c.share_keys({0: own, **keys})  # its own keys first: skipped, not the end
+    assert sorted(out.ciphertexts) == [1, 2, 3, 4]
+    r2 = make_round(5, dim=4, bits=16, threshold=5)
+    r2.advertise()
+    short = {v: m for v, m in r2.msgs["keys"][1].items() if v in (0, 2)}
+    assert _msg(lambda: r2.clients[1].share_keys(short)) == (
+        "AbortError: only 3 parties (self included) for threshold 5"
+    )
+
+
+def test_client_refuses_unsigned_keys_and_short_randomness_in_share_keys() -> None:
+    r = make_round(5, dim=4, bits=16, threshold=3, active=True)
+    r.advertise()
+    keys = dict(r.msgs["keys"][0])
+    unsigned = {**keys, 2: dataclasses.replace(keys[2], signature=None)}
+    assert _msg(lambda: r.clients[0].share_keys(unsigned)) == (
+        "SignatureError: keys of 2 are not signed"
+    )
+    params, _ = make_params(5, dim=4, bits=16, threshold=3)
+    calls = {"n": 0}
+    good = det_random(b"short")
+
+    def short_after_keys(n: int) -> bytes:  # two key pairs, then a short b_u
+        calls["n"] += 1
+        return good(n) if calls["n"] <= 2 else bytes(n - 1)
+
+    r = make_round(5, dim=4, bits=16, threshold=3)
+    r.clients[0] = ClientProtocol(params, 0, random_bytes=short_after_keys, policy=MECHANICS)
+    r.advertise()
+    assert _msg(lambda: r.clients[0].share_keys(r.msgs["keys"][0])) == (
+        "ValueError: random_bytes(32) must return 32 bytes"
+    )
+
+
+def test_client_request_checks_name_the_bad_value() -> None:
+    """Unmasking refusals: a peer in both sets, the client itself not a survivor, fewer
+    than t survivors, a neighbour in neither set (ten ids at most), and in active mode
+    a signature from a non-survivor, too few signatures, a changed survivor set."""
+    r = make_round(14, dim=4, bits=16, threshold=3)
+    r.to_unmask()
+    c = r.clients[0]
+    everyone = tuple(range(14))
+    cases = {
+        "RefusedError: peers [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] are listed as survivors and "
+        "dropped": UnmaskRequest(7, everyone, tuple(range(1, 13)), None),
+        "RefusedError: client 0 sent its masked input but is not a survivor":
+            UnmaskRequest(7, tuple(range(1, 14)), (0,), None),
+        "RefusedError: only 2 survivors for threshold 3": UnmaskRequest(7, (0, 1), (), None),
+        "RefusedError: neighbours [3, 4, 5, 6, 7, 8, 9, 10, 11, 12] shared keys but are in "
+        "neither set": UnmaskRequest(7, (0, 1, 2), (), None),
+    }  # fmt: skip
+    for want, req in cases.items():
+        assert _msg(lambda req=req: c.unmask(req)) == want
+    assert c.stage == Stage.UNMASK
+
+    r = make_round(7, dim=4, bits=16, threshold=4, active=True)
+    r.advertise()
+    r.share()
+    r.masked(list(range(6)))
+    r.add_masked()
+    req = r.agg.close_masked_input()
+    for v in range(6):
+        r.agg.add_consistency(r.clients[v].consistency_check(req))
+    signed = r.agg.close_consistency()
+    signing = r.msgs["signing"]
+    sig6 = ed25519_sign(signing[6], consistency_message(7, 6, signed.survivors))
+    c = r.clients[0]
+    three = {v: signed.signatures[v] for v in (0, 1, 2)}
+    cases = {
+        "RefusedError: consistency signature from non-survivor 6": dataclasses.replace(
+            signed, signatures={**signed.signatures, 6: sig6}),
+        "RefusedError: only 3 consistency signatures for threshold 4": dataclasses.replace(
+            signed, signatures=three),
+        "RefusedError: survivor set differs from the one this client signed":
+            UnmaskRequest(7, (0, 1, 2, 3, 4), (5, 6), signed.signatures),
+    }  # fmt: skip
+    for want, bad in cases.items():
+        assert _msg(lambda bad=bad: c.unmask(bad)) == want
+    assert sorted(c.unmask(signed).self_mask_shares) == [0, 1, 2, 3, 4, 5]
+
+
+def test_never_both_shares_refusal_lists_at_most_ten_peers() -> None:
+    r = make_round(14, dim=4, bits=16, threshold=3)
+    r.to_unmask()
+    c = r.clients[0]
+    c.unmask(UnmaskRequest(7, tuple(range(14)), (), None))
+    both = UnmaskRequest(7, (0, 1, 2), tuple(range(3, 14)), None)
+    assert _msg(lambda: c.unmask(both)) == (
+        "RefusedError: would reveal both shares of peers [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]"
+    )
+
+
+def test_ids_at_the_top_of_the_64_bit_range_give_the_exact_sum() -> None:
+    """Ids are unbounded ints >= 0; the share plaintext carries them as unsigned 64-bit
+    big-endian, so ids of 2^63 and above still work."""
+    ids = (1, 2, 2**63, 2**64 - 1)
+    r = make_round(4, dim=4, bits=16, threshold=3, ids=ids)
+    r.to_unmask()
+    for c in ids:
+        r.agg.add_unmask(r.clients[c].unmask(r.msgs["request"]))
+    assert np.array_equal(r.agg.finish(), _sum_of(r.inputs, ids, 16))
