@@ -584,6 +584,9 @@ def test_client_construction_refusals_name_the_bad_value() -> None:
     assert _msg(lambda: ClientProtocol(params, 0, signing_key=signing[1], policy=MECHANICS)) == (
         "ValueError: signing_key does not match identity key of client 0"
     )
+    assert _msg(lambda: ClientProtocol(params, 0, policy=MECHANICS)) == (
+        "ValueError: active mode needs the client's Ed25519 signing_key"
+    )
     passive, _ = make_params(5, dim=4, bits=16, threshold=3)
     c = ClientProtocol(passive, 0, signing_key=signing[0], policy=MECHANICS)
     assert c.advertise_keys().signature is None  # passive mode signs nothing
@@ -620,6 +623,13 @@ def test_client_stage_and_share_keys_refusals_name_the_bad_value() -> None:
     assert c.stage == Stage.SHARE_KEYS
     out = c.share_keys({0: own, **keys})  # its own keys first: skipped, not the end
     assert sorted(out.ciphertexts) == [1, 2, 3, 4]
+    h = make_round(8, dim=4, bits=16, graph="harary", degree=4, threshold=3)
+    h.advertise()
+    assert h.params.neighbours(0) == (4, 5, 6, 7)
+    stranger = {**h.msgs["keys"][0], 1: h.msgs["adv"][1]}
+    assert _msg(lambda: h.clients[0].share_keys(stranger)) == (
+        "NotParticipantError: client 1 is not a neighbour of 0"
+    )
     r2 = make_round(5, dim=4, bits=16, threshold=5)
     r2.advertise()
     short = {v: m for v, m in r2.msgs["keys"][1].items() if v in (0, 2)}
@@ -719,3 +729,65 @@ def test_ids_at_the_top_of_the_64_bit_range_give_the_exact_sum() -> None:
     for c in ids:
         r.agg.add_unmask(r.clients[c].unmask(r.msgs["request"]))
     assert np.array_equal(r.agg.finish(), _sum_of(r.inputs, ids, 16))
+
+
+def test_aggregator_refusals_name_the_bad_value() -> None:
+    """Every refusal of the aggregator names the sender and what is wrong (at most ten
+    ids per list); an abort names the stage, the count left and the threshold."""
+    r = make_round(14, dim=4, bits=16, threshold=3)
+    agg = r.agg
+    adv = {c: cl.advertise_keys() for c, cl in r.clients.items()}
+    a1 = adv[1]
+    cases = {
+        "MalformedMessageError: expected AdvertiseKeys, got str": "keys",
+        "RoundMismatchError: message for round 8, this is round 7": dataclasses.replace(
+            a1, round_id=8),
+        "NotParticipantError: client 99 is not a participant of round 7": dataclasses.replace(
+            a1, sender=99),
+        "MalformedMessageError: client 1 advertised equal c_pk and s_pk": dataclasses.replace(
+            a1, s_pk=a1.c_pk),
+        "MalformedMessageError: c_pk of client 1 is a point of small order":
+            dataclasses.replace(a1, c_pk=bytes(32)),
+        "MalformedMessageError: s_pk of client 1 is a point of small order":
+            dataclasses.replace(a1, s_pk=bytes(32)),
+    }  # fmt: skip
+    for want, msg in cases.items():
+        assert _msg(lambda msg=msg: agg.add_advertise(msg)) == want
+    for c in range(14):
+        agg.add_advertise(adv[c])
+    assert _msg(lambda: agg.add_advertise(adv[0])) == (
+        "DuplicateMessageError: client 0 already advertised keys"
+    )
+    keys = agg.close_advertise()
+    assert _msg(lambda: agg.add_advertise(adv[0])) == (
+        "StageError: AdvertiseKeys from 0 at stage share_keys"
+    )
+    assert _msg(agg.close_masked_input) == (
+        "StageError: cannot close masked_input at stage share_keys"
+    )
+    sk0 = r.clients[0].share_keys(keys[0])
+    ct = sk0.ciphertexts[1]
+    extra = dataclasses.replace(
+        sk0, ciphertexts={**sk0.ciphertexts, **{v: ct for v in range(100, 112)}}
+    )
+    assert _msg(lambda: agg.add_share_keys(extra)) == (
+        "MalformedMessageError: ciphertexts of 0: unexpected recipients "
+        f"{list(range(100, 110))}, missing []"
+    )
+    empty = dataclasses.replace(sk0, ciphertexts={})
+    assert _msg(lambda: agg.add_share_keys(empty)) == (
+        f"MalformedMessageError: ciphertexts of 0: unexpected recipients [], missing "
+        f"{list(range(1, 11))}"
+    )
+
+    r = make_round(5, dim=4, bits=16, threshold=4)
+    for c in range(3):
+        r.agg.add_advertise(r.clients[c].advertise_keys())
+    assert _msg(r.agg.close_advertise) == (
+        "AbortError: round 7 aborted at advertise_keys: 3 clients remain, threshold 4"
+    )
+    r = make_round(5, dim=4, bits=16, threshold=3, active=True)
+    unsigned = dataclasses.replace(r.clients[1].advertise_keys(), signature=None)
+    assert _msg(lambda: r.agg.add_advertise(unsigned)) == (
+        "SignatureError: keys of 1 are not signed"
+    )
