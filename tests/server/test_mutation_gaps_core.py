@@ -506,6 +506,8 @@ def test_a_restart_rebuilds_model_optimizer_and_accountant(
     opt = ServerOptimizer("fedadam", lr=0.05, beta1=0.8, beta2=0.95, eps=0.01)
     assert core.optimizer == opt
     dim = models.weights0.size
+    # a fresh state: one dim-sized buffer per moment (what a stored state must unpack to)
+    assert [b.shape for b in core.opt_state] == [(dim,), (dim,)]
     rnd = core.begin_round(fx.registered(4))
     _, decoded = fx.release(core, rnd, list(rnd.participants), seed=4)
     w1, s1 = opt.step(models.weights0, decoded.total / 3, opt.initial_state(dim))
