@@ -301,3 +301,36 @@ def test_ring_order_refuses_a_seed_that_is_not_32_bytes(size: int) -> None:
     with pytest.raises(ValueError) as err:
         ring_order([1, 2, 3], bytes(size), 0)
     assert str(err.value) == f"graph_seed must be 32 bytes, got {size}"
+
+
+@pytest.mark.parametrize("n", [2, 7, 30, 100])
+def test_corrupt_neighbour_bound_is_the_exact_tail(n: int) -> None:
+    """For every k < n, several corrupt fractions and sigmas: the smallest c with
+    P[more than c corrupt among k neighbours] <= 2^-(sigma+1) / n, exactly."""
+    for corrupt in (0.0, 0.1, 0.25, 0.5, 0.9):
+        for sigma in (1, 10, 40):
+            ks = range(0, n, 1 if n < 50 else 9)
+            got = [corrupt_neighbour_bound(n, corrupt, k, sigma) for k in ks]
+            n_corrupt = math.floor(corrupt * n + 1e-12)
+            assert got == [_ref_bound(n, n_corrupt, k, sigma) for k in ks]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((1, 0.1, 0), "n must be an int >= 2, got 1"),
+        ((4.0, 0.1, 2), "n must be an int >= 2, got 4.0"),
+        ((True, 0.1, 0), "n must be an int >= 2, got True"),
+        ((10, 0.1, 10), "k must be an int in [0, 9], got 10"),
+        ((10, 0.1, -1), "k must be an int in [0, 9], got -1"),
+        ((10, 0.1, True), "k must be an int in [0, 9], got True"),
+        ((10, 0.1, 2.0), "k must be an int in [0, 9], got 2.0"),
+        ((10, 0.1, 4, 0), "sigma must be > 0, got 0"),
+        ((10, 1.0, 4), "corrupt must be in [0, 1), got 1.0"),
+    ],
+)
+def test_corrupt_neighbour_bound_refusals_name_the_bad_value(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        corrupt_neighbour_bound(*args)
+    assert str(err.value) == message
+    assert corrupt_neighbour_bound(10, 0.5, 0, 0.5) == 0  # k = 0 and sigma < 1 are allowed
