@@ -865,7 +865,10 @@ def test_round_rdp_adds_the_count_slot_and_the_evaluation_block() -> None:
     """RDP(update) + RDP(count slot: Delta2 = Delta1 = m, one coordinate) + RDP(eval block:
     Delta2 = 2m, Delta1 = 4m, eval_dim coordinates), each from the mechanism's formula."""
     orders = [2.0, 3.0, 8.0, 32.0]
-    for cfg, dim, n, t, c in (PLANS[0], PLANS[14]):
+    # a ddgauss count slot with local std 1, where tau (and so the dimension) counts
+    small_count = (DPConfig(mechanism="ddgauss", bits=8, noise_multiplier=0.5, adaptive_clip=True,
+                            clipped_count_stddev=2.5), 8, 64, 64, 0)
+    for cfg, dim, n, t, c in (PLANS[0], PLANS[14], small_count):
         plan = EncodingPlan.create(cfg, dim, n, t, c)
         ev = plan.privacy_event(n)
         h = n - c
@@ -882,6 +885,7 @@ def test_round_rdp_adds_the_count_slot_and_the_evaluation_block() -> None:
             want = want + f(2 * m, 4 * m, plan.eval_local_stddev, cfg.eval_dim)
         np.testing.assert_allclose(ev.rdp(orders), want, rtol=1e-12)
     assert EncodingPlan.create(*PLANS[14][:4]).count_scale == 1
+    assert EncodingPlan.create(*small_count[:4]).count_local_stddev == 1.0
 
 
 # ------------------------------------------------------------------ encoder errors
