@@ -810,7 +810,7 @@ def test_unrotate_of_strided_float32_or_fortran_input(rotation: str) -> None:
     y = np.random.default_rng(4).normal(size=(3, 2 * d))
     want = unrotate(np.ascontiguousarray(y[:, ::2]), signs, rotation, d)
     np.testing.assert_array_equal(unrotate(y[:, ::2], signs, rotation, d), want)
-    f = np.asfortranarray(y[:, :d])
+    f = np.asfortranarray(np.stack([y[:, :d], y[:, d:]]))  # (2, 3, d): rows not contiguous
     np.testing.assert_array_equal(unrotate(f, signs, rotation, d),
                                   unrotate(np.ascontiguousarray(f), signs, rotation, d))
     y32 = y[:, :d].astype(np.float32)
