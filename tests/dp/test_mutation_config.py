@@ -195,6 +195,7 @@ def test_rounded_gaussian_rdp_is_the_events_gaussian() -> None:
         event.rdp(orders), gaussian_rdp(orders, event.gaussian_noise_multiplier), rtol=1e-12)
     mech = get_mechanism("gaussian")
     assert mech.noise_multiplier(4.0, 3.0, 16) == pytest.approx(3.0)  # sqrt(16) * 3 / 4
+    assert mech.noise_multiplier(0.5, 3.0, 16) == pytest.approx(24.0)  # below 1 as well
     assert mech.noise_multiplier(0.0, 3.0, 16) == math.inf
 
 
