@@ -309,6 +309,45 @@ def test_add_remove_approximation_checks_the_population() -> None:
                                  population=150)
 
 
+@pytest.mark.parametrize("bad,match", [
+    (dict(rounds=0), "rounds must be an integer >= 1, got 0"),
+    (dict(rounds=True), "rounds must be an integer >= 1, got True"),
+    (dict(rounds=2.0), "rounds must be an integer >= 1, got 2.0"),
+    (dict(clients_per_round=0), "clients per round must be an integer >= 1, got 0"),
+    (dict(clients_per_round=True), "clients per round must be an integer >= 1, got True"),
+    (dict(clients_per_round=1.5), "clients per round must be an integer >= 1, got 1.5"),
+    (dict(delta=0.0), r"delta must be in \(0, 1\), got 0.0"),
+    (dict(delta=1.0), r"delta must be in \(0, 1\), got 1.0"),
+    (dict(delta=True), r"delta must be in \(0, 1\), got True"),
+    (dict(q=0.3), "N = 33.3333, not an integer"),
+    (dict(sampling="fixed", population=100, q=0.2), "needs sample rate 0.1, got 0.2"),
+    (dict(population=150), "expects 15 devices per round"),
+])
+def test_run_parameters_are_refused_naming_the_value(bad: dict, match: str) -> None:
+    args = dict(rounds=2, delta=1e-5, q=0.1, clients_per_round=10)
+    args.update(bad)
+    rounds, delta, q = args.pop("rounds"), args.pop("delta"), args.pop("q")
+    with pytest.raises(DPConfigError, match=match):
+        epsilon_for("gaussian", 1.0, q, rounds, delta, **args)
+
+
+def test_one_client_a_round_and_corrupt_count_checks() -> None:
+    assert math.isfinite(epsilon_for("gaussian", 1.0, 1.0, 1, 1e-5, clients_per_round=1,
+                                     dim=100))
+    assert corrupt_count(0.29, 100) == 29 and corrupt_count(0.5, 0) == 0
+    for bad in (-1, True, 2.0):
+        with pytest.raises(DPConfigError, match=f"n_sampled must be an integer >= 0, got {bad!r}"):
+            corrupt_count(0.1, bad)  # type: ignore[arg-type]
+
+
+def test_add_remove_approximation_of_no_round_is_zero() -> None:
+    config, event = _gaussian_event(1.0, 1e-5)
+    acc = PrivacyAccountant(config, 0.1, population=1000)
+    assert acc.epsilon_amplified_approx() == 0.0
+    acc.compose(event, cohort=100)
+    assert acc.epsilon_amplified_approx() > 0.0
+
+
 # ------------------------------------------------------------------ budget decisions
 
 
