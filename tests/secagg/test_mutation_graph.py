@@ -327,6 +327,7 @@ def test_corrupt_neighbour_bound_is_the_exact_tail(n: int) -> None:
         ((10, 0.1, 2.0), "k must be an int in [0, 9], got 2.0"),
         ((10, 0.1, 4, 0), "sigma must be > 0, got 0"),
         ((10, 1.0, 4), "corrupt must be in [0, 1), got 1.0"),
+        ((10, "0.1", 4), "corrupt must be in [0, 1), got '0.1'"),
     ],
 )
 def test_corrupt_neighbour_bound_refusals_name_the_bad_value(args: tuple, message: str) -> None:
@@ -334,3 +335,13 @@ def test_corrupt_neighbour_bound_refusals_name_the_bad_value(args: tuple, messag
         corrupt_neighbour_bound(*args)
     assert str(err.value) == message
     assert corrupt_neighbour_bound(10, 0.5, 0, 0.5) == 0  # k = 0 and sigma < 1 are allowed
+
+
+def test_complete_graph_degree_and_corrupt_holders() -> None:
+    """The complete graph takes no degree, and its corrupt holders are floor(corrupt n)
+    up to all n - 1 others."""
+    with pytest.raises(ValueError) as err:
+        CompleteGraph().check_degree(5, 4)
+    assert str(err.value) == "degree must be None for the complete graph, got 4"
+    g = CompleteGraph()
+    assert [g.corrupt_holder_bound(10, None, c) for c in (0.0, 0.1, 0.35, 0.95)] == [0, 1, 3, 9]

@@ -59,6 +59,8 @@ def test_active_round_expected_senders_and_who_may_sign_and_unmask() -> None:
     are recorded at the stage where they happened."""
     r = make_round(7, dim=6, bits=16, threshold=4, active=True)
     agg, rid, signing = r.agg, r.params.round_id, r.msgs["signing"]
+    assert (agg.dropped, agg.unmask_dropped, agg.excluded_senders) == ((), (), ())
+    assert agg.unmask_request is None
     assert agg.expected_senders() == set(range(7))
     adv = {c: r.clients[c].advertise_keys() for c in range(6)}
     for c in range(6):
