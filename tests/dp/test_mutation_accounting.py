@@ -319,6 +319,7 @@ def test_add_remove_approximation_checks_the_population() -> None:
     (dict(delta=0.0), r"delta must be in \(0, 1\), got 0.0"),
     (dict(delta=1.0), r"delta must be in \(0, 1\), got 1.0"),
     (dict(delta=True), r"delta must be in \(0, 1\), got True"),
+    (dict(delta="1e-5"), r"delta must be in \(0, 1\), got '1e-5'"),
     (dict(q=0.3), "N = 33.3333, not an integer"),
     (dict(sampling="fixed", population=100, q=0.2), "needs sample rate 0.1, got 0.2"),
     (dict(population=150), "expects 15 devices per round"),
