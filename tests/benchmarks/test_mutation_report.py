@@ -77,3 +77,9 @@ def test_committed_review_files_are_one_line_notes_of_known_kinds() -> None:
     for name, note in notes.items():
         assert "__mutmut_" in name and "\n" not in note
         assert note.startswith(("equivalent", "accepted")), (name, note)
+
+
+def test_a_timeout_of_a_reviewed_mutant_counts_as_a_survivor() -> None:
+    m = mutation.Module("pkg/mod.py", {"a": "timeout", "b": "timeout", "c": "killed"})
+    assert mutation.reconcile([m], {"a": "equivalent: same codec"}) == 1
+    assert m.statuses == {"a": "survived", "b": "timeout", "c": "killed"}
