@@ -223,3 +223,25 @@ def test_simulation_generator_shows_its_seed_and_labels() -> None:
     rng = SecureRng.for_simulation(7, "round", 3)
     assert repr(rng) == ("SecureRng(SIMULATION ONLY, not secret: deterministic key from "
                          "seed/labels 7, 'round', 3)")
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["clip", "noise_multiplier", "beta", "modclip_prob", "delta", "target_quantile",
+     "clip_lr", "clipped_count_stddev", "eval_noise_ratio", "eval_max_loss"],
+)
+@pytest.mark.parametrize("bad", [float("nan"), "1.0"])
+def test_a_non_finite_or_non_numeric_field_is_refused_by_its_exact_name(
+    field: str, bad: object
+) -> None:
+    """The error starts with the field's own name, as a user types it on the command line
+    or in TOML (a message naming another spelling would send them to the wrong flag)."""
+    kind = "finite" if isinstance(bad, float) else "a number"
+    with pytest.raises(DPConfigError, match=rf"^{field} must be {kind}, got {bad!r}$"):
+        DPConfig(**{field: bad})  # type: ignore[arg-type]
+
+
+def test_an_unknown_rotation_is_refused_with_the_choices_listed() -> None:
+    with pytest.raises(DPConfigError,
+                       match=r"^rotation must be one of hadamard, dft, got 'haar'$"):
+        DPConfig(rotation="haar")
