@@ -409,3 +409,32 @@ def test_from_dict_refuses_bad_records_naming_them() -> None:
         PrivacyAccountant.from_dict({**d, "bogus": 1})
     with pytest.raises(DPConfigError, match="events must be a list, got 'x'"):
         PrivacyAccountant.from_dict({**d, "events": "x"})
+
+
+_NEEDS_N_FIXED = (
+    "fixed-size sampling needs the population N (the number of devices the k per round are "
+    "drawn from)"
+)
+_NEEDS_N_POISSON = (
+    "Poisson sampling at q < 1 needs the population N: the amplified figure charges a "
+    "round's cohort of s devices as s of N sampled without replacement (conditioned on the "
+    "public cohort size)"
+)
+
+
+def test_a_missing_population_is_refused_with_why_it_is_needed() -> None:
+    cfg = DPConfig()
+    with pytest.raises(DPConfigError, match="^" + re.escape(_NEEDS_N_FIXED) + "$"):
+        PrivacyAccountant(cfg, 0.1, sampling="fixed")
+    with pytest.raises(DPConfigError, match="^" + re.escape(_NEEDS_N_POISSON) + "$"):
+        PrivacyAccountant(cfg, 0.1)
+    assert PrivacyAccountant(cfg, 1.0).population is None  # q = 1: nothing to amplify
+    assert PrivacyAccountant(cfg, 1.0, population=1).population == 1
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, 0, -1, "10"])
+def test_a_bad_population_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(DPConfigError,
+                       match="^" + re.escape(f"population must be an integer >= 1, got {bad!r}")
+                       + "$"):
+        PrivacyAccountant(DPConfig(), 0.1, population=bad)  # type: ignore[arg-type]
