@@ -15,6 +15,7 @@ through).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -438,3 +439,33 @@ def test_a_bad_population_is_refused_naming_it(bad: object) -> None:
                        match="^" + re.escape(f"population must be an integer >= 1, got {bad!r}")
                        + "$"):
         PrivacyAccountant(DPConfig(), 0.1, population=bad)  # type: ignore[arg-type]
+
+
+def test_a_rounds_cohort_is_checked_against_its_survivors() -> None:
+    """The amplified figure charges a round as its cohort of s of N: the cohort must be
+    given under Poisson sampling, and can never be smaller than the survivors whose shares
+    the event counts plus the colluders (else the charge would be for a smaller round)."""
+    config, event = _gaussian_event(1.0, 1e-5)
+    acc = PrivacyAccountant(config, 0.1, population=1000)
+    with pytest.raises(DPConfigError, match="^" + re.escape(
+            "Poisson sampling: give the round's cohort size (cohort=number of devices "
+            "sampled); the amplified figure is conditioned on it") + "$"):
+        acc.compose(event)
+    nine = dataclasses.replace(event, n_shares=9, corrupt=1)
+    acc.compose(nine, cohort=10)  # exactly the survivors and colluders
+    with pytest.raises(DPConfigError,
+                       match=r"^cohort=9 is smaller than the event's 10 survivors$"):
+        acc.compose(nine, cohort=9)
+    acc.compose(dataclasses.replace(event, n_shares=1, corrupt=0), cohort=1)  # one device
+    with pytest.raises(DPConfigError,
+                       match=r"^cohort=1 is smaller than the event's 2 survivors$"):
+        acc.compose(dataclasses.replace(event, n_shares=1, corrupt=1), cohort=1)
+    # a round with no honest share is charged (as no guarantee), never refused
+    unprotected = dataclasses.replace(event, n_shares=0, corrupt=5)
+    acc.compose(unprotected, cohort=1)
+    assert acc.ledger[-1] == (unprotected, 1, 1)
+    for bad in (0, True, 2.0):
+        with pytest.raises(DPConfigError,
+                           match="^" + re.escape(f"cohort must be an integer >= 1, got {bad!r}")
+                           + "$"):
+            acc.compose(event, cohort=bad)  # type: ignore[arg-type]
