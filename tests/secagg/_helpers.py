@@ -101,12 +101,15 @@ class Round:
         for m in self.msgs["masked"].values():
             self.agg.add_masked_input(m)
 
-    def to_unmask(self) -> None:
+    def to_unmask(self, senders: list[int] | None = None) -> Any:
+        """Walk the round to the unmask request, with masked inputs from ``senders``
+        (every client that got ciphertexts when None); returns the request."""
         self.advertise()
         self.share()
-        self.masked()
+        self.masked(senders)
         self.add_masked()
         self.msgs["request"] = self.agg.close_masked_input()
+        return self.msgs["request"]
 
 
 def make_round(n: int = 5, dim: int = 33, bits: int = 20, seed: int = 0, **kw: Any) -> Round:

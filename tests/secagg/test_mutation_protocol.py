@@ -258,11 +258,7 @@ def test_colluding_majority_of_wrong_shares_is_reported_as_beyond_location() -> 
     ones out, rebuilds a; the s^PK check catches it and the abort says that more shares
     were wrong than could be located (not that only t arrived)."""
     r = make_round(7, dim=6, bits=16, threshold=2)
-    r.advertise()
-    r.share()
-    r.masked(list(range(6)))
-    r.add_masked()
-    req = r.agg.close_masked_input()
+    req = r.to_unmask(list(range(6)))
     forged = _poly_shares((987654321, 55), [2, 3, 4, 5])
     for c in range(6):
         msg = r.clients[c].unmask(req)
@@ -281,11 +277,7 @@ def test_exactly_t_wrong_secret_key_share_hint() -> None:
     """With exactly t shares of s^SK, one wrong share is detected by the s^PK check and
     the message says it cannot be located."""
     r = make_round(6, dim=6, bits=16, threshold=5)
-    r.advertise()
-    r.share()
-    r.masked(list(range(5)))
-    r.add_masked()
-    req = r.agg.close_masked_input()
+    req = r.to_unmask(list(range(5)))
     for c in range(5):
         msg = r.clients[c].unmask(req)
         if c == 0:
@@ -323,11 +315,7 @@ def test_finish_rebuilds_once_plus_once_per_exclusion(
 
     monkeypatch.setattr(aggregator_mod, "ShareChecker", counting)
     r = make_round(8, dim=6, bits=16, threshold=5)
-    r.advertise()
-    r.share()
-    r.masked(list(range(7)))
-    r.add_masked()
-    req = r.agg.close_masked_input()
+    req = r.to_unmask(list(range(7)))
     for c in range(7):
         msg = r.clients[c].unmask(req)
         if c in liars:
@@ -686,11 +674,7 @@ def test_client_request_checks_name_the_bad_value() -> None:
     assert c.stage == Stage.UNMASK
 
     r = make_round(7, dim=4, bits=16, threshold=4, active=True)
-    r.advertise()
-    r.share()
-    r.masked(list(range(6)))
-    r.add_masked()
-    req = r.agg.close_masked_input()
+    req = r.to_unmask(list(range(6)))
     for v in range(6):
         r.agg.add_consistency(r.clients[v].consistency_check(req))
     signed = r.agg.close_consistency()
