@@ -875,7 +875,12 @@
 
   // ---------------------------------------------------------------- data flow
   async function refresh() {
-    const [status, rounds] = await Promise.all([api("v1/status"), api("v1/rounds")]);
+    // The status first, then the log: the log is then at least as new as the version we
+    // record, so a change that lands between the two reads is seen as a newer version by
+    // the next long-poll and read again. Read together, an older log could sit under a
+    // newer status (say "finished") with nothing left to wake the page.
+    const status = await api("v1/status");
+    const rounds = await api("v1/rounds");
     state.status = status;
     state.rounds = Array.isArray(rounds) ? rounds.slice().sort((a, b) => a.round - b.round) : [];
     if (!state.meta || state.metaVersion !== status.model_version) {

@@ -94,6 +94,10 @@ class FakeRun:
         self.mechanism = "ddgauss"
         self.fail_status: str | None = None
         self.uploads: list[tuple[str, str, bytes]] = []
+        # A race to stage once: the next rounds read takes its answer, then runs this
+        # (the server moves on); a status read begun meanwhile waits for it (up to 3 s).
+        self.after_rounds_read: Any = None
+        self.moved_on = threading.Event()
 
     def bump(self, **changes: Any) -> None:
         with self.lock:
@@ -188,12 +192,21 @@ def make_fake_app(run: FakeRun) -> FastAPI:
     async def status() -> Any:
         if run.fail_status:
             return JSONResponse({"detail": run.fail_status}, status_code=503)
+        if run.after_rounds_read is not None:
+            end = time.monotonic() + 3.0
+            while not run.moved_on.is_set() and time.monotonic() < end:
+                await asyncio.sleep(0.02)
         return run.status()
 
     @app.get("/v1/rounds")
     async def rounds() -> Any:
         with run.lock:
-            return list(run.rounds)
+            answer = list(run.rounds)
+        move_on, run.after_rounds_read = run.after_rounds_read, None
+        if move_on is not None:
+            move_on()
+            run.moved_on.set()
+        return answer
 
     @app.get("/v1/model/meta")
     async def meta() -> Any:
@@ -474,6 +487,36 @@ def test_dashboard_states_the_caveat_of_the_mechanism(browser: Any) -> None:
         run.mechanism = "gaussian"
         run.bump()
         expect(page.locator("#eps-caveat")).to_contain_text("approximation, not a proof")
+        page.close()
+
+
+def test_dashboard_is_not_left_stale_when_the_last_round_lands_mid_refresh(
+    browser: Any,
+) -> None:
+    """The run finishes between the page's read of the round log and its read of the
+    status (the real server releases a round in a worker thread while it answers reads).
+    The page must not keep the older log under a "finished" status: it reads the status
+    first, so a newer state is always seen as a newer version and read again."""
+    run = FakeRun("fashion")
+    run.add_round(0, "done", 0.5, 1.0)
+    run.bump(stage="masked_input", round=1)
+    with ServerThread(make_fake_app(run)) as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        expect(page.locator("#chart-acc circle.pt")).to_have_count(1)
+        expect(page.locator("#stage-text")).not_to_have_text("No data yet")
+
+        def last_round_lands() -> None:
+            run.add_round(1, "done", 0.75, 0.8)
+            run.bump(training_done=True, round=None)
+
+        run.after_rounds_read = last_round_lands
+        run.bump(stage="unmasking")  # the page's long-poll wakes and refreshes
+        expect(page.locator("#stage-text")).to_have_text("Training finished", timeout=15_000)
+        assert run.moved_on.is_set()  # the staged race did happen
+        expect(page.locator("#chart-acc circle.pt")).to_have_count(2)
+        expect(page.locator("#round-table tbody tr")).to_have_count(2)
+        expect(page.locator("#card-acc")).to_have_text("75.0%")
         page.close()
 
 
