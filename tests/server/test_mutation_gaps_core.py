@@ -1074,3 +1074,45 @@ def test_a_new_per_round_rebuilds_the_accountant_at_the_new_rate(
     assert list(r1.participants) == [0, 1, 3] and r1.sample_rate == 0.75
     assert r1.per_round == 3
     _same_figures(core, fx.hand_accountant(core.config, 0.75, 4, [(r0.plan, 2, 2)]))
+
+
+def test_a_crash_while_unmasking_leaves_the_round_charged_with_its_plan(
+    tmp_path: Path, models: Any
+) -> None:
+    """The write-ahead charge stores the round's plan with its survivors before the sum
+    is computed: a crash there leaves a ledger entry a restarted server replays into the
+    same ε as an accountant composed by hand."""
+    import json
+
+    from tests.server import _core_fixtures as fx
+
+    core = fx.make_core(tmp_path, models, per_round=3, seed=3)
+    rnd = core.begin_round(fx.registered(4))
+
+    def crash() -> np.ndarray:
+        raise RuntimeError("unmasking crashed")
+
+    with pytest.raises(RuntimeError, match="unmasking crashed"):
+        core.release(rnd, crash, secure_sum="exact", survivors=list(rnd.participants))
+    plan = json.loads(json.dumps(rnd.plan.to_dict()))
+    assert core.store.privacy_events() == [(plan, 3, 0.75)]
+    again = fx.make_core(tmp_path, models, per_round=3, seed=3)
+    _same_figures(again, fx.hand_accountant(again.config, 0.75, 4, [(rnd.plan, 3, 3)]))
+
+
+def test_only_the_last_planned_round_is_evaluated_when_eval_every_exceeds_the_plan(
+    tmp_path: Path, models: Any
+) -> None:
+    """rounds = 2, eval_every = 5: no multiple of 5 is reached, so the model of the last
+    planned round (version 2) is the only one evaluated, not the one before it."""
+    from tests.server import _core_fixtures as fx
+
+    spy = fx.EvalSpy(models)
+    core = fx.make_core(tmp_path, spy, rounds=2, eval_every=5, per_round=2, seed=1)
+    recs = []
+    for v in (1, 2):
+        rnd = core.begin_round(fx.registered(3))
+        rec, _ = fx.release(core, rnd, list(rnd.participants), seed=v)
+        recs.append(rec["accuracy"])
+    assert [c[1] for c in spy.calls] == [2]
+    assert recs == [None, 0.25]
