@@ -988,11 +988,12 @@ def test_wrap_flags_at_small_dimensions(name: str, plan_args: tuple, coords: lis
     assert out.wrap_suspected is suspected
 
 
-def test_wrap_near_limit_at_1024_coordinates() -> None:
-    plan = _wrap_plan(1024)
-    d, half = 1024, plan.modulus // 2
+def assert_wrap_flagged_from_the_limit(plan: EncodingPlan, seed: int) -> None:
+    """A sum with one coordinate short of the Chernoff limit of near-wrap coordinates is
+    not flagged, one at the limit is; the whole report matches the reference."""
+    d, half = plan.padded_dim, plan.modulus // 2
     limit = _ref_binomial_upper(d, math.erfc((plan.k_stddevs - 1) / math.sqrt(2)), 1e-6)
-    base = np.random.default_rng(8).integers(-half // 2, half // 2, size=d)
+    base = np.random.default_rng(seed).integers(-half // 2, half // 2, size=d)
     margin = math.ceil((1 - 1 / plan.k_stddevs) * half)
     for near, flagged in ((limit - 1, False), (limit, True)):
         s = base.copy()
@@ -1003,3 +1004,9 @@ def test_wrap_near_limit_at_1024_coordinates() -> None:
         assert out.wrap_report() == pytest.approx(_ref_wrap(s.astype(np.float64), plan),
                                                   rel=1e-12)
         assert (out.near_wrap, out.outliers, out.wrap_suspected) == (near, 0, flagged)
+
+
+def test_wrap_near_limit_at_1024_coordinates() -> None:
+    plan = _wrap_plan(1024)
+    assert plan.padded_dim == 1024
+    assert_wrap_flagged_from_the_limit(plan, 8)

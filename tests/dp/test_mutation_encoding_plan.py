@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from dp import Decoder, DPConfig, DPConfigError, EncodingPlan, RoundPrivacy
+from dp import DPConfig, DPConfigError, EncodingPlan, RoundPrivacy
 from dp.mechanisms import (
     MECHANISM_REGISTRY,
     NoiseMechanism,
@@ -30,10 +30,9 @@ from dp.mechanisms import (
     skellam_rdp,
 )
 from tests.dp.test_mutation_encoding import (
-    SEED,
     _in_time,
-    _ref_binomial_upper,
     assert_plan_matches,
+    assert_wrap_flagged_from_the_limit,
     ref_plan,
 )
 
@@ -268,19 +267,8 @@ def test_near_wrap_limit_is_the_chernoff_bound_at_other_rates(
         mechanism="none", noise_multiplier=0.0, bits=16, rotation=rotation, modclip_prob=modclip
     )
     plan = EncodingPlan.create(cfg, dim, 2, 2)
-    d, half = plan.padded_dim, plan.modulus // 2
-    assert d == dim
-    limit = _ref_binomial_upper(d, math.erfc((plan.k_stddevs - 1) / math.sqrt(2)), 1e-6)
-    base = np.random.default_rng(11).integers(-half // 2, half // 2, size=d)
-    margin = math.ceil((1 - 1 / plan.k_stddevs) * half)
-    for near, flagged in ((limit - 1, False), (limit, True)):
-        s = base.copy()
-        s[:near] = margin
-        out, err = _in_time(
-            lambda s=s: Decoder(plan, SEED).decode((s % plan.modulus).astype(np.uint64), 2)
-        )
-        assert err is None
-        assert (out.near_wrap, out.outliers, out.wrap_suspected) == (near, 0, flagged)
+    assert plan.padded_dim == dim
+    assert_wrap_flagged_from_the_limit(plan, 11)
 
 
 # ------------------------------------------------------------- mechanism look-up
