@@ -88,14 +88,6 @@ def load_review(directory: Path = REVIEW) -> tuple[dict[str, str], dict[str, str
     return notes, killed
 
 
-#: Review by the shape of the diff, for survivors without their own review note:
-#: (substring of the one-line diff, note). Each was checked at every site it matched.
-PATTERN_NOTES: tuple[tuple[str, str], ...] = (
-    ("strict=True", "equivalent: zip of two sequences equal in length by construction "
-     "(strict=True only guards a programming error)"),
-)
-
-
 #: The issue's six gaps (and two property tests): the test that closes each, the bug put
 #: back by hand in a scratch copy of the tree, and what failed (checked 2026-12-01; the
 #: old tests passed on every one of these bugs except where noted).
@@ -388,8 +380,7 @@ def render(modules: list[Module], runs: list[dict], diffs: bool = True) -> str:
             fallback = "UNREVIEWED"
             if k in KILLED_BY_NEW:
                 fallback = f"killed by a test added after this verdict: {KILLED_BY_NEW[k]}"
-            note = NOTES.get(k) or next(
-                (text for pat, text in PATTERN_NOTES if pat in diff), fallback)
+            note = NOTES.get(k) or fallback
             lines.append(f"- `{k}` ({m.statuses[k]}): `{diff}` — {note}")
         lines.append("")
     if not n_surv:
