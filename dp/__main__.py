@@ -196,12 +196,20 @@ def _sample_rate(args: argparse.Namespace) -> float:
         if n is None:
             raise DPConfigError("give --sample-rate q or --clients N (then q = K / N)")
         return k / n
-    if args.sampling == "fixed" and abs(args.sample_rate * n - k) > 1e-6:
+    if n is None or abs(args.sample_rate * n - k) <= 1e-6:
+        return float(args.sample_rate)
+    if args.sampling == "fixed":
         raise DPConfigError(
             f"--sampling fixed draws K={k} of N={n}: --sample-rate must be {k / n:g}, "
             f"got {args.sample_rate!r}"
         )
-    return float(args.sample_rate)
+    # Poisson: every round is charged at the expected cohort qN, which must be K (at q = 1
+    # every one of the N devices takes part)
+    raise DPConfigError(
+        f"--sampling poisson at q = {args.sample_rate!r} of N={n} expects "
+        f"qN = {args.sample_rate * n:g} devices a round, not K={k}: give --sample-rate "
+        f"{k / n:g} or --clients-per-round {args.sample_rate * n:g}"
+    )
 
 
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:

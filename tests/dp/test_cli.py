@@ -144,6 +144,12 @@ BAD_VALUES = [
     (["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "fixed"], "--clients"),
     (["epsilon", "--noise-multiplier", "1", *COMMON, "--sampling", "fixed", "--clients",
       "5000"], "0.02"),
+    # Poisson at q = 1 takes every one of N devices: K must be N (it was accepted, and the
+    # header then read "q=1 (poisson sampling, N=10) ... K=5 a round")
+    (["epsilon", "--noise-multiplier", "1", "--sample-rate", "1", "--clients", "10",
+      "--clients-per-round", "5", "--rounds", "5", "--delta", "1e-5"], "qN = 10"),
+    (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--clients", "1000",
+      "--clients-per-round", "5", "--rounds", "5", "--delta", "1e-5"], "qN = 100"),
     (["epsilon", "--noise-multiplier", "1", "--clients", "0", "--rounds", "5",
       "--delta", "1e-5"], "--clients"),
     (["calibrate", "--target-epsilon", "2", "--rounds", "5", "--delta", "1e-5"],
