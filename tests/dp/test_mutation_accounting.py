@@ -38,6 +38,7 @@ from dp import (
     wbk_subsampled_rdp,
 )
 from tests.dp.test_sampling import _wbk_ref
+from tests.matching import exact
 
 # ------------------------------------------------------------ exact Gaussian (PLD)
 
@@ -425,9 +426,9 @@ _NEEDS_N_POISSON = (
 
 def test_a_missing_population_is_refused_with_why_it_is_needed() -> None:
     cfg = DPConfig()
-    with pytest.raises(DPConfigError, match="^" + re.escape(_NEEDS_N_FIXED) + "$"):
+    with pytest.raises(DPConfigError, match=exact(_NEEDS_N_FIXED)):
         PrivacyAccountant(cfg, 0.1, sampling="fixed")
-    with pytest.raises(DPConfigError, match="^" + re.escape(_NEEDS_N_POISSON) + "$"):
+    with pytest.raises(DPConfigError, match=exact(_NEEDS_N_POISSON)):
         PrivacyAccountant(cfg, 0.1)
     assert PrivacyAccountant(cfg, 1.0).population is None  # q = 1: nothing to amplify
     assert PrivacyAccountant(cfg, 1.0, population=1).population == 1
@@ -436,8 +437,7 @@ def test_a_missing_population_is_refused_with_why_it_is_needed() -> None:
 @pytest.mark.parametrize("bad", [True, 1.5, 0, -1, "10"])
 def test_a_bad_population_is_refused_naming_it(bad: object) -> None:
     with pytest.raises(DPConfigError,
-                       match="^" + re.escape(f"population must be an integer >= 1, got {bad!r}")
-                       + "$"):
+                       match=exact(f"population must be an integer >= 1, got {bad!r}")):
         PrivacyAccountant(DPConfig(), 0.1, population=bad)  # type: ignore[arg-type]
 
 
@@ -447,9 +447,9 @@ def test_a_rounds_cohort_is_checked_against_its_survivors() -> None:
     the event counts plus the colluders (else the charge would be for a smaller round)."""
     config, event = _gaussian_event(1.0, 1e-5)
     acc = PrivacyAccountant(config, 0.1, population=1000)
-    with pytest.raises(DPConfigError, match="^" + re.escape(
+    with pytest.raises(DPConfigError, match=exact(
             "Poisson sampling: give the round's cohort size (cohort=number of devices "
-            "sampled); the amplified figure is conditioned on it") + "$"):
+            "sampled); the amplified figure is conditioned on it")):
         acc.compose(event)
     nine = dataclasses.replace(event, n_shares=9, corrupt=1)
     acc.compose(nine, cohort=10)  # exactly the survivors and colluders
@@ -466,6 +466,5 @@ def test_a_rounds_cohort_is_checked_against_its_survivors() -> None:
     assert acc.ledger[-1] == (unprotected, 1, 1)
     for bad in (0, True, 2.0):
         with pytest.raises(DPConfigError,
-                           match="^" + re.escape(f"cohort must be an integer >= 1, got {bad!r}")
-                           + "$"):
+                           match=exact(f"cohort must be an integer >= 1, got {bad!r}")):
             acc.compose(event, cohort=bad)  # type: ignore[arg-type]

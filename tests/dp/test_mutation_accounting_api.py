@@ -36,15 +36,12 @@ from dp import (
     epsilon_report,
     subsampled_rdp,
 )
+from tests.matching import exact as _exact
 
 
 def _gaussian(z: float = 1.0, k: int = 10, delta: float = 1e-5):
     config = DPConfig(mechanism="gaussian", noise_multiplier=z, bits=40, delta=delta)
     return config, EncodingPlan.create(config, 100, k, k).privacy_event(k)
-
-
-def _exact(msg: str) -> str:
-    return "^" + re.escape(msg) + "$"
 
 
 # ------------------------------------------------------------------ refusals

@@ -5,7 +5,6 @@ boundary value, no test pinned)."""
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import pytest
@@ -29,10 +28,7 @@ from secagg.shamir import (
     split,
     split_bytes,
 )
-
-
-def _exact(text: str) -> str:
-    return "^" + re.escape(text) + "$"
+from tests.matching import exact as _exact
 
 
 def test_shamir_refusals_at_the_field_boundary() -> None:

@@ -28,14 +28,11 @@ from secagg.plugins import (
     is_import_path,
     load_attr,
 )
+from tests.matching import exact as _exact
 
 from ._helpers import det_random
 
 SEED = bytes(range(32))
-
-
-def _exact(text: str) -> str:
-    return "^" + re.escape(text) + "$"
 
 
 def _base(**change: Any) -> dict[str, Any]:

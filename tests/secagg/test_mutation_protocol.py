@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from secagg import (
 from secagg.client import consistency_message
 from secagg.crypto import ed25519_sign
 from secagg.shamir import PRIME, encode_share
+from tests.matching import exact
 
 from ._helpers import MECHANICS, det_random, make_params, make_round
 
@@ -505,7 +505,7 @@ def test_run_round_refusals_name_the_bad_value() -> None:
     inputs = {11: np.zeros(4, dtype=np.uint64)}
     with pytest.raises(
         ValueError,
-        match="^" + re.escape("inputs missing for clients [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]") + "$",
+        match=exact("inputs missing for clients [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"),
     ):
         run_round(params, inputs, {10: Stage.UNMASK})
     active, _ = make_params(5, dim=4, bits=8, threshold=3, active=True)

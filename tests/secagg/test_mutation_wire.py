@@ -37,6 +37,7 @@ from secagg.messages import (
     UnmaskShares,
     b64encode,
 )
+from tests.matching import exact as _exact
 
 NOW = 1_700_000_000
 NONCE = "00112233445566778899aabbccddeeff"
@@ -46,10 +47,6 @@ PATH = "/v1/rounds/3/keys"
 #: (Nothing from secagg runs at import: a mutant must fail a test, not the collection.)
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUB = KEY.public_key().public_bytes_raw()
-
-
-def _exact(text: str) -> str:
-    return "^" + re.escape(text) + "$"
 
 
 def _signed(device_id: int = 7, now: float = NOW, body: bytes = b"{}") -> dict[str, str]:
